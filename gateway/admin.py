@@ -1,0 +1,98 @@
+"""Admin API of the gateway (bearer ``WXKF_ADMIN_TOKEN``): corp apps and event subscriptions.
+
+Listings never include tokens, AES keys or secrets; a subscription's signing secret is returned once,
+in the response that creates it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.registry import RegistryError
+from gateway.service import Gateway
+from gateway.subscriptions import ANY, SubscriptionError
+from wxkf.endpoints import EndpointError
+from wxkf.http import BadRequest, admin_only, error, parse_json
+
+
+class AppIn(BaseModel):
+    corp_id: str = Field(min_length=1, max_length=64)
+    name: str | None = Field(default=None, max_length=64)
+    token: str = Field(min_length=1, max_length=128)
+    encoding_aes_key: str = Field(min_length=43, max_length=43)
+    secret: str | None = Field(default=None, max_length=256)
+    default: bool | None = None
+
+
+class SubscriptionIn(BaseModel):
+    url: str = Field(min_length=1, max_length=2048)
+    corp_id: str = ANY
+    app: str = ANY
+    event_types: list[str] = Field(default_factory=lambda: [ANY], max_length=50)
+
+
+def admin_routes(gateway: Gateway, admin_token: str | None) -> list[BaseRoute]:
+    registry = gateway.registry
+    subscriptions = gateway.subscriptions
+
+    async def list_apps(request: Request) -> Response:
+        await registry.reload()
+        return JSONResponse({"apps": [app.public() for app in registry.apps(request.query_params.get("corp_id"))]})
+
+    async def add_app(request: Request) -> Response:
+        body = await parse_json(request, AppIn)
+        try:
+            app = await registry.add(
+                body.corp_id, body.name, body.token, body.encoding_aes_key, body.secret, default=body.default
+            )
+        except RegistryError as exc:
+            raise BadRequest(str(exc)) from None
+        return JSONResponse(app.public(), status_code=201)
+
+    async def remove_app(request: Request) -> Response:
+        removed = await registry.remove(request.path_params["corp_id"], request.path_params["name"])
+        return JSONResponse({"removed": True}) if removed else error("no such app", 404)
+
+    async def list_subscriptions(request: Request) -> Response:
+        await subscriptions.reload()
+        return JSONResponse({"subscriptions": [s.public() for s in subscriptions.all()]})
+
+    async def add_subscription(request: Request) -> Response:
+        body = await parse_json(request, SubscriptionIn)
+        try:
+            created = await subscriptions.add(
+                body.url,
+                corp_id=body.corp_id,
+                app=body.app,
+                event_types=body.event_types,
+                allowed_networks=gateway.config.allowed_networks,
+            )
+        except (SubscriptionError, EndpointError) as exc:
+            raise BadRequest(str(exc)) from None
+        return JSONResponse({**created.public(), "secret": created.secret}, status_code=201)
+
+    async def remove_subscription(request: Request) -> Response:
+        removed = await subscriptions.remove(request.path_params["id"])
+        return JSONResponse({"removed": True}) if removed else error("no such subscription", 404)
+
+    async def show_event(request: Request) -> Response:
+        doc = await gateway.inbox.get(request.path_params["id"])
+        if doc is None:
+            return error("no such event", 404)
+        for hidden in ("token", "body", "query"):
+            doc.pop(hidden, None)
+        return JSONResponse(doc)
+
+    guard = lambda endpoint: admin_only(admin_token, endpoint)  # noqa: E731
+    return [
+        Route("/admin/apps", guard(list_apps), methods=["GET"]),
+        Route("/admin/apps", guard(add_app), methods=["POST"]),
+        Route("/admin/apps/{corp_id}/{name}", guard(remove_app), methods=["DELETE"]),
+        Route("/admin/subscriptions", guard(list_subscriptions), methods=["GET"]),
+        Route("/admin/subscriptions", guard(add_subscription), methods=["POST"]),
+        Route("/admin/subscriptions/{id}", guard(remove_subscription), methods=["DELETE"]),
+        Route("/admin/events/{id}", guard(show_event), methods=["GET"]),
+    ]

@@ -1,0 +1,49 @@
+"""Assemble the gateway on a runtime: ``wxkf gateway`` serves it alone, ``wxkf up`` beside the others."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+
+from gateway.admin import admin_routes
+from gateway.forwarder import Sink
+from gateway.manager_link import HttpManagerSink
+from gateway.routes import callback_routes
+from gateway.service import Gateway, GatewayConfig
+from wxkf.endpoints import parse_networks
+from wxkf.http import common_routes
+from wxkf.retry import RetrySchedule, parse_delays
+from wxkf.runtime import Runtime, open_runtime
+from wxkf.server import serve
+from wxkf.settings import Settings
+
+
+def gateway_config(runtime: Runtime) -> GatewayConfig:
+    settings = runtime.settings
+    return GatewayConfig(
+        replica_id=runtime.replica_id("gateway"),
+        max_body=settings.wxkf_max_body,
+        schedule=RetrySchedule(parse_delays(settings.wxkf_retry_schedule)),
+        allowed_networks=parse_networks(settings.wxkf_allowed_networks),
+    )
+
+
+def build_gateway(runtime: Runtime, manager_sink: Sink | None = None) -> Gateway:
+    """A gateway forwarding kf events to ``manager_sink``, else to ``MANAGER_ENDPOINT`` if set."""
+    endpoint = runtime.settings.manager_endpoint
+    if manager_sink is None and endpoint is not None:
+        manager_sink = HttpManagerSink(runtime.http, str(endpoint))
+    return Gateway(runtime.db, runtime.box, runtime.http, gateway_config(runtime), manager_sink=manager_sink)
+
+
+def gateway_app(gateway: Gateway, admin_token: str | None) -> Starlette:
+    return Starlette(routes=[*callback_routes(gateway), *admin_routes(gateway, admin_token), *common_routes()])
+
+
+async def run(settings: Settings) -> None:
+    async with open_runtime(settings) as runtime:
+        gateway = build_gateway(runtime)
+        await gateway.start()
+        try:
+            await serve(gateway_app(gateway, runtime.admin_token), settings.host, settings.port)
+        finally:
+            await gateway.stop()

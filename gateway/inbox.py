@@ -1,0 +1,110 @@
+"""The durable inbox: every accepted callback is written here before WeCom gets its 200.
+
+A document records the decrypted event, where it must be forwarded (``targets``) and how far each
+forward got. ``owner`` is the replica responsible for forwarding it; ``state`` leaves ``pending`` once
+every target is done (or dead-lettered). The only queries are by ``_id`` and by ``(owner, state)``,
+run once at start-up and when a dead replica's work is taken over, never in a loop over the backlog.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+from pymongo import ASCENDING
+
+from gateway.intake import CallbackEvent
+from wxkf.database import Database, durable
+from wxkf.group_commit import GroupCommit
+
+COLLECTION = "inbox"
+REPLICAS = "gateway_replicas"
+
+PENDING = "pending"
+DONE = "done"
+DEAD = "dead"
+UNROUTED = "unrouted"
+
+
+def new_document(event: CallbackEvent, targets: Iterable[str], owner: str, now: float) -> dict[str, Any]:
+    target_list = list(targets)
+    return {
+        "_id": event.id,
+        "corp_id": event.corp_id,
+        "app": event.app,
+        "event_type": event.event_type,
+        "open_kf_id": event.open_kf_id,
+        "token": event.token,
+        "fields": event.fields,
+        "body": event.body,
+        "query": event.query,
+        "received_at": now,
+        "owner": owner,
+        "state": PENDING if target_list else UNROUTED,
+        "targets": {target: {"state": PENDING, "attempts": 0} for target in target_list},
+    }
+
+
+class Inbox:
+    def __init__(self, db: Database, owner: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._collection = durable(db[COLLECTION])
+        self._replicas = db[REPLICAS]
+        self.owner = owner
+        self._clock = clock
+        self._writer = GroupCommit(self._collection)
+
+    async def ensure_indexes(self) -> None:
+        await self._collection.create_index([("owner", ASCENDING), ("state", ASCENDING)])
+
+    async def store(self, doc: dict[str, Any]) -> bool:
+        """Persist durably (group-committed). False if this event id was already stored (a retry)."""
+        return await self._writer.insert(doc)
+
+    async def get(self, event_id: str) -> dict[str, Any] | None:
+        return await self._collection.find_one({"_id": event_id})
+
+    async def finish(self, event_ids: list[str], state: str = DONE) -> None:
+        if event_ids:
+            await self._collection.update_many(
+                {"_id": {"$in": event_ids}}, {"$set": {"state": state, "finished_at": self._clock()}}
+            )
+
+    async def record_attempt(self, event_id: str, target: str, attempts: int, error: str) -> None:
+        await self._collection.update_one(
+            {"_id": event_id},
+            {"$set": {f"targets.{target}.attempts": attempts, f"targets.{target}.error": error[:500]}},
+        )
+
+    async def finish_target(self, event_id: str, target: str, state: str) -> None:
+        await self._collection.update_one(
+            {"_id": event_id}, {"$set": {f"targets.{target}.state": state, f"targets.{target}.at": self._clock()}}
+        )
+
+    async def pending(self, owner: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """One pass over an owner's unfinished documents, oldest first."""
+        cursor = self._collection.find({"owner": owner or self.owner, "state": PENDING}).sort(
+            "received_at", ASCENDING
+        )
+        async for doc in cursor:
+            yield doc
+
+    async def claim(self, event_id: str, previous_owner: str) -> dict[str, Any] | None:
+        """Take over a dead replica's document; None if someone else claimed it first."""
+        return await self._collection.find_one_and_update(
+            {"_id": event_id, "owner": previous_owner, "state": PENDING}, {"$set": {"owner": self.owner}}
+        )
+
+    # -- replica liveness -------------------------------------------------------------------
+    async def heartbeat(self) -> None:
+        await self._replicas.update_one(
+            {"_id": self.owner}, {"$set": {"seen_at": self._clock()}}, upsert=True
+        )
+
+    async def dead_replicas(self, timeout: float) -> list[str]:
+        cutoff = self._clock() - timeout
+        cursor = self._replicas.find({"seen_at": {"$lt": cutoff}, "_id": {"$ne": self.owner}})
+        return [doc["_id"] async for doc in cursor]
+
+    async def forget_replica(self, owner: str) -> None:
+        await self._replicas.delete_one({"_id": owner})

@@ -1,0 +1,135 @@
+"""The gateway's moving parts wired together: registry, inbox, forwarder, subscriptions, liveness.
+
+``accept`` is the whole durable-intake contract: once it returns, the event is on disk and queued
+for forwarding, so the route may answer 200. Everything downstream happens after the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from gateway import metrics
+from gateway.forwarder import Forwarder, Sink, run_forever
+from gateway.inbox import Inbox, new_document
+from gateway.intake import CallbackEvent
+from gateway.manager_link import MANAGER_TARGET
+from gateway.registry import AppRegistry
+from gateway.subscriptions import TARGET_PREFIX, Subscriptions, SubscriptionSink
+from wxkf.database import Database
+from wxkf.endpoints import IPNetwork
+from wxkf.retry import RetrySchedule
+from wxkf.secretbox import SecretBox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    replica_id: str
+    max_body: int = 64 * 1024
+    schedule: RetrySchedule = field(default_factory=RetrySchedule)
+    forward_concurrency: int = 16
+    heartbeat_interval: float = 5.0
+    replica_timeout: float = 30.0
+    registry_reload_interval: float = 30.0
+    allowed_networks: tuple[IPNetwork, ...] = ()
+
+
+class Gateway:
+    def __init__(
+        self,
+        db: Database,
+        box: SecretBox,
+        http: httpx.AsyncClient,
+        config: GatewayConfig,
+        *,
+        manager_sink: Sink | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.http = http
+        self.registry = AppRegistry(db, box, clock=clock)
+        self.subscriptions = Subscriptions(db, box, clock=clock)
+        self.inbox = Inbox(db, config.replica_id, clock=clock)
+        self.manager_sink = manager_sink
+        self.forwarder = Forwarder(
+            self.inbox,
+            self._sink_for,
+            schedule=config.schedule,
+            concurrency=config.forward_concurrency,
+            clock=clock,
+            on_result=self._count_result,
+        )
+        self._clock = clock
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.registry.ensure_indexes()
+        await self.inbox.ensure_indexes()
+        await self.registry.reload()
+        await self.subscriptions.reload()
+        await self.inbox.heartbeat()
+        recovered = await self.forwarder.recover()
+        if recovered:
+            log.info("recovered %d unforwarded events from a previous run", recovered)
+        self._tasks = [
+            asyncio.create_task(run_forever(self._liveness, self.config.heartbeat_interval, "replica liveness")),
+            asyncio.create_task(
+                run_forever(self._reload, self.config.registry_reload_interval, "registry reload")
+            ),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.forwarder.close()
+
+    # -- intake -----------------------------------------------------------------------------
+    def targets_for(self, event: CallbackEvent) -> list[str]:
+        targets = []
+        if event.is_kf and self.manager_sink is not None:
+            targets.append(MANAGER_TARGET)
+        targets.extend(s.target for s in self.subscriptions.matching(event.corp_id, event.app, event.event_type))
+        return targets
+
+    async def accept(self, event: CallbackEvent) -> bool:
+        """Store durably and queue for forwarding. False means a duplicate (WeCom's retry)."""
+        doc = new_document(event, self.targets_for(event), self.inbox.owner, self._clock())
+        stored = await self.inbox.store(doc)
+        if stored:
+            self.forwarder.submit(doc)
+            metrics.BACKLOG.set(self.forwarder.backlog)
+        return stored
+
+    # -- forwarding -------------------------------------------------------------------------
+    def _sink_for(self, target: str) -> Sink | None:
+        if target == MANAGER_TARGET:
+            return self.manager_sink
+        if target.startswith(TARGET_PREFIX):
+            subscription = self.subscriptions.get(target.removeprefix(TARGET_PREFIX))
+            return SubscriptionSink(self.http, subscription) if subscription else None
+        return None
+
+    def _count_result(self, target: str, result: str) -> None:
+        kind = MANAGER_TARGET if target == MANAGER_TARGET else "subscription"
+        metrics.FORWARDS.labels(kind, result).inc()
+        metrics.BACKLOG.set(self.forwarder.backlog)
+
+    # -- liveness and takeover --------------------------------------------------------------
+    async def _liveness(self) -> None:
+        await self.inbox.heartbeat()
+        for owner in await self.inbox.dead_replicas(self.config.replica_timeout):
+            taken = await self.forwarder.recover(owner)
+            await self.inbox.forget_replica(owner)
+            log.warning("took over %d unforwarded events of dead replica %s", taken, owner)
+
+    async def _reload(self) -> None:
+        await self.registry.reload()
+        await self.subscriptions.reload()

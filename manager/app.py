@@ -1,0 +1,100 @@
+"""Assemble the whole hub on one runtime and one port: token service, gateway and manager.
+
+The manager cannot stand without the other two (its compat surface includes ``/callback/{corpId}``
+and ``getToken``), so ``wxkf manager`` and ``wxkf up`` serve the same composition; the gateway hands
+kf events to the manager in-process instead of over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.applications import Starlette
+
+from gateway.admin import admin_routes as gateway_admin_routes
+from gateway.app import build_gateway
+from gateway.manager_link import InProcessManagerSink
+from gateway.registry import AppRegistry
+from gateway.routes import callback_routes
+from manager.admin import admin_routes as manager_admin_routes
+from manager.dispatcher import DispatchConfig
+from manager.routes import compat_routes
+from manager.service import Manager, ManagerConfig
+from token_service.app import build_token_service
+from token_service.routes import token_routes
+from token_service.service import TokenService
+from wxkf.endpoints import parse_networks
+from wxkf.http import common_routes
+from wxkf.retry import RetrySchedule, parse_delays
+from wxkf.runtime import Runtime, open_runtime
+from wxkf.server import serve
+from wxkf.settings import Settings
+
+
+def build_manager(runtime: Runtime, tokens: TokenService, apps: AppRegistry) -> Manager:
+    settings = runtime.settings
+    owner = runtime.replica_id("manager")
+    registration_token = settings.wxkf_registration_token
+    config = ManagerConfig(
+        owner=owner,
+        dispatch=DispatchConfig(owner=owner, schedule=RetrySchedule(parse_delays(settings.wxkf_retry_schedule))),
+        registration_token=registration_token.get_secret_value() if registration_token else None,
+        allowed_networks=parse_networks(settings.wxkf_allowed_networks),
+    )
+    return Manager(runtime.db, runtime.box, runtime.http, tokens, apps, settings.api_base, config)
+
+
+class Hub:
+    """Everything ``wxkf up`` runs, started and stopped in dependency order."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.tokens = build_token_service(runtime)
+        self.manager: Manager | None = None
+        self.gateway = build_gateway(runtime, InProcessManagerSink(self._accept))
+        self.manager = build_manager(runtime, self.tokens, self.gateway.registry)
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def _accept(self, doc: dict) -> None:  # type: ignore[type-arg]
+        assert self.manager is not None
+        await self.manager.accept_gateway_document(doc)
+
+    async def start(self) -> None:
+        assert self.manager is not None
+        await self.tokens.store.ensure_indexes()
+        await self.manager.start()
+        await self.gateway.start()
+        self._refresher = asyncio.create_task(self.tokens.run_refresher())
+
+    async def stop(self) -> None:
+        assert self.manager is not None
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+        await self.gateway.stop()
+        await self.manager.stop()
+
+    def app(self) -> Starlette:
+        assert self.manager is not None
+        admin_token = self.runtime.admin_token
+        return Starlette(
+            routes=[
+                # the manager's /callback/decrypted/{corpId} must precede /callback/{corpId}/{app}
+                *compat_routes(self.manager, admin_token),
+                *callback_routes(self.gateway),
+                *token_routes(self.tokens),
+                *gateway_admin_routes(self.gateway, admin_token),
+                *manager_admin_routes(self.manager, admin_token),
+                *common_routes(),
+            ]
+        )
+
+
+async def run(settings: Settings) -> None:
+    async with open_runtime(settings) as runtime:
+        hub = Hub(runtime)
+        await hub.start()
+        try:
+            await serve(hub.app(), settings.host, settings.port)
+        finally:
+            await hub.stop()

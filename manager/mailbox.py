@@ -1,0 +1,304 @@
+"""Durable per-account queues, coalesced: one mailbox document per kf account plus an event log.
+
+A puppet answers any ``kf_msg_or_event`` by pulling *everything* new with ``kf/sync_msg``, so the
+only thing worth delivering is the newest callback. Each account's mailbox keeps that newest callback
+(``latest``) and how far delivery got (``delivered``, an arrival key compared as a string). A burst,
+or a backlog after an outage, becomes one delivery.
+
+``due_at`` is set while there is something to deliver and the account is not backing off or parked;
+the sweep query (``due_at <= now``) therefore only ever matches accounts with due work. Every hot-path
+write goes through :class:`~wxkf.group_commit.GroupCommit`, so they share fsyncs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument, UpdateOne
+
+from wxkf.database import Database, durable
+from wxkf.group_commit import GroupCommit
+
+MAILBOXES = "mailboxes"
+EVENTS = "manager_events"
+
+DECRYPTED = "decrypted"
+RAW = "raw"
+
+
+def account_key(corp_id: str, open_kfid: str) -> str:
+    return f"{corp_id}/{open_kfid}"
+
+
+def arrival_key(now: float, event_id: str) -> str:
+    """Sortable and unique: nanosecond wall clock, then the event id."""
+    return f"{int(now * 1e9):020d}-{event_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Latest:
+    """What a delivery carries: the newest callback of an account."""
+
+    event_id: str
+    arrival: str
+    mode: str  # DECRYPTED ({token, openKfId}) or RAW (the original encrypted XML and query)
+    token: str | None = field(default=None, repr=False)
+    body: str | None = field(default=None, repr=False)
+    query: str | None = field(default=None, repr=False)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "arrival": self.arrival,
+            "mode": self.mode,
+            "token": self.token,
+            "body": self.body,
+            "query": self.query,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Latest:
+        return cls(
+            event_id=doc["event_id"],
+            arrival=doc["arrival"],
+            mode=doc.get("mode", DECRYPTED),
+            token=doc.get("token"),
+            body=doc.get("body"),
+            query=doc.get("query"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    key: str
+    corp_id: str
+    open_kfid: str
+    latest: Latest | None
+    delivered: str
+    attempts: int
+    backoff_until: float
+    due_at: float | None
+    lease_owner: str | None
+    lease_until: float
+    last_error: str | None
+
+    @property
+    def has_work(self) -> bool:
+        return self.latest is not None and self.latest.arrival > self.delivered
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Mailbox:
+        latest = doc.get("latest")
+        return cls(
+            key=doc["_id"],
+            corp_id=doc["corp_id"],
+            open_kfid=doc["open_kfid"],
+            latest=Latest.from_doc(latest) if latest else None,
+            delivered=doc.get("delivered", ""),
+            attempts=int(doc.get("attempts", 0)),
+            backoff_until=float(doc.get("backoff_until", 0.0)),
+            due_at=doc.get("due_at"),
+            lease_owner=doc.get("lease_owner"),
+            lease_until=float(doc.get("lease_until", 0.0)),
+            last_error=doc.get("last_error"),
+        )
+
+
+def _due_unless_backing_off(now: float) -> dict[str, Any]:
+    return {"$max": [now, {"$ifNull": ["$backoff_until", 0.0]}]}
+
+
+class MailboxStore:
+    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+        self._mailboxes = durable(db[MAILBOXES])
+        self._events = durable(db[EVENTS])
+        self._clock = clock
+        self._event_writes = GroupCommit(self._events)
+        self._mailbox_writes = GroupCommit(self._mailboxes)
+
+    async def ensure_indexes(self) -> None:
+        await self._mailboxes.create_index([("due_at", ASCENDING)])
+        await self._mailboxes.create_index([("lease_owner", ASCENDING)])
+        await self._events.create_index([("account", ASCENDING), ("arrival", ASCENDING)])
+
+    # -- intake -----------------------------------------------------------------------------
+    async def accept(self, corp_id: str, open_kfid: str, latest: Latest, *, parked: bool) -> bool:
+        """Log the event and make it the account's newest; durable when this returns.
+
+        ``parked`` (no live puppet) stores without making the mailbox due; registration or a
+        heartbeat un-parks it. Returns False if the event id was already logged (the mailbox is
+        still bumped: a crash between the two writes must not strand an event).
+        """
+        key = account_key(corp_id, open_kfid)
+        new = await self._event_writes.insert(
+            {
+                "_id": latest.event_id,
+                "account": key,
+                "corp_id": corp_id,
+                "open_kfid": open_kfid,
+                "received_at": self._clock(),
+                **latest.to_doc(),
+            }
+        )
+        newest = {"$gt": [latest.arrival, {"$ifNull": ["$latest.arrival", ""]}]}
+        update: dict[str, Any] = {
+            "corp_id": corp_id,
+            "open_kfid": open_kfid,
+            "latest": {"$cond": [newest, {"$literal": latest.to_doc()}, "$latest"]},
+            "delivered": {"$ifNull": ["$delivered", ""]},
+            "events": {"$add": [{"$ifNull": ["$events", 0]}, 1 if new else 0]},
+        }
+        if not parked:
+            update["due_at"] = _due_unless_backing_off(self._clock())
+        await self._mailbox_writes.write(UpdateOne({"_id": key}, [{"$set": update}], upsert=True))
+        return new
+
+    # -- leases -----------------------------------------------------------------------------
+    async def lease(self, key: str, owner: str, ttl: float) -> Mailbox | None:
+        """Take (or keep) an account's lease; returns the mailbox, or None if another holds it."""
+        now = self._clock()
+        doc = await self._mailboxes.find_one_and_update(
+            {"_id": key, "$or": [{"lease_until": {"$not": {"$gt": now}}}, {"lease_owner": owner}]},
+            {"$set": {"lease_owner": owner, "lease_until": now + ttl}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return Mailbox.from_doc(doc) if doc else None
+
+    async def renew(self, keys: list[str], owner: str, ttl: float) -> None:
+        if keys:
+            await self._mailboxes.update_many(
+                {"_id": {"$in": keys}, "lease_owner": owner},
+                {"$set": {"lease_until": self._clock() + ttl}},
+            )
+
+    async def release(self, keys: list[str], owner: str) -> None:
+        if keys:
+            await self._mailboxes.update_many(
+                {"_id": {"$in": keys}, "lease_owner": owner},
+                {"$set": {"lease_owner": None, "lease_until": 0.0}},
+            )
+
+    async def held(self, owner: str) -> list[str]:
+        return [doc["_id"] async for doc in self._mailboxes.find({"lease_owner": owner}, projection={"_id": 1})]
+
+    async def get(self, key: str) -> Mailbox | None:
+        doc = await self._mailboxes.find_one({"_id": key})
+        return Mailbox.from_doc(doc) if doc else None
+
+    async def due(self, owner: str, limit: int = 200) -> list[Mailbox]:
+        """Mailboxes with due work whose lease is free, expired or ours (indexed on ``due_at``)."""
+        now = self._clock()
+        cursor = self._mailboxes.find({"due_at": {"$lte": now}}, limit=limit)
+        return [
+            Mailbox.from_doc(doc)
+            async for doc in cursor
+            if doc.get("lease_owner") in (None, owner) or float(doc.get("lease_until", 0.0)) <= now
+        ]
+
+    # -- outcomes (all batched) -------------------------------------------------------------
+    async def delivered(self, key: str, owner: str, arrival: str) -> None:
+        """Record a successful delivery up to ``arrival``; stays due if something newer came in."""
+        pending_newer = {"$gt": [{"$ifNull": ["$latest.arrival", ""]}, arrival]}
+        await self._mailbox_writes.write(
+            UpdateOne(
+                {"_id": key},
+                [
+                    {
+                        "$set": {
+                            "delivered": {"$max": [{"$ifNull": ["$delivered", ""]}, arrival]},
+                            "attempts": 0,
+                            "backoff_until": 0.0,
+                            "last_error": None,
+                            "delivered_at": self._clock(),
+                            "due_at": {"$cond": [pending_newer, "$due_at", None]},
+                        }
+                    }
+                ],
+            )
+        )
+
+    async def failed(self, key: str, attempts: int, backoff_until: float, error: str) -> None:
+        await self._mailbox_writes.write(
+            UpdateOne(
+                {"_id": key},
+                {
+                    "$set": {
+                        "attempts": attempts,
+                        "backoff_until": backoff_until,
+                        "due_at": backoff_until,
+                        "last_error": error[:500],
+                    }
+                },
+            )
+        )
+
+    async def dead_letter(self, key: str, after: str, arrival: str, error: str) -> None:
+        """Give up on the events after ``after`` up to ``arrival``: they stay in the log, marked, for replay."""
+        now = self._clock()
+        await self._mailbox_writes.write(
+            UpdateOne(
+                {"_id": key},
+                [
+                    {
+                        "$set": {
+                            "delivered": {"$max": [{"$ifNull": ["$delivered", ""]}, arrival]},
+                            "dead_through": arrival,
+                            "attempts": 0,
+                            "backoff_until": 0.0,
+                            "last_error": error[:500],
+                            "due_at": {
+                                "$cond": [{"$gt": [{"$ifNull": ["$latest.arrival", ""]}, arrival]}, now, None]
+                            },
+                        }
+                    }
+                ],
+            )
+        )
+        await self._events.update_many(
+            {"account": key, "arrival": {"$gt": after, "$lte": arrival}},
+            {"$set": {"dead": True, "dead_at": now, "error": error[:500]}},
+        )
+
+    async def park(self, key: str) -> None:
+        """No live puppet: keep the work, stop the sweep from matching it."""
+        await self._mailbox_writes.write(UpdateOne({"_id": key}, {"$set": {"due_at": None}}))
+
+    async def unpark(self, keys: list[str]) -> None:
+        """A puppet is (back) online: make its pending work due now, ignoring any backoff."""
+        if keys:
+            await self._mailboxes.update_many(
+                {"_id": {"$in": keys}, "$expr": {"$gt": [{"$ifNull": ["$latest.arrival", ""]}, "$delivered"]}},
+                {"$set": {"due_at": self._clock(), "backoff_until": 0.0}},
+            )
+
+    # -- replay and inspection --------------------------------------------------------------
+    async def event(self, event_id: str) -> dict[str, Any] | None:
+        return await self._events.find_one({"_id": event_id})
+
+    async def events(self, key: str, since_arrival: str = "", limit: int = 1000) -> list[dict[str, Any]]:
+        cursor = self._events.find({"account": key, "arrival": {"$gte": since_arrival}}, limit=limit).sort(
+            "arrival", ASCENDING
+        )
+        return [doc async for doc in cursor]
+
+    async def requeue(self, key: str, latest: Latest) -> None:
+        """Replay: deliver ``latest`` again even if it was delivered or dead-lettered."""
+        await self._mailboxes.update_one(
+            {"_id": key},
+            {
+                "$set": {
+                    "latest": latest.to_doc(),
+                    "delivered": "",
+                    "due_at": self._clock(),
+                    "attempts": 0,
+                    "backoff_until": 0.0,
+                }
+            },
+        )
+        await self._events.update_one({"_id": latest.event_id}, {"$unset": {"dead": ""}})
+
+    async def accounts(self, limit: int = 1000) -> list[Mailbox]:
+        return [Mailbox.from_doc(doc) async for doc in self._mailboxes.find({}, limit=limit)]

@@ -1,0 +1,211 @@
+"""The manager: registration by proof, event intake into per-account mailboxes, dispatch, liveness."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from gateway.registry import AppRegistry
+from manager import delivery
+from manager.dispatcher import DispatchConfig, Dispatcher
+from manager.mailbox import DECRYPTED, RAW, Latest, MailboxStore, account_key, arrival_key
+from manager.puppets import Puppet, PuppetRegistry
+from token_service.service import TokenService, TokenUnavailable
+from wecom.client import WeComClient
+from wecom.crypto import MsgCrypt
+from wecom.errors import WeComError
+from wxkf import webhooks
+from wxkf.database import Database
+from wxkf.endpoints import EndpointError, IPNetwork, validate_endpoint
+from wxkf.secretbox import SecretBox
+
+log = logging.getLogger(__name__)
+
+
+class RegistrationRefused(Exception):
+    """Registration denied; ``status`` is the HTTP status and the message says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A register request (compat field names live in the route)."""
+
+    corp_id: str
+    corp_secret: str = field(repr=False)
+    kf_id: str
+    kf_name: str
+    endpoint: str
+    token: str = field(repr=False)
+    encoding_aes_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    owner: str
+    dispatch: DispatchConfig
+    delivery_timeout: float = 10.0
+    registration_token: str | None = field(default=None, repr=False)
+    allowed_networks: tuple[IPNetwork, ...] = ()
+
+
+class Manager:
+    def __init__(
+        self,
+        db: Database,
+        box: SecretBox,
+        http: httpx.AsyncClient,
+        tokens: TokenService,
+        apps: AppRegistry,
+        api_base: str,
+        config: ManagerConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.http = http
+        self.tokens = tokens
+        self.apps = apps
+        self.api_base = api_base
+        self.puppets = PuppetRegistry(db, box, clock=clock)
+        self.mailboxes = MailboxStore(db, clock=clock)
+        self._clock = clock
+        timeout = config.delivery_timeout
+
+        async def deliver(puppet: Puppet, latest: Latest) -> None:
+            await delivery.deliver(http, puppet, latest, timeout)
+
+        async def probe(puppet: Puppet) -> bool:
+            return await delivery.probe(http, puppet)
+
+        self.dispatcher = Dispatcher(self.mailboxes, self.puppets, deliver, probe, config.dispatch, clock=clock)
+
+    async def start(self) -> None:
+        await self.puppets.ensure_indexes()
+        await self.mailboxes.ensure_indexes()
+        await self.dispatcher.start()
+        await self.dispatcher.sweep()
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+
+    # -- intake -----------------------------------------------------------------------------
+    async def accept(self, corp_id: str, open_kfid: str, latest: Latest) -> bool:
+        """Queue durably; returns once stored. Unknown or offline accounts are kept (parked)."""
+        key = account_key(corp_id, open_kfid)
+        puppet = await self.puppets.get(key)
+        parked = puppet is None or not puppet.live
+        new = await self.mailboxes.accept(corp_id, open_kfid, latest, parked=parked)
+        if puppet is None and new:
+            log.warning("event %s for unregistered account %s stored as unroutable", latest.event_id, key)
+        if not parked:
+            self.dispatcher.notify(key, latest)
+        return new
+
+    async def accept_decrypted(self, corp_id: str, open_kfid: str, token: str, event_id: str | None) -> bool:
+        """``/callback/decrypted/{corpId}`` from an upstream gateway."""
+        event_id = event_id or hashlib.sha256(f"{corp_id}\n{open_kfid}\n{token}".encode()).hexdigest()[:32]
+        latest = Latest(event_id, arrival_key(self._clock(), event_id), DECRYPTED, token=token)
+        return await self.accept(corp_id, open_kfid, latest)
+
+    async def accept_gateway_document(self, doc: Mapping[str, Any]) -> None:
+        """In-process hand-off from the gateway: dispatch the original encrypted XML (compat)."""
+        latest = Latest(
+            doc["_id"],
+            arrival_key(self._clock(), doc["_id"]),
+            RAW if doc.get("body") else DECRYPTED,
+            token=doc.get("token"),
+            body=doc.get("body"),
+            query=doc.get("query"),
+        )
+        await self.accept(doc["corp_id"], doc["open_kf_id"], latest)
+
+    # -- registration -----------------------------------------------------------------------
+    def registration_token_ok(self, presented: str | None) -> bool:
+        expected = self.config.registration_token
+        if not expected:
+            return True
+        return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+
+    async def register(self, reg: Registration) -> tuple[Puppet, str]:
+        """Verify by proof, store, un-park; returns the puppet and its new webhook secret."""
+        try:
+            MsgCrypt(reg.token, reg.encoding_aes_key, reg.corp_id)
+        except ValueError as exc:
+            raise RegistrationRefused(400, f"token/encodingAESKey: {exc}") from None
+        try:
+            endpoint = await validate_endpoint(reg.endpoint, self.config.allowed_networks)
+        except EndpointError as exc:
+            raise RegistrationRefused(400, f"endpoint refused: {exc}") from None
+        open_kfid, name = await self._prove_account(reg)
+        app = self.apps.find_by_credentials(reg.corp_id, reg.token, reg.encoding_aes_key)
+        if app is None:
+            app_name = "kf-" + hashlib.sha256(reg.token.encode()).hexdigest()[:8]
+            app = await self.apps.add(reg.corp_id, app_name, reg.token, reg.encoding_aes_key, reg.corp_secret)
+        secret = webhooks.generate_secret()
+        key = account_key(reg.corp_id, open_kfid)
+        puppet = await self.puppets.register(
+            key,
+            corp_id=reg.corp_id,
+            open_kfid=open_kfid,
+            kf_name=name,
+            endpoint=endpoint,
+            app=app.key,
+            corp_secret=reg.corp_secret,
+            webhook_secret=secret,
+        )
+        log.info("registered puppet for %s (%s) at app %s", key, name, app.key)
+        await self.dispatcher.back_online(key)
+        return puppet, secret
+
+    async def _prove_account(self, reg: Registration) -> tuple[str, str]:
+        """The secret must fetch a token and list the account with manage_privilege."""
+        client = WeComClient(self.http, self.api_base, self.tokens.provider(reg.corp_id, reg.corp_secret))
+        try:
+            accounts = await client.kf_accounts_all()
+        except TokenUnavailable as exc:
+            raise RegistrationRefused(403, f"corpSecret refused by WeCom (errcode {exc.errcode})") from None
+        except WeComError as exc:
+            raise RegistrationRefused(403, f"kf/account/list failed: errcode {exc.errcode}") from None
+        except httpx.HTTPError:
+            raise RegistrationRefused(503, "WeCom unreachable; retry later") from None
+        for account in accounts:
+            if (reg.kf_id and account.open_kfid == reg.kf_id) or (
+                not reg.kf_id and reg.kf_name and account.name == reg.kf_name
+            ):
+                if not account.manage_privilege:
+                    raise RegistrationRefused(403, "this secret's app has no manage_privilege on that account")
+                return account.open_kfid, account.name
+        which = f"kfId {reg.kf_id}" if reg.kf_id else f"kfName {reg.kf_name!r}"
+        raise RegistrationRefused(403, f"{which} is not an account this corpSecret manages")
+
+    async def deregister(self, corp_id: str, open_kfid: str) -> bool:
+        return await self.puppets.deregister(account_key(corp_id, open_kfid))
+
+    async def authenticate_puppet(self, corp_id: str, open_kfid: str, secret: str | None) -> Puppet | None:
+        """The registered puppet if ``secret`` is its webhook secret or its corp secret."""
+        if not secret:
+            return None
+        puppet = await self.puppets.get(account_key(corp_id, open_kfid))
+        if puppet is None:
+            return None
+        for candidate in (puppet.webhook_secret, puppet.corp_secret):
+            if hmac.compare_digest(candidate.encode(), secret.encode()):
+                return puppet
+        return None
+
+    async def heartbeat(self, puppet: Puppet) -> None:
+        if await self.puppets.mark_online(puppet.key):
+            log.info("puppet %s is back online", puppet.key)
+            await self.dispatcher.back_online(puppet.key)

@@ -1,0 +1,54 @@
+"""Fixtures every suite shares: one real embedded SecantusDB for the whole session, a fresh database per test.
+
+The server is a real ``secantusd-py`` child over a real socket, exactly as in production; only the data dir
+is temporary. Tests get isolation from unique database names rather than from a server each (starting one
+takes a second).
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from wxkf.database import Database, Document, EmbeddedMongo
+from wxkf.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+async def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """URI of the session's embedded server."""
+    async with EmbeddedMongo(tmp_path_factory.mktemp("mongo")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="session")
+async def mongo_client(mongo_uri: str) -> AsyncIterator[AsyncMongoClient[Document]]:
+    """A client on the session's server, configured like :func:`wxkf.database.open_database`'s."""
+    client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def db(mongo_client: AsyncMongoClient[Document]) -> AsyncIterator[Database]:
+    """A database of this test's own, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    yield mongo_client[name]
+    await mongo_client.drop_database(name)
+
+
+@pytest.fixture
+def settings(mongo_uri: str, db: Database, tmp_path: Path) -> Settings:
+    """Settings for a service under test: the session's server, this test's database, a fresh data dir."""
+    return load_settings(
+        mongo_uri=mongo_uri,
+        wxkf_db_name=db.name,
+        wxkf_data_dir=tmp_path / "data",
+        wxkf_secret_key=base64.b64encode(secrets.token_bytes(32)).decode(),
+    )

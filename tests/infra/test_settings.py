@@ -1,0 +1,28 @@
+"""A bad environment variable is reported by name, in one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from wxkf.settings import SettingsError, load_settings
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("PORT", "eighty"), ("PORT", "70000"), ("MONGO_URI", "http://db"), ("WXKF_LOG_LEVEL", "LOUD")],
+)
+def test_error_names_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    message = str(error.value)
+    assert message.startswith(f"{variable}: ")
+    assert "\n" not in message
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "9000")
+    monkeypatch.setenv("WXKF_LOG_LEVEL", "debug")
+    settings = load_settings()
+    assert settings.port == 9000
+    assert settings.wxkf_log_level == "DEBUG"

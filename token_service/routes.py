@@ -1,0 +1,74 @@
+"""HTTP face of the token service, in WeCom's own response shape so existing clients can point at it."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import BaseModel, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from token_service.service import TokenService, TokenUnavailable
+from wxkf.http import BadRequest, parse_json
+
+log = logging.getLogger(__name__)
+
+MISSING_CORPID = 41002
+MISSING_SECRET = 41004
+
+
+class InvalidateIn(BaseModel):
+    corpid: str = Field(min_length=1, max_length=64)
+    corpsecret: str = Field(min_length=1, max_length=256)
+    access_token: str = Field(min_length=1, max_length=1024)
+
+
+def wecom_error(errcode: int, errmsg: str) -> JSONResponse:
+    return JSONResponse({"errcode": errcode, "errmsg": errmsg})
+
+
+def gettoken_endpoint(service: TokenService):  # type: ignore[no-untyped-def]
+    """``GET ?corpid&corpsecret`` -> ``{errcode, errmsg, access_token, expires_in}``."""
+
+    async def gettoken(request: Request) -> Response:
+        corp_id = request.query_params.get("corpid", "")
+        secret = request.query_params.get("corpsecret", "")
+        if not corp_id:
+            return wecom_error(MISSING_CORPID, "missing corpid")
+        if not secret:
+            return wecom_error(MISSING_SECRET, "missing corpsecret")
+        if len(corp_id) > 64 or len(secret) > 256:
+            return wecom_error(40013, "invalid corpid or corpsecret")
+        try:
+            issued = await service.get(corp_id, secret)
+        except TokenUnavailable as exc:
+            log.warning("no token for corp %s: errcode %s", corp_id, exc.errcode)
+            return wecom_error(exc.errcode, exc.errmsg)
+        now = service.clock()
+        return JSONResponse(
+            {"errcode": 0, "errmsg": "ok", "access_token": issued.token, "expires_in": issued.expires_in(now)}
+        )
+
+    return gettoken
+
+
+def token_routes(service: TokenService) -> list[BaseRoute]:
+    async def invalidate(request: Request) -> Response:
+        try:
+            body = await parse_json(request, InvalidateIn)
+        except BadRequest as exc:
+            return JSONResponse({"errcode": 40058, "errmsg": exc.message}, status_code=exc.status)
+        try:
+            issued = await service.invalidate(body.corpid, body.corpsecret, body.access_token)
+        except TokenUnavailable as exc:
+            return wecom_error(exc.errcode, exc.errmsg)
+        now = service.clock()
+        return JSONResponse(
+            {"errcode": 0, "errmsg": "ok", "access_token": issued.token, "expires_in": issued.expires_in(now)}
+        )
+
+    return [
+        Route("/cgi-bin/gettoken", gettoken_endpoint(service), methods=["GET"]),
+        Route("/token/invalidate", invalidate, methods=["POST"]),
+    ]

@@ -1,0 +1,77 @@
+"""Group commit: many concurrent durable writes to one collection become one ``bulk_write``.
+
+With ``--sync-on-commit`` (or ``j=True`` on MongoDB) every write command costs an fsync. Measured on
+the embedded server: ~1,300 single inserts/s versus ~19,000 documents/s in batches of 100. Callers
+still get a per-document answer: each awaits its own future, resolved when the batch containing its
+document is durable. There is no timer: while one batch is being written, new documents queue up and
+form the next batch, so an idle system writes immediately and a busy one batches more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from pymongo import InsertOne, UpdateMany, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_KEY = 11000
+
+Operation = InsertOne[dict[str, Any]] | UpdateOne | UpdateMany
+
+
+class GroupCommit:
+    """Batches writes on one collection. Each returns False if it hit a duplicate ``_id``, else True."""
+
+    def __init__(self, collection: AsyncCollection[dict[str, Any]], *, max_batch: int = 500) -> None:
+        self._collection = collection
+        self._max_batch = max_batch
+        self._pending: list[tuple[Operation, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.operations = 0
+
+    async def insert(self, doc: dict[str, Any]) -> bool:
+        return await self.write(InsertOne(doc))
+
+    async def write(self, operation: Operation) -> bool:
+        """Queue one operation and wait until the batch holding it is durable."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((operation, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_all())
+        return await future
+
+    async def _flush_all(self) -> None:
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            await self._flush(batch)
+
+    async def _flush(self, batch: list[tuple[Operation, asyncio.Future[bool]]]) -> None:
+        outcome: list[bool | BaseException] = [True] * len(batch)
+        try:
+            await self._collection.bulk_write([operation for operation, _ in batch], ordered=False)
+        except BulkWriteError as exc:
+            for error in exc.details.get("writeErrors", []):
+                index = error["index"]
+                if error.get("code") == DUPLICATE_KEY:
+                    outcome[index] = False
+                else:
+                    outcome[index] = RuntimeError(f"write failed: {error.get('errmsg')}")
+        except Exception as exc:  # the whole batch failed: every caller gets the error
+            log.warning("group commit of %d operations failed: %s", len(batch), exc)
+            outcome = [exc] * len(batch)
+        self.batches += 1
+        self.operations += len(batch)
+        for (_, future), result in zip(batch, outcome, strict=True):
+            if future.done():  # the caller went away (cancelled); the write happened anyway
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
