@@ -26,5 +26,6 @@ USER wxkf
 VOLUME ["/data"]
 EXPOSE 8080
 
-# For now the image runs the WeCom simulator; the services' `wxkf up` replaces this when it lands.
-CMD ["wxkf", "sim", "--host", "0.0.0.0"]
+# The whole hub on an embedded database in /data; HOST and PORT above are what it binds. For the admin
+# CLI: docker exec <container> wxkf corp list (it reads /data/admin.token).
+CMD ["wxkf", "up"]

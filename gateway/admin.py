@@ -40,7 +40,9 @@ def admin_routes(gateway: Gateway, admin_token: str | None) -> list[BaseRoute]:
 
     async def list_apps(request: Request) -> Response:
         await registry.reload()
-        return JSONResponse({"apps": [app.public() for app in registry.apps(request.query_params.get("corp_id"))]})
+        return JSONResponse(
+            {"apps": [app.public() for app in registry.apps(request.query_params.get("corp_id"))]}
+        )
 
     async def add_app(request: Request) -> Response:
         body = await parse_json(request, AppIn)

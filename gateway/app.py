@@ -36,7 +36,9 @@ def build_gateway(runtime: Runtime, manager_sink: Sink | None = None) -> Gateway
 
 
 def gateway_app(gateway: Gateway, admin_token: str | None) -> Starlette:
-    return Starlette(routes=[*callback_routes(gateway), *admin_routes(gateway, admin_token), *common_routes()])
+    return Starlette(
+        routes=[*callback_routes(gateway), *admin_routes(gateway, admin_token), *common_routes()]
+    )
 
 
 async def run(settings: Settings) -> None:

@@ -4,13 +4,15 @@ Each target has its own FIFO and worker, so one slow or dead receiver holds up o
 Delivery happens in waves of up to ``concurrency`` events. When a wave has failures the target backs
 off along the :class:`~wxkf.retry.RetrySchedule` (only the oldest event probes it); the first success
 drains its whole backlog at once. An event still undelivered after the schedule's total time is
-dead-lettered (kept, visible, replayable).
+dead-lettered (kept and visible), except for targets named in ``persistent``: those are retried
+until acknowledged, at the schedule's last interval.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -51,6 +53,7 @@ class Forwarder:
         concurrency: int = 16,
         clock: Callable[[], float] = time.time,
         on_result: Callable[[str, str], None] | None = None,
+        persistent: frozenset[str] = frozenset(),
     ) -> None:
         self._inbox = inbox
         self._resolve = resolve
@@ -65,6 +68,7 @@ class Forwarder:
         self._finisher: asyncio.Task[None] | None = None
         self._on_result = on_result or (lambda target, result: None)
         self._closed = False
+        self._persistent = persistent
 
     # -- feeding ----------------------------------------------------------------------------
     def submit(self, doc: dict[str, Any]) -> None:
@@ -101,7 +105,9 @@ class Forwarder:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [t.task for t in self._targets.values() if t.task] + ([self._finisher] if self._finisher else [])
+        tasks = [t.task for t in self._targets.values() if t.task] + (
+            [self._finisher] if self._finisher else []
+        )
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -126,10 +132,8 @@ class Forwarder:
             wait = target.resume_at - self._clock()
             if wait > 0:
                 target.wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(target.wake.wait(), timeout=wait)
-                except TimeoutError:
-                    pass
                 continue
             await self._wave(target)
 
@@ -158,7 +162,7 @@ class Forwarder:
         for doc, error in reversed(failed):
             attempts = doc["targets"][target.name].get("attempts", 0) + 1
             doc["targets"][target.name]["attempts"] = attempts
-            if now - doc["received_at"] > horizon:
+            if target.name not in self._persistent and now - doc["received_at"] > horizon:
                 log.warning("dead-lettering event %s for %s: %s", doc["_id"], target.name, error)
                 self._finish(doc["_id"], target.name, DEAD, error)
                 continue
@@ -167,7 +171,7 @@ class Forwarder:
         delay = self._schedule.delay_after(min(target.failures, len(self._schedule.delays)))
         target.resume_at = now + (delay or 0.0)
         log.warning(
-            "forward to %s failed (%s); %d queued, next attempt in %.0f s",
+            "forward to %s failed (%s); %d queued, next attempt in %.1f s",
             target.name,
             failed[0][1],
             len(target.queue),

@@ -78,7 +78,8 @@ class Inbox:
 
     async def finish_target(self, event_id: str, target: str, state: str) -> None:
         await self._collection.update_one(
-            {"_id": event_id}, {"$set": {f"targets.{target}.state": state, f"targets.{target}.at": self._clock()}}
+            {"_id": event_id},
+            {"$set": {f"targets.{target}.state": state, f"targets.{target}.at": self._clock()}},
         )
 
     async def pending(self, owner: str | None = None) -> AsyncIterator[dict[str, Any]]:

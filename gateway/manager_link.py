@@ -1,8 +1,9 @@
 """How ``kf_msg_or_event`` callbacks reach the manager.
 
-Over HTTP the gateway speaks the manager's compat route, ``POST {MANAGER_ENDPOINT}/callback/decrypted/{corpId}``
-with ``{token, openKfId}`` (a Node manager understands it; ours also reads ``eventId`` to dedupe). In one
-process (``wxkf up``) the same document is handed to the manager's intake function directly.
+Over HTTP the gateway speaks the manager's compat route,
+``POST {MANAGER_ENDPOINT}/callback/decrypted/{corpId}`` with ``{token, openKfId}``: a Node manager
+understands it; ours also reads ``eventId`` to dedupe. In one process (``wxkf up``) the same document
+is handed to the manager's intake function directly.
 """
 
 from __future__ import annotations

@@ -39,7 +39,9 @@ def callback_routes(gateway: Gateway, prefix: str = "/callback") -> list[BaseRou
         try:
             body = await read_body(request, gateway.config.max_body)
         except BodyTooLarge:
-            return reject(request, Rejected(413, "too_large", f"body exceeds {gateway.config.max_body} bytes"))
+            return reject(
+                request, Rejected(413, "too_large", f"body exceeds {gateway.config.max_body} bytes")
+            )
         try:
             event = await open_callback(
                 gateway.registry,

@@ -65,6 +65,7 @@ class Gateway:
             concurrency=config.forward_concurrency,
             clock=clock,
             on_result=self._count_result,
+            persistent=frozenset({MANAGER_TARGET}),
         )
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
@@ -79,7 +80,9 @@ class Gateway:
         if recovered:
             log.info("recovered %d unforwarded events from a previous run", recovered)
         self._tasks = [
-            asyncio.create_task(run_forever(self._liveness, self.config.heartbeat_interval, "replica liveness")),
+            asyncio.create_task(
+                run_forever(self._liveness, self.config.heartbeat_interval, "replica liveness")
+            ),
             asyncio.create_task(
                 run_forever(self._reload, self.config.registry_reload_interval, "registry reload")
             ),
@@ -96,7 +99,9 @@ class Gateway:
         targets = []
         if event.is_kf and self.manager_sink is not None:
             targets.append(MANAGER_TARGET)
-        targets.extend(s.target for s in self.subscriptions.matching(event.corp_id, event.app, event.event_type))
+        targets.extend(
+            s.target for s in self.subscriptions.matching(event.corp_id, event.app, event.event_type)
+        )
         return targets
 
     async def accept(self, event: CallbackEvent) -> bool:

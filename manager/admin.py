@@ -67,7 +67,9 @@ def admin_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
         views = []
         for mailbox in await manager.mailboxes.accounts():
             puppet = await manager.puppets.get(mailbox.key)
-            views.append(mailbox_view(mailbox, bool(puppet and puppet.registered), bool(puppet and puppet.online)))
+            views.append(
+                mailbox_view(mailbox, bool(puppet and puppet.registered), bool(puppet and puppet.online))
+            )
         if request.query_params.get("unroutable"):
             views = [view for view in views if not view["registered"]]
         return JSONResponse({"accounts": views})
@@ -86,7 +88,11 @@ def admin_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
                 "id": doc["_id"],
                 "received_at": doc.get("received_at"),
                 "mode": doc.get("mode"),
-                "state": "dead" if doc.get("dead") else "delivered" if doc["arrival"] <= mailbox.delivered else "queued",
+                "state": "dead"
+                if doc.get("dead")
+                else "delivered"
+                if doc["arrival"] <= mailbox.delivered
+                else "queued",
             }
             for doc in docs
         ]

@@ -8,6 +8,8 @@ kf events to the manager in-process instead of over HTTP.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 
@@ -37,7 +39,9 @@ def build_manager(runtime: Runtime, tokens: TokenService, apps: AppRegistry) -> 
     registration_token = settings.wxkf_registration_token
     config = ManagerConfig(
         owner=owner,
-        dispatch=DispatchConfig(owner=owner, schedule=RetrySchedule(parse_delays(settings.wxkf_retry_schedule))),
+        dispatch=DispatchConfig(
+            owner=owner, schedule=RetrySchedule(parse_delays(settings.wxkf_retry_schedule))
+        ),
         registration_token=registration_token.get_secret_value() if registration_token else None,
         allowed_networks=parse_networks(settings.wxkf_allowed_networks),
     )
@@ -55,7 +59,7 @@ class Hub:
         self.manager = build_manager(runtime, self.tokens, self.gateway.registry)
         self._refresher: asyncio.Task[None] | None = None
 
-    async def _accept(self, doc: dict) -> None:  # type: ignore[type-arg]
+    async def _accept(self, doc: Mapping[str, Any]) -> None:
         assert self.manager is not None
         await self.manager.accept_gateway_document(doc)
 

@@ -97,7 +97,9 @@ class Dispatcher:
         self._loops = [
             asyncio.create_task(self._every(self.config.sweep_interval, self.sweep), name="dispatch:sweep"),
             asyncio.create_task(self._every(self.config.lease_ttl / 3, self._leases), name="dispatch:leases"),
-            asyncio.create_task(self._every(self.config.probe_interval, self.probe_offline), name="dispatch:probe"),
+            asyncio.create_task(
+                self._every(self.config.probe_interval, self.probe_offline), name="dispatch:probe"
+            ),
         ]
 
     async def stop(self) -> None:
@@ -216,16 +218,26 @@ class Dispatcher:
         account.attempts += 1
         delay = self.config.schedule.delay_after(account.attempts)
         if delay is None:
-            log.warning("dead-lettering %s up to %s after %d attempts: %s", account.key, latest.event_id,
-                        account.attempts, error)
+            log.warning(
+                "dead-lettering %s up to %s after %d attempts: %s",
+                account.key,
+                latest.event_id,
+                account.attempts,
+                error,
+            )
             await self._store.dead_letter(account.key, account.delivered, latest.arrival, error)
             account.delivered = latest.arrival
             account.attempts = 0
             account.backoff_until = 0.0
             return
         account.backoff_until = self._clock() + delay
-        log.warning("delivery to %s failed (%s); attempt %d, retry in %.0f s", account.key, error,
-                    account.attempts, delay)
+        log.warning(
+            "delivery to %s failed (%s); attempt %d, retry in %.0f s",
+            account.key,
+            error,
+            account.attempts,
+            delay,
+        )
         await self._store.failed(account.key, account.attempts, account.backoff_until, error)
 
     # -- leases and liveness ----------------------------------------------------------------
@@ -236,7 +248,9 @@ class Dispatcher:
         idle = [
             key
             for key, account in self._held.items()
-            if not account.busy and not account.has_work and now - account.last_active > self.config.idle_release
+            if not account.busy
+            and not account.has_work
+            and now - account.last_active > self.config.idle_release
         ]
         for key in idle:
             del self._held[key]
@@ -255,7 +269,9 @@ class Dispatcher:
                 await self.back_online(puppet.key)
                 revived += 1
             else:
-                delay = min(self.config.probe_backoff_max, self.config.probe_interval * 2 ** min(failures + 1, 16))
+                delay = min(
+                    self.config.probe_backoff_max, self.config.probe_interval * 2 ** min(failures + 1, 16)
+                )
                 await self._puppets.mark_offline(puppet.key, self._clock() + delay, failures + 1)
         return revived
 

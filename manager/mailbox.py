@@ -182,7 +182,9 @@ class MailboxStore:
             )
 
     async def held(self, owner: str) -> list[str]:
-        return [doc["_id"] async for doc in self._mailboxes.find({"lease_owner": owner}, projection={"_id": 1})]
+        return [
+            doc["_id"] async for doc in self._mailboxes.find({"lease_owner": owner}, projection={"_id": 1})
+        ]
 
     async def get(self, key: str) -> Mailbox | None:
         doc = await self._mailboxes.find_one({"_id": key})
@@ -236,7 +238,7 @@ class MailboxStore:
         )
 
     async def dead_letter(self, key: str, after: str, arrival: str, error: str) -> None:
-        """Give up on the events after ``after`` up to ``arrival``: they stay in the log, marked, for replay."""
+        """Give up on events after ``after`` up to ``arrival``; they stay in the log, marked, for replay."""
         now = self._clock()
         await self._mailbox_writes.write(
             UpdateOne(
@@ -270,7 +272,10 @@ class MailboxStore:
         """A puppet is (back) online: make its pending work due now, ignoring any backoff."""
         if keys:
             await self._mailboxes.update_many(
-                {"_id": {"$in": keys}, "$expr": {"$gt": [{"$ifNull": ["$latest.arrival", ""]}, "$delivered"]}},
+                {
+                    "_id": {"$in": keys},
+                    "$expr": {"$gt": [{"$ifNull": ["$latest.arrival", ""]}, "$delivered"]},
+                },
                 {"$set": {"due_at": self._clock(), "backoff_until": 0.0}},
             )
 

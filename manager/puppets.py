@@ -143,6 +143,7 @@ class PuppetRegistry:
             upsert=True,
             return_document=ReturnDocument.AFTER,
         )
+        assert doc is not None  # upsert
         puppet = self._decode(doc)
         self._cache[key] = (now, puppet)
         return puppet

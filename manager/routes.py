@@ -148,10 +148,14 @@ def compat_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
         url = f"{manager.api_base}/{path}?{urlencode(query)}"
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type",)}
         try:
-            upstream = await manager.http.request(request.method, url, content=body, headers=headers, timeout=30)
+            upstream = await manager.http.request(
+                request.method, url, content=body, headers=headers, timeout=30
+            )
         except httpx.HTTPError as exc:
             return refusal(502, f"WeCom unreachable: {type(exc).__name__}")
-        keep = {k: v for k, v in upstream.headers.items() if k.lower() in ("content-type", "content-disposition")}
+        keep = {
+            k: v for k, v in upstream.headers.items() if k.lower() in ("content-type", "content-disposition")
+        }
         return Response(upstream.content, status_code=upstream.status_code, headers=keep)
 
     async def decrypted(request: Request) -> Response:
@@ -161,7 +165,10 @@ def compat_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
             return PlainTextResponse(exc.message, status_code=exc.status)
         try:
             await manager.accept_decrypted(
-                request.path_params["corp_id"], body.openKfId, body.token, body.eventId or request.headers.get("webhook-id")
+                request.path_params["corp_id"],
+                body.openKfId,
+                body.token,
+                body.eventId or request.headers.get("webhook-id"),
             )
         except Exception:
             log.exception("cannot queue decrypted callback")

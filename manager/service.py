@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from wecom.client import WeComClient
+from wecom.errors import WeComError
 
 from gateway.registry import AppRegistry
 from manager import delivery
@@ -18,9 +20,7 @@ from manager.dispatcher import DispatchConfig, Dispatcher
 from manager.mailbox import DECRYPTED, RAW, Latest, MailboxStore, account_key, arrival_key
 from manager.puppets import Puppet, PuppetRegistry
 from token_service.service import TokenService, TokenUnavailable
-from wecom.client import WeComClient
 from wecom.crypto import MsgCrypt
-from wecom.errors import WeComError
 from wxkf import webhooks
 from wxkf.database import Database
 from wxkf.endpoints import EndpointError, IPNetwork, validate_endpoint
@@ -89,7 +89,9 @@ class Manager:
         async def probe(puppet: Puppet) -> bool:
             return await delivery.probe(http, puppet)
 
-        self.dispatcher = Dispatcher(self.mailboxes, self.puppets, deliver, probe, config.dispatch, clock=clock)
+        self.dispatcher = Dispatcher(
+            self.mailboxes, self.puppets, deliver, probe, config.dispatch, clock=clock
+        )
 
     async def start(self) -> None:
         await self.puppets.ensure_indexes()
@@ -185,7 +187,9 @@ class Manager:
                 not reg.kf_id and reg.kf_name and account.name == reg.kf_name
             ):
                 if not account.manage_privilege:
-                    raise RegistrationRefused(403, "this secret's app has no manage_privilege on that account")
+                    raise RegistrationRefused(
+                        403, "this secret's app has no manage_privilege on that account"
+                    )
                 return account.open_kfid, account.name
         which = f"kfId {reg.kf_id}" if reg.kf_id else f"kfName {reg.kf_name!r}"
         raise RegistrationRefused(403, f"{which} is not an account this corpSecret manages")

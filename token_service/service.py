@@ -24,9 +24,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from token_service.store import TokenRecord, TokenStore
 from wecom.errors import WeComError
 from wecom.tokens import AccessToken
+
+from token_service.store import TokenRecord, TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,9 @@ class TokenService:
         key = self.store.key_for(corp_id, secret)
         now = self.clock()
         cached = self._memory.get(key)
-        if cached and now - cached.checked_at < self.policy.memory_ttl:
-            if cached.expires_at - now > self.policy.min_remaining:
-                return IssuedToken(cached.token, cached.expires_at)
+        fresh = cached is not None and now - cached.checked_at < self.policy.memory_ttl
+        if cached is not None and fresh and cached.expires_at - now > self.policy.min_remaining:
+            return IssuedToken(cached.token, cached.expires_at)
         return await self._single_flight(key, lambda: self._resolve(corp_id, secret, key, stale=None))
 
     async def invalidate(self, corp_id: str, secret: str, token: str) -> IssuedToken:
@@ -179,7 +180,9 @@ class TokenService:
             now = self.clock()
             record = await self.store.load(key)
             if record is None:  # deleted by a replica that saw the secret rejected
-                raise TokenUnavailable(INVALID_CREDENTIAL, "invalid credential (corpsecret rejected by WeCom)")
+                raise TokenUnavailable(
+                    INVALID_CREDENTIAL, "invalid credential (corpsecret rejected by WeCom)"
+                )
             if not hmac.compare_digest(record.secret, secret):
                 raise TokenUnavailable(INVALID_CREDENTIAL, "invalid credential")
             if self._usable(record, now, stale):
@@ -218,7 +221,9 @@ class TokenService:
         self._memory[record.key] = _Cached(fresh.token, fresh.expires_at, now)
         return IssuedToken(fresh.token, fresh.expires_at)
 
-    async def _record_failure(self, record: TokenRecord, errcode: int, errmsg: str, now: float) -> IssuedToken:
+    async def _record_failure(
+        self, record: TokenRecord, errcode: int, errmsg: str, now: float
+    ) -> IssuedToken:
         if errcode == INVALID_CREDENTIAL and record.generation == 0:
             # The secret never worked: forget it rather than keep it, and refuse it locally for a while.
             await self.store.delete(record.key)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+
 import uvicorn
 from starlette.applications import Starlette
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 async def serve(app: Starlette, host: str, port: int) -> None:
-    """Run until SIGINT/SIGTERM. Logging is ours (``wxkf.logging``); uvicorn's access log stays off."""
+    """Run until SIGINT/SIGTERM, then return, so the caller stops its services and closes the runtime.
+
+    Once shut down, uvicorn re-raises the signal it caught into the handler it found on entry: by default
+    SIGTERM's would kill the process before the caller's cleanup, and asyncio.run's SIGINT handler would
+    cancel that cleanup half-way. So the handler it finds is ours, and only asks it to exit (again).
+    Logging is ours (``wxkf.logging``); uvicorn's access log stays off.
+    """
     config = uvicorn.Config(
         app,
         host=host,
@@ -18,4 +29,12 @@ async def serve(app: Starlette, host: str, port: int) -> None:
         timeout_graceful_shutdown=10,
         server_header=False,
     )
-    await uvicorn.Server(config).serve()
+    server = uvicorn.Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, server.handle_exit, sig, None)
+    try:
+        await server.serve()
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)

@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     wxkf_allowed_networks: str | None = Field(
         default=None, description="comma-separated CIDRs that delivery targets must lie in (default: any)"
     )
-    wxkf_max_body: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="max callback body")
+    wxkf_max_body: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="max callback body"
+    )
     wxkf_retry_schedule: str = Field(
         default="5s,5m,30m,2h,5h,10h,10h", description="delays between delivery attempts"
     )

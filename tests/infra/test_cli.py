@@ -1,18 +1,35 @@
-"""The ``wxkf`` command line: help, version, and how it reports a bad environment."""
+"""The ``wxkf`` command line: help, version, bad environments, the serving commands, and the admin
+commands against a real hub on a real socket."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from pydantic import SecretStr
+from typer.testing import CliRunner, Result
 
+from manager.app import Hub
+from tests.support.processes import is_running
+from tests.support.servers import serve_app
 from wxkf.cli import app
+from wxkf.runtime import ADMIN_TOKEN_FILE, open_runtime
+from wxkf.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
 
 
 def test_help_lists_subcommands() -> None:
@@ -49,3 +66,245 @@ def test_python_m_wxkf_runs_the_cli() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "sim" in done.stdout
+
+
+# -- serving subcommands -------------------------------------------------------------------------
+
+SERVICES = ["up", "manager", "gateway", "token-service"]
+
+
+def test_help_lists_every_subcommand() -> None:
+    result = runner.invoke(app, ["--help"])
+    for command in [*SERVICES, "sim", "corp", "replay"]:
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", SERVICES)
+def test_services_refuse_bad_settings_in_one_line(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WXKF_RETRY_SCHEDULE", "soon")
+    result = runner.invoke(app, [command])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("wxkf: WXKF_RETRY_SCHEDULE: ")
+    assert result.stderr.count("\n") == 1
+
+
+async def test_up_serves_the_admin_api_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """The real command in embedded mode: its generated admin token is what the CLI finds, and SIGTERM
+    shuts it down in order (exit status 0, embedded database stopped) rather than killing it."""
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "WXKF_DATA_DIR": str(data_dir), "PORT": "0", "HOST": "127.0.0.1"}
+    for name in ("MONGO_URI", "WXKF_ADMIN_TOKEN", "WXKF_SECRET_KEY"):
+        env.pop(name, None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "wxkf", "up", cwd=PROJECT_ROOT, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    try:
+        base_url = await wait_for_listening(proc.stderr)
+        database_pids = children_of(proc.pid)
+        assert database_pids, "the embedded database should run as a child of wxkf up"
+
+        listing = await wxkf("corp", "list", "--server", base_url, env={"WXKF_DATA_DIR": str(data_dir)})
+        assert listing.exit_code == 0, listing.stderr
+        assert listing.stdout == "no corp apps\n"
+
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(STOP_TIMEOUT):
+            log = (await proc.stderr.read()).decode()
+            assert await proc.wait() == 0, log
+        assert "Traceback" not in log
+        assert not any(is_running(pid) for pid in database_pids)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def wait_for_listening(stderr: asyncio.StreamReader) -> str:
+    """The base URL from uvicorn's "running on" line (it reports the real port when PORT=0)."""
+    async with asyncio.timeout(START_TIMEOUT):
+        while line := (await stderr.readline()).decode():
+            if found := re.search(r"Uvicorn running on (http://\S+)", line):
+                return found.group(1)
+    raise AssertionError("wxkf up exited before it listened")
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+# -- admin commands against a real hub -----------------------------------------------------------
+
+ADMIN_TOKEN = "admin-token-for-tests"
+CORP = "wwcorp0001"
+TOKEN = "callbackToken123"
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+SECRET = "corp-app-secret-987"
+
+
+@dataclass
+class RunningHub:
+    hub: Hub
+    url: str
+
+
+@pytest.fixture
+async def running_hub(settings: Settings) -> AsyncIterator[RunningHub]:
+    """The whole hub, as ``wxkf up`` composes it, on a real socket."""
+    settings = settings.model_copy(update={"wxkf_admin_token": SecretStr(ADMIN_TOKEN)})
+    async with open_runtime(settings) as runtime:
+        hub = Hub(runtime)
+        await hub.start()
+        try:
+            async with serve_app(hub.app()) as url:
+                yield RunningHub(hub, url)
+        finally:
+            await hub.stop()
+
+
+async def wxkf(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> Result:
+    """Run the CLI in a thread (it makes blocking HTTP calls to a server on this event loop).
+
+    ``env`` is all the CLI sees of the variables it reads (default: just the admin token).
+    """
+    environment: dict[str, str | None] = dict.fromkeys(("WXKF_ADMIN_TOKEN", "PORT", "WXKF_DATA_DIR"))
+    environment.update({"WXKF_ADMIN_TOKEN": ADMIN_TOKEN} if env is None else env)
+    return await asyncio.to_thread(runner.invoke, app, list(args), env=environment, input=input)
+
+
+def add_corp_app(
+    url: str, *extra: str, aes_key: str = AES_KEY, input: str | None = None
+) -> Awaitable[Result]:
+    args = ("corp", "add", CORP, "--token", TOKEN, "--aes-key", aes_key, "--server", url, *extra)
+    return wxkf(*args, input=input)
+
+
+async def test_corp_add_list_rm(running_hub: RunningHub) -> None:
+    url = running_hub.url
+    added = await add_corp_app(url, "--secret-stdin", input=f"{SECRET}\n")
+    assert added.exit_code == 0, added.stderr
+    assert f"added {CORP}/default (the corp's default app, secret: yes)" in added.stdout
+    assert f"/callback/{CORP}\n" in added.stdout
+
+    listed = await wxkf("corp", "list", "--server", url)
+    assert listed.exit_code == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["CORP", "ID", "NAME", "DEFAULT", "SECRET", "CALLBACK", "PATH", "CREATED"]
+    assert row.split()[:5] == [CORP, "default", "yes", "yes", f"/callback/{CORP}"]
+    for secret in (TOKEN, AES_KEY, SECRET):
+        assert secret not in added.output + listed.output
+
+    removed = await wxkf("corp", "rm", CORP, "--server", url)
+    assert removed.exit_code == 0, removed.stderr
+    assert removed.stdout == f"removed {CORP}/default\n"
+    assert (await wxkf("corp", "list", "--server", url)).stdout == "no corp apps\n"
+
+
+async def test_corp_rm_without_a_name_refuses_to_guess(running_hub: RunningHub) -> None:
+    url = running_hub.url
+    assert (await add_corp_app(url)).exit_code == 0
+    assert (await add_corp_app(url, "--name", "sales", "--no-default")).exit_code == 0
+
+    ambiguous = await wxkf("corp", "rm", CORP, "--server", url)
+    assert ambiguous.exit_code == 1
+    assert ambiguous.stderr == f"wxkf: {CORP} has 2 apps (default, sales); name the one to remove\n"
+
+    assert (await wxkf("corp", "rm", CORP, "sales", "--server", url)).exit_code == 0
+    listed = await wxkf("corp", "list", "--corp", CORP, "--server", url)
+    assert [line.split()[1] for line in listed.stdout.splitlines()[1:]] == ["default"]
+
+
+async def test_corp_add_reports_the_servers_reason(running_hub: RunningHub) -> None:
+    result = await wxkf(
+        "corp", "add", CORP, "--token", TOKEN, "--aes-key", "short", "--server", running_hub.url
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith("wxkf: encoding_aes_key: ")
+    assert result.stderr.endswith("(400)\n")
+    assert result.stderr.count("\n") == 1
+
+
+async def test_secret_and_secret_stdin_are_exclusive() -> None:
+    result = await add_corp_app("http://127.0.0.1:1", "--secret", SECRET, "--secret-stdin", input="other\n")
+    assert result.exit_code == 2
+    assert "not both" in result.stderr
+
+
+async def test_wrong_admin_token_is_refused(running_hub: RunningHub) -> None:
+    result = await wxkf("corp", "list", "--server", running_hub.url, env={"WXKF_ADMIN_TOKEN": "wrong"})
+    assert result.exit_code == 1
+    assert result.stderr.startswith("wxkf: admin token refused (401")
+    assert result.stderr.count("\n") == 1
+
+
+async def test_admin_token_is_read_from_the_data_dir(running_hub: RunningHub, tmp_path: Path) -> None:
+    (tmp_path / ADMIN_TOKEN_FILE).write_text(ADMIN_TOKEN + "\n")
+    result = await wxkf("corp", "list", "--server", running_hub.url, env={"WXKF_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.stderr
+
+
+async def test_missing_admin_token_is_explained_not_created(tmp_path: Path) -> None:
+    result = await wxkf("corp", "list", env={"WXKF_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 1
+    assert result.stderr.startswith("wxkf: no admin token: set WXKF_ADMIN_TOKEN")
+    assert not (tmp_path / ADMIN_TOKEN_FILE).exists()
+
+
+async def test_unreachable_server_is_one_line() -> None:
+    with socket.socket() as closed:  # bound but not listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        result = await wxkf("corp", "list", "--server", f"http://127.0.0.1:{port}")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"wxkf: cannot reach http://127.0.0.1:{port} ")
+    assert result.stderr.count("\n") == 1
+
+
+async def test_default_server_is_localhost_on_port(running_hub: RunningHub) -> None:
+    port = running_hub.url.rpartition(":")[2]
+    result = await wxkf("corp", "list", env={"PORT": port, "WXKF_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert result.exit_code == 0, result.stderr
+
+
+async def test_replay_an_event_and_an_account_since(running_hub: RunningHub) -> None:
+    url = running_hub.url
+    manager = running_hub.hub.manager
+    assert manager is not None
+    before = datetime.now(UTC) - timedelta(minutes=1)
+    await manager.accept_decrypted(CORP, "wkACCOUNT1", "sync-token-1", "event-1")
+    await manager.accept_decrypted(CORP, "wkACCOUNT1", "sync-token-2", "event-2")
+
+    one = await wxkf("replay", "--event", "event-1", "--server", url)
+    assert one.exit_code == 0, one.stderr
+    assert one.stdout.startswith(f"replaying 1 event(s) of {CORP}/wkACCOUNT1: delivering event-1")
+
+    since = before.astimezone().replace(tzinfo=None).isoformat()  # local time without an offset
+    both = await wxkf("replay", "--account", f"{CORP}/wkACCOUNT1", "--since", since, "--server", url)
+    assert both.exit_code == 0, both.stderr
+    assert both.stdout.startswith(f"replaying 2 event(s) of {CORP}/wkACCOUNT1: delivering event-2")
+
+    later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    none = await wxkf("replay", "--account", f"{CORP}/wkACCOUNT1", "--since", later, "--server", url)
+    assert none.exit_code == 1
+    assert none.stderr == "wxkf: no events for that account since then (404)\n"
+
+
+async def test_replay_unknown_event(running_hub: RunningHub) -> None:
+    result = await wxkf("replay", "--event", "no-such-event", "--server", running_hub.url)
+    assert result.exit_code == 1
+    assert result.stderr == "wxkf: no such event (404)\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--event", "e1", "--account", "ww/kf", "--since", "2025-01-01"],
+        ["--account", "ww/kf"],
+        ["--account", "no-slash", "--since", "2025-01-01"],
+        ["--account", "ww/kf", "--since", "yesterday"],
+    ],
+)
+def test_replay_needs_exactly_one_well_formed_selection(args: list[str]) -> None:
+    result = runner.invoke(app, ["replay", *args], env={"WXKF_ADMIN_TOKEN": ADMIN_TOKEN})
+    assert result.exit_code == 2
