@@ -182,7 +182,6 @@ async def test_a_live_replica_takes_over_a_dead_ones_events(
     )
     await dead.start()
     await dead.registry.add(keys.corp_id, None, keys.token, keys.aes_key)
-    from gateway.inbox import new_document
 
     event = await opened(dead.registry, keys, kf_event_xml(keys.corp_id, "wkAAA", "orphan"))
     await dead.inbox.store(new_document(event, ["manager"], "gw-dead", clock()))
