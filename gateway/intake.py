@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from wecom.models import EventError, KfMsgOrEvent, parse_event
-from wecom.xml import XMLError, parse_xml
-
 from gateway.registry import AppRegistry, CorpApp
 from wecom.crypto import CryptoError, ReceiveIdError, SignatureError
+from wecom.models import EventError, KfMsgOrEvent, parse_event
+from wecom.xml import XMLError, parse_xml
 
 KF_EVENT = "kf_msg_or_event"
 QUERY_PARAMS = ("msg_signature", "timestamp", "nonce")

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from manager.mailbox import Latest, Mailbox, account_key
+from manager.mailbox import Mailbox, account_key
 from manager.service import Manager
 from wxkf.http import BadRequest, admin_only, error, parse_json
 
@@ -45,21 +45,19 @@ def mailbox_view(mailbox: Mailbox, registered: bool, online: bool) -> dict[str, 
 async def replay(manager: Manager, body: ReplayIn) -> dict[str, object]:
     """Re-deliver one event, or everything for an account since a time (coalesced into one delivery)."""
     if body.event_id:
-        doc = await manager.mailboxes.event(body.event_id)
-        if doc is None:
+        newest = await manager.mailboxes.event(body.event_id)
+        if newest is None:
             raise BadRequest("no such event", 404)
-        events = [doc]
+        count = 1
     else:
         assert body.corp_id and body.open_kfid and body.since
         since = f"{int(body.since.timestamp() * 1e9):020d}"
-        events = await manager.mailboxes.events(account_key(body.corp_id, body.open_kfid), since)
-        if not events:
+        count, newest = await manager.mailboxes.newest_since(account_key(body.corp_id, body.open_kfid), since)
+        if newest is None:
             raise BadRequest("no events for that account since then", 404)
-    newest = events[-1]
-    latest = Latest.from_doc(newest)
-    await manager.mailboxes.requeue(newest["account"], latest)
+    latest = await manager.mailboxes.requeue(newest["account"], newest)
     manager.dispatcher.notify(newest["account"], latest)
-    return {"replayed": len(events), "account": newest["account"], "delivering": latest.event_id}
+    return {"replayed": count, "account": newest["account"], "delivering": latest.event_id}
 
 
 def admin_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:

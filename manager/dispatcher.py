@@ -17,11 +17,13 @@ failing (non-2xx) backs off along the retry schedule and is dead-lettered after 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from manager import metrics
 from manager.mailbox import Latest, Mailbox, MailboxStore
 from manager.puppets import Puppet, PuppetRegistry
 from wxkf.delivery import DeliveryError
@@ -90,7 +92,8 @@ class Dispatcher:
         self._acquiring: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        self.deliveries = 0
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self._progress = asyncio.Condition()
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -119,6 +122,17 @@ class Dispatcher:
                 await step()
             except Exception:
                 log.exception("dispatcher background step failed")
+
+    async def _record(self, outcome: str) -> None:
+        metrics.DISPATCHES.labels(outcome).inc()
+        async with self._progress:
+            self.outcomes[outcome] += 1
+            self._progress.notify_all()
+
+    async def wait_until(self, predicate: Callable[[collections.Counter[str]], bool], timeout: float) -> None:
+        """Wait until ``predicate(outcomes)`` holds (outcomes: delivered, failed, dead, parked, offline)."""
+        async with asyncio.timeout(timeout), self._progress:
+            await self._progress.wait_for(lambda: predicate(self.outcomes))
 
     # -- entry points -----------------------------------------------------------------------
     def notify(self, key: str, latest: Latest | None = None) -> None:
@@ -197,6 +211,7 @@ class Dispatcher:
             puppet = await self._puppets.get(account.key)
             if puppet is None or not puppet.live:
                 await self._store.park(account.key)
+                await self._record("parked")
                 return
             try:
                 await self._deliver(puppet, latest)
@@ -204,15 +219,16 @@ class Dispatcher:
                 log.warning("puppet %s unreachable (%s); parked until it is back", account.key, exc)
                 await self._puppets.mark_offline(account.key, self._clock() + self.config.probe_interval, 0)
                 await self._store.park(account.key)
+                await self._record("offline")
                 return
             except DeliveryError as exc:
                 await self._failed(account, latest, str(exc))
                 continue
-            self.deliveries += 1
             account.delivered = latest.arrival
             account.attempts = 0
             account.backoff_until = 0.0
             await self._store.delivered(account.key, self.config.owner, latest.arrival)
+            await self._record("delivered")
 
     async def _failed(self, account: _Account, latest: Latest, error: str) -> None:
         account.attempts += 1
@@ -229,6 +245,7 @@ class Dispatcher:
             account.delivered = latest.arrival
             account.attempts = 0
             account.backoff_until = 0.0
+            await self._record("dead")
             return
         account.backoff_until = self._clock() + delay
         log.warning(
@@ -239,6 +256,7 @@ class Dispatcher:
             delay,
         )
         await self._store.failed(account.key, account.attempts, account.backoff_until, error)
+        await self._record("failed")
 
     # -- leases and liveness ----------------------------------------------------------------
     async def _leases(self) -> None:

@@ -284,26 +284,38 @@ class MailboxStore:
         return await self._events.find_one({"_id": event_id})
 
     async def events(self, key: str, since_arrival: str = "", limit: int = 1000) -> list[dict[str, Any]]:
+        """The oldest ``limit`` events of an account from ``since_arrival`` on."""
         cursor = self._events.find({"account": key, "arrival": {"$gte": since_arrival}}, limit=limit).sort(
             "arrival", ASCENDING
         )
         return [doc async for doc in cursor]
 
-    async def requeue(self, key: str, latest: Latest) -> None:
-        """Replay: deliver ``latest`` again even if it was delivered or dead-lettered."""
+    async def newest_since(self, key: str, since_arrival: str) -> tuple[int, dict[str, Any] | None]:
+        """How many events an account has from ``since_arrival`` on, and the newest of them."""
+        query = {"account": key, "arrival": {"$gte": since_arrival}}
+        count = await self._events.count_documents(query)
+        newest = await self._events.find_one(query, sort=[("arrival", -1)])
+        return count, newest
+
+    async def requeue(self, key: str, event: Mapping[str, Any]) -> Latest:
+        """Replay: the logged ``event`` arrives again (a fresh arrival key), so it is delivered anew."""
+        old = Latest.from_doc(event)
+        latest = Latest(
+            old.event_id, arrival_key(self._clock(), old.event_id), old.mode, old.token, old.body, old.query
+        )
         await self._mailboxes.update_one(
             {"_id": key},
             {
                 "$set": {
                     "latest": latest.to_doc(),
-                    "delivered": "",
                     "due_at": self._clock(),
                     "attempts": 0,
                     "backoff_until": 0.0,
                 }
             },
         )
-        await self._events.update_one({"_id": latest.event_id}, {"$unset": {"dead": ""}})
+        await self._events.update_one({"_id": old.event_id}, {"$unset": {"dead": ""}})
+        return latest
 
     async def accounts(self, limit: int = 1000) -> list[Mailbox]:
         return [Mailbox.from_doc(doc) async for doc in self._mailboxes.find({}, limit=limit)]

@@ -11,16 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from wecom.client import WeComClient
-from wecom.errors import WeComError
 
 from gateway.registry import AppRegistry
-from manager import delivery
+from manager import delivery, metrics
 from manager.dispatcher import DispatchConfig, Dispatcher
 from manager.mailbox import DECRYPTED, RAW, Latest, MailboxStore, account_key, arrival_key
 from manager.puppets import Puppet, PuppetRegistry
 from token_service.service import TokenService, TokenUnavailable
+from wecom.client import WeComClient
 from wecom.crypto import MsgCrypt
+from wecom.errors import WeComError
 from wxkf import webhooks
 from wxkf.database import Database
 from wxkf.endpoints import EndpointError, IPNetwork, validate_endpoint
@@ -109,6 +109,7 @@ class Manager:
         puppet = await self.puppets.get(key)
         parked = puppet is None or not puppet.live
         new = await self.mailboxes.accept(corp_id, open_kfid, latest, parked=parked)
+        metrics.ACCEPTED.labels("unroutable" if puppet is None else "new" if new else "duplicate").inc()
         if puppet is None and new:
             log.warning("event %s for unregistered account %s stored as unroutable", latest.event_id, key)
         if not parked:

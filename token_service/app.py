@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from starlette.applications import Starlette
-from wecom.client import fetch_access_token
-from wecom.tokens import AccessToken
 
 from token_service.routes import token_routes
 from token_service.service import TokenPolicy, TokenService
 from token_service.store import TokenStore
+from wecom.client import fetch_access_token
+from wecom.tokens import AccessToken
 from wxkf.http import common_routes
 from wxkf.runtime import Runtime, open_runtime
 from wxkf.server import serve

@@ -24,10 +24,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from token_service.store import TokenRecord, TokenStore
 from wecom.errors import WeComError
 from wecom.tokens import AccessToken
-
-from token_service.store import TokenRecord, TokenStore
 
 log = logging.getLogger(__name__)
 

@@ -92,15 +92,18 @@ async def test_up_serves_the_admin_api_and_stops_cleanly_on_sigterm(tmp_path: Pa
     """The real command in embedded mode: its generated admin token is what the CLI finds, and SIGTERM
     shuts it down in order (exit status 0, embedded database stopped) rather than killing it."""
     data_dir = tmp_path / "data"
-    env = {**os.environ, "WXKF_DATA_DIR": str(data_dir), "PORT": "0", "HOST": "127.0.0.1"}
+    env = {**os.environ, "WXKF_DATA_DIR": str(data_dir), "HOST": "0.0.0.0", "PORT": "8080"}
     for name in ("MONGO_URI", "WXKF_ADMIN_TOKEN", "WXKF_SECRET_KEY"):
         env.pop(name, None)
+    args = ["-m", "wxkf", "up", "--host", "127.0.0.1", "--port", "0"]  # the options win over HOST, PORT
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "wxkf", "up", cwd=PROJECT_ROOT, env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, *args, cwd=PROJECT_ROOT, env=env, stderr=asyncio.subprocess.PIPE
     )
     assert proc.stderr is not None
     try:
         base_url = await wait_for_listening(proc.stderr)
+        assert base_url.startswith("http://127.0.0.1:")
+        assert not base_url.endswith(":8080")
         database_pids = children_of(proc.pid)
         assert database_pids, "the embedded database should run as a child of wxkf up"
 

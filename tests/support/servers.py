@@ -1,42 +1,69 @@
-"""Real HTTP servers for tests: an ASGI app on 127.0.0.1, on a port the kernel picks."""
+"""Serving ASGI apps on real sockets inside the test's event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
 
 START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
 
 
-@asynccontextmanager
-async def serve_app(app: ASGIApp, *, timeout: float = START_TIMEOUT) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn for the duration of the block; yields its base URL (no trailing slash).
+class _Server(uvicorn.Server):
+    """A uvicorn server that reports start-up through an event and leaves signal handling alone."""
 
-    The socket is bound (port 0) before uvicorn starts, so the port is known without parsing logs and
-    no other process can take it in between.
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the test runner owns SIGINT, not this server
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: ASGIApp, *, lifespan: str = "auto", graceful: float = 2.0) -> AsyncIterator[str]:
+    """Serve ``app`` on 127.0.0.1 on a free port; yields the base URL (``http://127.0.0.1:PORT``).
+
+    The socket is bound before the server starts, so the port is known without racing anyone for it.
+    On exit the server stops; requests still running after ``graceful`` seconds are cancelled.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, server_header=False)
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(
+        app,
+        lifespan=lifespan,  # type: ignore[arg-type]
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=graceful,
+    )
+    server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
+    ready = asyncio.create_task(server.ready.wait())
     try:
-        async with asyncio.timeout(timeout):
-            # uvicorn offers no awaitable for "listening"; its own flag is the only signal.
-            while not server.started:
-                if task.done():
-                    task.result()  # raises what stopped the server
-                    raise RuntimeError("uvicorn exited before it started")
-                await asyncio.sleep(0.01)
+        done, _ = await asyncio.wait(
+            {task, ready}, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        if ready not in done:
+            raise RuntimeError(
+                "the server did not start" + (f": {task.exception()!r}" if task.done() else "")
+            )
+        if server.should_exit:
+            raise RuntimeError("the server failed during start-up")
         yield f"http://127.0.0.1:{port}"
     finally:
+        ready.cancel()
         server.should_exit = True
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait_for(task, STOP_TIMEOUT)
         sock.close()

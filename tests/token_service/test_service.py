@@ -7,12 +7,12 @@ import base64
 import secrets
 
 import pytest
-from wecom.errors import error_for
-from wecom.tokens import AccessToken
 
 from tests.support.clock import FakeClock
 from token_service.service import TokenPolicy, TokenService, TokenUnavailable
 from token_service.store import COLLECTION, TokenStore
+from wecom.errors import error_for
+from wecom.tokens import AccessToken
 from wxkf.database import Database
 from wxkf.secretbox import SecretBox
 

@@ -1,0 +1,141 @@
+"""Dispatch: coalescing, order, backoff and dead letters, offline parking, leases across managers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from manager.admin import ReplayIn, replay
+from manager.mailbox import account_key
+from tests.manager.conftest import PUPPET_SECRET, RecordingPuppet, add_puppet, make_manager
+from wxkf import webhooks
+from wxkf.runtime import Runtime
+
+CORP = "wwdispatch0000001"
+
+
+async def test_backlog_for_an_unregistered_account_becomes_one_delivery(
+    runtime: Runtime, puppet_server
+) -> None:
+    puppet, url = puppet_server
+    manager = make_manager(runtime)
+    await manager.start()
+    try:
+        for n in range(200):
+            await manager.accept_decrypted(CORP, "wkA", f"tok-{n:03d}", None)
+        mailbox = await manager.mailboxes.get(account_key(CORP, "wkA"))
+        assert mailbox is not None and mailbox.has_work and mailbox.due_at is None  # parked: unroutable
+        await add_puppet(manager, CORP, "wkA", url)
+        await puppet.wait(lambda: len(puppet.received) >= 1)
+        assert puppet.tokens() == ["tok-199"]  # the newest token pulls everything
+        assert len(await manager.mailboxes.events(account_key(CORP, "wkA"))) == 200
+    finally:
+        await manager.stop()
+
+
+async def test_deliveries_are_signed_with_the_puppets_secret(runtime: Runtime, puppet_server) -> None:
+    puppet, url = puppet_server
+    manager = make_manager(runtime)
+    await manager.start()
+    try:
+        await add_puppet(manager, CORP, "wkA", url)
+        await manager.accept_decrypted(CORP, "wkA", "tok-1", "event-1")
+        await puppet.wait(lambda: len(puppet.received) >= 1)
+        delivery = puppet.received[0]
+        assert json.loads(delivery["body"]) == {"token": "tok-1", "openKfId": "wkA"}
+        webhooks.verify(PUPPET_SECRET, delivery["headers"], delivery["body"])
+        assert delivery["headers"]["webhook-id"] == "event-1"
+    finally:
+        await manager.stop()
+
+
+async def test_a_stream_reaches_the_puppet_newest_last_one_at_a_time(runtime: Runtime, puppet_server) -> None:
+    puppet, url = puppet_server
+    manager = make_manager(runtime)
+    await manager.start()
+    try:
+        await add_puppet(manager, CORP, "wkA", url)
+        for n in range(50):
+            await manager.accept_decrypted(CORP, "wkA", f"tok-{n:02d}", None)
+        await puppet.wait(lambda: puppet.tokens() and puppet.tokens()[-1] == "tok-49")
+        tokens = puppet.tokens()
+        assert tokens == sorted(tokens)  # never an older token after a newer one
+        assert puppet.max_in_flight == 1
+    finally:
+        await manager.stop()
+
+
+async def test_failing_puppet_backs_off_dead_letters_and_replay_delivers(
+    runtime: Runtime, puppet_server
+) -> None:
+    puppet, url = puppet_server
+    puppet.status = 500
+    manager = make_manager(runtime)
+    await manager.start()
+    try:
+        await add_puppet(manager, CORP, "wkA", url)
+        await manager.accept_decrypted(CORP, "wkA", "tok-dead", "event-dead")
+        await puppet.wait(lambda: puppet.attempts >= 4)  # first try + 3 retries, then dead-lettered
+        key = account_key(CORP, "wkA")
+        await manager.dispatcher.wait_until(lambda outcomes: outcomes["dead"] >= 1, timeout=10)
+        event = await manager.mailboxes.event("event-dead")
+        assert event is not None and event["dead"] is True
+        mailbox = await manager.mailboxes.get(key)
+        assert mailbox is not None and not mailbox.has_work
+        puppet.status = 200
+        result = await replay(manager, ReplayIn(event_id="event-dead"))
+        assert result["delivering"] == "event-dead"
+        await puppet.wait(lambda: puppet.tokens() == ["tok-dead"])
+    finally:
+        await manager.stop()
+
+
+async def test_unreachable_puppet_is_parked_and_flows_when_back(runtime: Runtime) -> None:
+    from tests.support.servers import serve_app
+
+    puppet = RecordingPuppet()
+    manager = make_manager(runtime)
+    await manager.start()
+    try:
+        await add_puppet(manager, CORP, "wkA", "http://127.0.0.1:9")  # nothing listens there
+        await manager.accept_decrypted(CORP, "wkA", "tok-1", None)
+        key = account_key(CORP, "wkA")
+        await manager.dispatcher.wait_until(lambda outcomes: outcomes["offline"] >= 1, timeout=10)
+        puppet_record = await manager.puppets.get(key)
+        assert puppet_record is not None and not puppet_record.online
+        mailbox = await manager.mailboxes.get(key)
+        assert mailbox is not None and mailbox.has_work and mailbox.due_at is None
+        async with serve_app(puppet.app()) as url:
+            await add_puppet(manager, CORP, "wkA", url)  # re-registration: flows at once
+            await puppet.wait(lambda: puppet.tokens() == ["tok-1"])
+    finally:
+        await manager.stop()
+
+
+async def test_two_managers_serve_each_account_one_at_a_time(runtime: Runtime, puppet_server) -> None:
+    puppet, url = puppet_server
+    first = make_manager(runtime, owner="mgr-a")
+    second = make_manager(runtime, owner="mgr-b")
+    await first.start()
+    await second.start()
+    try:
+        for kf in range(10):
+            await add_puppet(first, CORP, f"wk{kf}", url)
+        puppet.gate = asyncio.Event()
+        for n in range(5):
+            for kf in range(10):
+                manager = first if (n + kf) % 2 else second
+                await manager.accept_decrypted(CORP, f"wk{kf}", f"tok-{kf}-{n}", None)
+        puppet.gate.set()
+        await puppet.wait(
+            lambda: {t for t in puppet.tokens() if t.endswith("-4")} == {f"tok-{k}-4" for k in range(10)}
+        )
+        per_account: dict[str, list[str]] = {}
+        for token in puppet.tokens():
+            per_account.setdefault(token.split("-")[1], []).append(token)
+        for tokens in per_account.values():
+            assert tokens == sorted(tokens)
+        assert puppet.max_in_flight == 1
+    finally:
+        await first.stop()
+        await second.stop()
