@@ -55,8 +55,13 @@ def admin_routes(gateway: Gateway, admin_token: str | None) -> list[BaseRoute]:
         return JSONResponse(app.public(), status_code=201)
 
     async def remove_app(request: Request) -> Response:
-        removed = await registry.remove(request.path_params["corp_id"], request.path_params["name"])
-        return JSONResponse({"removed": True}) if removed else error("no such app", 404)
+        corp_id = request.path_params["corp_id"]
+        if not await registry.remove(corp_id, request.path_params["name"]):
+            return error("no such app", 404)
+        result: dict[str, object] = {"removed": True}
+        if registry.lookup(corp_id, None) is None and registry.apps(corp_id):
+            result["warning"] = f"corp {corp_id} has no default app now: /callback/{corp_id} answers 404"
+        return JSONResponse(result)
 
     async def list_subscriptions(request: Request) -> Response:
         await subscriptions.reload()

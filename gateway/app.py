@@ -44,8 +44,8 @@ def gateway_app(gateway: Gateway, admin_token: str | None) -> Starlette:
 async def run(settings: Settings) -> None:
     async with open_runtime(settings) as runtime:
         gateway = build_gateway(runtime)
-        await gateway.start()
         try:
+            await gateway.start()
             await serve(gateway_app(gateway, runtime.admin_token), settings.host, settings.port)
         finally:
             await gateway.stop()

@@ -97,8 +97,8 @@ class Hub:
 async def run(settings: Settings) -> None:
     async with open_runtime(settings) as runtime:
         hub = Hub(runtime)
-        await hub.start()
         try:
+            await hub.start()
             await serve(hub.app(), settings.host, settings.port)
         finally:
             await hub.stop()

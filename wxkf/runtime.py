@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,8 @@ from wxkf.secretbox import SecretBox, load_or_create_random_file, load_secret_ke
 from wxkf.settings import Settings
 
 ADMIN_TOKEN_FILE = "admin.token"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,11 @@ def load_admin_token(settings: Settings) -> str | None:
     if settings.wxkf_admin_token is not None:
         return settings.wxkf_admin_token.get_secret_value() or None
     if settings.mongo_uri is None:
-        return load_or_create_random_file(settings.wxkf_data_dir / ADMIN_TOKEN_FILE)
+        path = settings.wxkf_data_dir / ADMIN_TOKEN_FILE
+        token = load_or_create_random_file(path)
+        log.info("admin API token: %s (the wxkf CLI reads it from there)", path)
+        return token
+    log.info("admin API disabled: WXKF_ADMIN_TOKEN is not set")
     return None
 
 
