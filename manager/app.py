@@ -33,15 +33,16 @@ from wxkf.server import serve
 from wxkf.settings import Settings
 
 
-def build_manager(runtime: Runtime, tokens: TokenService, apps: AppRegistry) -> Manager:
+def build_manager(
+    runtime: Runtime, tokens: TokenService, apps: AppRegistry, dispatch: DispatchConfig | None = None
+) -> Manager:
     settings = runtime.settings
     owner = runtime.replica_id("manager")
     registration_token = settings.wxkf_registration_token
+    schedule = RetrySchedule(parse_delays(settings.wxkf_retry_schedule))
     config = ManagerConfig(
         owner=owner,
-        dispatch=DispatchConfig(
-            owner=owner, schedule=RetrySchedule(parse_delays(settings.wxkf_retry_schedule))
-        ),
+        dispatch=dispatch or DispatchConfig(owner=owner, schedule=schedule),
         registration_token=registration_token.get_secret_value() if registration_token else None,
         allowed_networks=parse_networks(settings.wxkf_allowed_networks),
     )
@@ -51,12 +52,12 @@ def build_manager(runtime: Runtime, tokens: TokenService, apps: AppRegistry) -> 
 class Hub:
     """Everything ``wxkf up`` runs, started and stopped in dependency order."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, dispatch: DispatchConfig | None = None) -> None:
         self.runtime = runtime
         self.tokens = build_token_service(runtime)
         self.manager: Manager | None = None
         self.gateway = build_gateway(runtime, InProcessManagerSink(self._accept))
-        self.manager = build_manager(runtime, self.tokens, self.gateway.registry)
+        self.manager = build_manager(runtime, self.tokens, self.gateway.registry, dispatch)
         self._refresher: asyncio.Task[None] | None = None
 
     async def _accept(self, doc: Mapping[str, Any]) -> None:

@@ -95,5 +95,9 @@ def configure_logging(level: str = "INFO") -> None:
     root.addHandler(handler)
     root.setLevel(level)
     # httpx logs every request URL, query string included, at INFO ("HTTP Request: GET ...?access_token=").
+    # Quiet them, and redact at the source too, so no other handler (a test's, an APM's) sees secrets.
     for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        library = logging.getLogger(name)
+        library.setLevel(logging.WARNING)
+        if not any(isinstance(f, RedactSecrets) for f in library.filters):
+            library.addFilter(RedactSecrets())

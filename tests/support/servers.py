@@ -31,15 +31,17 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: ASGIApp, *, lifespan: str = "auto", graceful: float = 2.0) -> AsyncIterator[str]:
-    """Serve ``app`` on 127.0.0.1 on a free port; yields the base URL (``http://127.0.0.1:PORT``).
+async def serve_app(
+    app: ASGIApp, *, lifespan: str = "auto", graceful: float = 2.0, port: int = 0
+) -> AsyncIterator[str]:
+    """Serve ``app`` on 127.0.0.1 on ``port`` (default: a free one); yields ``http://127.0.0.1:PORT``.
 
     The socket is bound before the server starts, so the port is known without racing anyone for it.
     On exit the server stops; requests still running after ``graceful`` seconds are cancelled.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app,

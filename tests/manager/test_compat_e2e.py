@@ -1,0 +1,340 @@
+"""The whole hub against the simulator, with a Node-shaped puppet: registration by proof, dispatch,
+outage recovery, redaction and the proxy. Real processes where it matters, real sockets throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import AnyHttpUrl
+
+from manager.app import Hub
+from manager.dispatcher import DispatchConfig
+from simulator import SimConfig, create_app
+from simulator.clock import OffsetClock
+from simulator.state import SimState
+from tests.manager.conftest import FAST
+from tests.support.node_puppet import NodePuppet
+from tests.support.servers import serve_app
+from tests.support.services import ServiceProcess, free_port
+from tests.support.wecom_callbacks import new_aes_key
+from wxkf.logging import configure_logging
+from wxkf.runtime import open_runtime
+from wxkf.settings import Settings
+
+ADMIN = "e2e-admin"
+
+
+@dataclass
+class World:
+    """A simulator with one corp (an app, a managed and an unmanaged account), a running hub."""
+
+    sim_url: str
+    hub_url: str
+    http: httpx.AsyncClient
+    state: SimState
+    hub: Hub | None
+    corpid: str
+    secret: str
+    token: str
+    aes_key: str
+    kf: str = "wkMANAGED"
+    other_kf: str = "wkOTHER"
+    customer: str = "wmCUSTOMER"
+
+    def puppet(self, kf: str | None = None, secret: str | None = None) -> NodePuppet:
+        return NodePuppet(
+            corp_id=self.corpid,
+            corp_secret=secret or self.secret,
+            token=self.token,
+            aes_key=self.aes_key,
+            kf_id=kf or self.kf,
+            api_base=self.sim_url + "/cgi-bin",
+            http=self.http,
+        )
+
+    async def customer_says(self, text: str, wait: bool = True) -> None:
+        response = await self.http.post(
+            f"{self.sim_url}/sim/corps/{self.corpid}/accounts/{self.kf}/messages",
+            params={"wait": "true"} if wait else None,
+            json={"external_userid": self.customer, "msgtype": "text", "text": {"content": text}},
+        )
+        assert response.status_code in (200, 201, 202), response.text
+
+    async def advance_sim_clock(self, seconds: float) -> None:
+        response = await self.http.post(f"{self.sim_url}/sim/clock/advance", json={"seconds": seconds})
+        assert response.status_code == 200, response.text
+
+
+def fast_dispatch(owner: str) -> DispatchConfig:
+    return DispatchConfig(owner=owner, schedule=FAST, sweep_interval=0.05, probe_interval=0.05, lease_ttl=3.0)
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[tuple[str, SimState]]:
+    state = SimState(
+        clock=OffsetClock(), config=SimConfig(callback_timeout=2.0, callback_retry_delays=(0.0,))
+    )
+    async with serve_app(create_app(state), lifespan="on") as url:
+        yield url, state
+
+
+async def make_corp(http: httpx.AsyncClient, sim_url: str, callback_url: str | None) -> dict[str, Any]:
+    corpid = "ww" + secrets.token_hex(8)
+    spec = {
+        "corpid": corpid,
+        "apps": [
+            {
+                "name": "kf",
+                "agentid": 1000002,
+                "secret": "s-" + secrets.token_hex(16),
+                "token": secrets.token_hex(8),
+                "encoding_aes_key": new_aes_key(),
+            }
+        ],
+        "accounts": [
+            {"open_kfid": "wkMANAGED", "name": "Support"},
+            {"open_kfid": "wkOTHER", "name": "Elsewhere", "managed_by": []},
+        ],
+        "customers": [{"external_userid": "wmCUSTOMER"}],
+    }
+    created = await http.post(f"{sim_url}/sim/corps", json=spec)
+    assert created.status_code == 201, created.text
+    if callback_url:
+        patched = await http.patch(
+            f"{sim_url}/sim/corps/{corpid}/apps/1000002",
+            json={"callback_url": callback_url.format(corpid=corpid)},
+        )
+        assert patched.status_code == 200, patched.text
+    app = created.json()["apps"][0]
+    return {
+        "corpid": corpid,
+        "secret": app["secret"],
+        "token": app["token"],
+        "aes_key": app["encoding_aes_key"],
+    }
+
+
+@pytest.fixture
+async def world(settings: Settings, simulator: tuple[str, SimState]) -> AsyncIterator[World]:
+    sim_url, state = simulator
+    hub_settings = settings.model_copy(update={"wecom_api_base": AnyHttpUrl(sim_url + "/cgi-bin")})
+    async with open_runtime(hub_settings) as runtime, httpx.AsyncClient(timeout=30) as http:
+        object.__setattr__(runtime, "admin_token", ADMIN)
+        hub = Hub(runtime, dispatch=fast_dispatch("hub-e2e"))
+        await hub.start()
+        try:
+            async with serve_app(hub.app()) as hub_url:
+                corp = await make_corp(http, sim_url, hub_url + "/callback/{corpid}")
+                yield World(sim_url, hub_url, http, state, hub, **corp)
+        finally:
+            await hub.stop()
+
+
+async def test_node_puppet_registers_receives_and_pulls(world: World) -> None:
+    puppet = world.puppet()
+    async with serve_app(puppet.app()) as puppet_url:
+        registered = await puppet.register(world.hub_url, puppet_url)
+        assert registered.status_code == 200, registered.text
+        body = registered.json()
+        assert body["code"] == 0 and body["message"] == "success"
+        assert body["webhookSecret"].startswith("whsec_")  # an extra field; Node puppets ignore it
+        await world.customer_says("你好")
+        assert await puppet.wait_for_texts(1) == ["你好"]
+        assert puppet.callbacks == ["raw"]  # encrypted callbacks reach Node puppets as the original XML
+
+
+async def test_forged_registrations_are_refused_with_a_reason(world: World) -> None:
+    async def attempt(**changes: Any) -> httpx.Response:
+        body = world.puppet().register_body("http://127.0.0.1:9")
+        body.update(changes)
+        return await world.http.post(f"{world.hub_url}/puppetWxkfManager/register", json=body)
+
+    wrong_secret = await attempt(corpSecret="not-the-secret")
+    assert wrong_secret.status_code == 403
+    assert wrong_secret.json()["code"] != 0 and "corpSecret" in wrong_secret.json()["message"]
+    not_managed = await attempt(kfId=world.other_kf)
+    assert not_managed.status_code == 403
+    assert "manage" in not_managed.json()["message"]
+    unknown = await attempt(kfId="wkNOPE")
+    assert unknown.status_code == 403
+    for endpoint in (
+        "http://169.254.169.254/latest",
+        "file:///etc/passwd",
+        "ftp://example.org",
+        "http://[fe80::1]/",
+    ):
+        ssrf = await attempt(endpoint=endpoint)
+        assert ssrf.status_code == 400, endpoint
+        assert "endpoint" in ssrf.json()["message"]
+    malformed = await world.http.post(
+        f"{world.hub_url}/puppetWxkfManager/register",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    assert malformed.status_code == 400
+    oversize = await world.http.post(f"{world.hub_url}/puppetWxkfManager/register", content=b"x" * 100_000)
+    assert oversize.status_code == 413
+    missing = await world.http.post(f"{world.hub_url}/puppetWxkfManager/register", json={"kfId": world.kf})
+    assert missing.status_code == 400
+    assert world.hub is not None and world.hub.manager is not None
+    assert await world.hub.manager.puppets.count() == 0
+
+
+@pytest.fixture
+def production_logging() -> Iterator[None]:
+    """The logging `wxkf up` configures, undone afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    configure_logging("DEBUG")
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+async def test_info_and_responses_never_leak_secrets(
+    world: World, caplog: pytest.LogCaptureFixture, production_logging: None
+) -> None:
+    caplog.set_level("DEBUG")
+    for library in ("httpx", "httpcore"):  # even with the HTTP libraries turned up to DEBUG
+        caplog.set_level("DEBUG", logger=library)
+    puppet = world.puppet()
+    async with serve_app(puppet.app()) as puppet_url:
+        registered = await puppet.register(world.hub_url, puppet_url)
+        secret = registered.json()["webhookSecret"]
+        info = await world.http.get(f"{world.hub_url}/puppetWxkfManager/puppetWxkfInfo/{world.kf}")
+        assert info.status_code == 200
+        assert info.json()["kfId"] == world.kf
+        assert "endpoint" not in info.json()
+        trusted = await world.http.get(
+            f"{world.hub_url}/puppetWxkfManager/puppetWxkfInfo/{world.kf}",
+            headers={"authorization": f"Bearer {secret}"},
+        )
+        assert trusted.json()["endpoint"] == puppet_url
+        for text in (info.text, trusted.text):
+            for hidden in (world.secret, world.token, world.aes_key):
+                assert hidden not in text
+        await world.customer_says("ping")
+        await puppet.wait_for_texts(1)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    for hidden in (world.secret, world.aes_key, secret):
+        assert hidden not in logged
+
+
+async def test_get_token_is_cached_and_checks_the_secret(world: World) -> None:
+    url = f"{world.hub_url}/puppetWxkfManager/getToken"
+    tokens = set()
+    for _ in range(20):
+        answer = (
+            await world.http.get(url, params={"corpid": world.corpid, "corpsecret": world.secret})
+        ).json()
+        assert answer["errcode"] == 0 and answer["expires_in"] > 7000
+        tokens.add(answer["access_token"])
+    assert len(tokens) == 1
+    app = (await world.http.get(f"{world.sim_url}/sim/corps/{world.corpid}/apps/1000002")).json()
+    assert app["gettoken_calls"] == 1
+    wrong = (await world.http.get(url, params={"corpid": world.corpid, "corpsecret": "wrong"})).json()
+    assert wrong["errcode"] == 40001
+    assert "access_token" not in wrong
+
+
+async def test_request_proxy_injects_the_token_only_for_proven_callers(world: World) -> None:
+    puppet = world.puppet()
+    async with serve_app(puppet.app()) as puppet_url:
+        secret = (await puppet.register(world.hub_url, puppet_url)).json()["webhookSecret"]
+    proxy = f"{world.hub_url}/puppetWxkfManager/wxkfRequestProxy"
+    anonymous = await world.http.post(f"{proxy}/kf/account/list", json={"offset": 0, "limit": 100})
+    assert anonymous.status_code == 403
+    proven = await world.http.post(
+        f"{proxy}/kf/account/list",
+        params={"corpid": world.corpid, "kfid": world.kf},
+        headers={"authorization": f"Bearer {secret}"},
+        json={"offset": 0, "limit": 100},
+    )
+    assert proven.status_code == 200
+    assert proven.json()["errcode"] == 0
+    assert world.kf in {a["open_kfid"] for a in proven.json()["account_list"]}
+    other_api = await world.http.post(
+        f"{proxy}/user/get",
+        params={"corpid": world.corpid, "kfid": world.kf},
+        headers={"authorization": f"Bearer {secret}"},
+    )
+    assert other_api.status_code == 403
+
+
+async def test_puppet_down_during_a_stream_gets_everything_in_order_once(world: World) -> None:
+    """The puppet is unreachable while 30 messages arrive and 2 simulated minutes pass."""
+    puppet = world.puppet()
+    port = free_port()
+    async with serve_app(puppet.app(), port=port) as puppet_url:
+        assert (await puppet.register(world.hub_url, puppet_url)).json()["code"] == 0
+        await world.customer_says("before")
+        await puppet.wait_for_texts(1)
+    # the puppet process is gone: connections are refused
+    for n in range(30):
+        await world.customer_says(f"during-{n:02d}")
+    await world.advance_sim_clock(120)
+    assert puppet.texts == ["before"]
+    async with serve_app(puppet.app(), port=port):  # back: a probe sees it, the queue flows at once
+        texts = await puppet.wait_for_texts(31)
+    assert texts == ["before"] + [f"during-{n:02d}" for n in range(30)]
+    assert len(puppet.handled) == len(set(puppet.handled))  # none twice at the handler level
+
+
+async def test_sigkill_of_the_manager_mid_dispatch_loses_nothing(
+    settings: Settings, simulator: tuple[str, SimState], tmp_path: Path
+) -> None:
+    sim_url, _ = simulator
+    assert settings.wxkf_secret_key is not None
+    env = {
+        "MONGO_URI": str(settings.mongo_uri),
+        "WXKF_DB_NAME": settings.wxkf_db_name,
+        "WXKF_SECRET_KEY": settings.wxkf_secret_key.get_secret_value(),
+        "WXKF_ADMIN_TOKEN": ADMIN,
+        "WXKF_DATA_DIR": str(tmp_path / "data"),
+        "WXKF_REPLICA_ID": "manager-crash-test",
+        "WECOM_API_BASE": sim_url + "/cgi-bin",
+    }
+    hub = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
+    await hub.start()
+    async with httpx.AsyncClient(timeout=30) as http:
+        corp = await make_corp(http, sim_url, hub.url + "/callback/{corpid}")
+        world = World(sim_url, hub.url, http, SimState(), None, **corp)
+        puppet = world.puppet()
+        held = asyncio.Event()
+        release = asyncio.Event()
+        original = puppet.pull
+
+        async def slow_pull(token: str) -> None:  # the first delivery hangs: the manager is mid-dispatch
+            if not held.is_set():
+                held.set()
+                await release.wait()
+            await original(token)
+
+        puppet.pull = slow_pull  # type: ignore[method-assign]
+        try:
+            async with serve_app(puppet.app(), graceful=0.1) as puppet_url:
+                assert (await puppet.register(hub.url, puppet_url)).json()["code"] == 0
+                for n in range(5):
+                    await world.customer_says(f"m{n}")
+                async with asyncio.timeout(10):
+                    await held.wait()
+                hub.kill()  # SIGKILL while a delivery is in flight
+                release.set()
+                await hub.start()  # same replica id: reclaims its leases and redelivers
+                texts = await puppet.wait_for_texts(5)
+            assert texts == [f"m{n}" for n in range(5)]
+            assert len(puppet.handled) == len(set(puppet.handled))
+        finally:
+            hub.stop()
+    log = (tmp_path / "hub.log").read_text()
+    assert world.secret not in log and world.aes_key not in log
+    assert json.dumps(world.token) not in log
