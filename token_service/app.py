@@ -23,7 +23,8 @@ def build_token_service(runtime: Runtime, policy: TokenPolicy | None = None) -> 
     async def fetch(corp_id: str, secret: str) -> AccessToken:
         return await fetch_access_token(runtime.http, base, corp_id, secret)
 
-    return TokenService(TokenStore(runtime.db, runtime.box), fetch, policy or TokenPolicy())
+    policy = policy or TokenPolicy(invalidate_interval=runtime.settings.wxkf_token_invalidate_interval)
+    return TokenService(TokenStore(runtime.db, runtime.box), fetch, policy)
 
 
 def token_app(service: TokenService) -> Starlette:

@@ -62,7 +62,7 @@ class TokenPolicy:
     refresh_ahead: float = 600.0  # the background pass refreshes tokens this long before expiry...
     refresh_jitter: float = 300.0  # ...plus up to this much earlier, so replicas spread out
     refresh_check_interval: float = 30.0
-    invalidate_interval: float = 60.0  # at most one forced refresh per app per interval
+    invalidate_interval: float = 10.0  # at most one forced refresh per app per interval
     memory_ttl: float = 5.0  # how long a replica trusts its memory before re-reading Mongo
     lease_ttl: float = 15.0  # must exceed the upstream call's timeout
     wait_timeout: float = 20.0  # how long a caller waits for another replica's refresh

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     wxkf_max_body: int = Field(
         default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="max callback body"
     )
+    wxkf_token_invalidate_interval: float = Field(
+        default=10.0, ge=0, le=3600, description="min seconds between forced token refreshes per app"
+    )
     wxkf_retry_schedule: str = Field(
         default="5s,5m,30m,2h,5h,10h,10h", description="delays between delivery attempts"
     )
