@@ -18,7 +18,7 @@ from manager.dispatcher import DispatchConfig, Dispatcher
 from manager.mailbox import DECRYPTED, RAW, Latest, MailboxStore, account_key, arrival_key
 from manager.puppets import Puppet, PuppetRegistry
 from token_service.service import TokenService, TokenUnavailable
-from wecom.client import WeComClient
+from wecom.client import KfAccount, WeComClient
 from wecom.crypto import MsgCrypt
 from wecom.errors import WeComError
 from wxkf import webhooks
@@ -27,6 +27,8 @@ from wxkf.endpoints import EndpointError, IPNetwork, validate_endpoint
 from wxkf.secretbox import SecretBox
 
 log = logging.getLogger(__name__)
+
+ACCOUNT_LIST_TTL = 60.0
 
 
 class RegistrationRefused(Exception):
@@ -81,6 +83,7 @@ class Manager:
         self.puppets = PuppetRegistry(db, box, clock=clock)
         self.mailboxes = MailboxStore(db, clock=clock)
         self._clock = clock
+        self._account_lists: dict[str, tuple[float, list[KfAccount]]] = {}
         timeout = config.delivery_timeout
 
         async def deliver(puppet: Puppet, latest: Latest) -> None:
@@ -172,28 +175,47 @@ class Manager:
         await self.dispatcher.back_online(key)
         return puppet, secret
 
+    async def _accounts(self, corp_id: str, secret: str, *, fresh: bool = False) -> list[KfAccount]:
+        """``kf/account/list`` as this secret sees it, remembered briefly: a fleet of puppets of one app
+        registering at once (a deploy, a restart) then costs one listing, not one per puppet."""
+        key = self.tokens.store.key_for(corp_id, secret)
+        cached = self._account_lists.get(key)
+        if cached and cached[0] > self._clock() and not fresh:
+            return cached[1]
+        client = WeComClient(self.http, self.api_base, self.tokens.provider(corp_id, secret))
+        accounts = await client.kf_accounts_all()
+        self._account_lists[key] = (self._clock() + ACCOUNT_LIST_TTL, accounts)
+        return accounts
+
     async def _prove_account(self, reg: Registration) -> tuple[str, str]:
         """The secret must fetch a token and list the account with manage_privilege."""
-        client = WeComClient(self.http, self.api_base, self.tokens.provider(reg.corp_id, reg.corp_secret))
         try:
-            accounts = await client.kf_accounts_all()
+            found = self._find_account(reg, await self._accounts(reg.corp_id, reg.corp_secret))
+            if found is None:  # maybe created since the listing was cached
+                found = self._find_account(
+                    reg, await self._accounts(reg.corp_id, reg.corp_secret, fresh=True)
+                )
         except TokenUnavailable as exc:
             raise RegistrationRefused(403, f"corpSecret refused by WeCom (errcode {exc.errcode})") from None
         except WeComError as exc:
             raise RegistrationRefused(403, f"kf/account/list failed: errcode {exc.errcode}") from None
         except httpx.HTTPError:
             raise RegistrationRefused(503, "WeCom unreachable; retry later") from None
+        if found is None:
+            which = f"kfId {reg.kf_id}" if reg.kf_id else f"kfName {reg.kf_name!r}"
+            raise RegistrationRefused(403, f"{which} is not an account this corpSecret manages")
+        if not found.manage_privilege:
+            raise RegistrationRefused(403, "this secret's app has no manage_privilege on that account")
+        return found.open_kfid, found.name
+
+    @staticmethod
+    def _find_account(reg: Registration, accounts: list[KfAccount]) -> KfAccount | None:
         for account in accounts:
-            if (reg.kf_id and account.open_kfid == reg.kf_id) or (
-                not reg.kf_id and reg.kf_name and account.name == reg.kf_name
-            ):
-                if not account.manage_privilege:
-                    raise RegistrationRefused(
-                        403, "this secret's app has no manage_privilege on that account"
-                    )
-                return account.open_kfid, account.name
-        which = f"kfId {reg.kf_id}" if reg.kf_id else f"kfName {reg.kf_name!r}"
-        raise RegistrationRefused(403, f"{which} is not an account this corpSecret manages")
+            if reg.kf_id and account.open_kfid == reg.kf_id:
+                return account
+            if not reg.kf_id and reg.kf_name and account.name == reg.kf_name:
+                return account
+        return None
 
     async def deregister(self, corp_id: str, open_kfid: str) -> bool:
         return await self.puppets.deregister(account_key(corp_id, open_kfid))
