@@ -338,3 +338,45 @@ async def test_sigkill_of_the_manager_mid_dispatch_loses_nothing(
     log = (tmp_path / "hub.log").read_text()
     assert world.secret not in log and world.aes_key not in log
     assert json.dumps(world.token) not in log
+
+
+async def test_deregister_keeps_the_queue_and_reregistering_flows_it(world: World) -> None:
+    puppet = world.puppet()
+    async with serve_app(puppet.app()) as puppet_url:
+        secret = (await puppet.register(world.hub_url, puppet_url)).json()["webhookSecret"]
+        anonymous = await world.http.post(
+            f"{world.hub_url}/puppetWxkfManager/deregister", json={"kfId": world.kf, "corpId": world.corpid}
+        )
+        assert anonymous.status_code == 403  # the Node manager let anyone do this
+        left = await world.http.post(
+            f"{world.hub_url}/puppetWxkfManager/deregister",
+            headers={"authorization": f"Bearer {secret}"},
+            json={"kfId": world.kf, "kfName": "", "corpId": world.corpid},
+        )
+        assert left.json() == {"code": 0, "message": "success"}
+        await world.customer_says("while away")
+        info = (await world.http.get(f"{world.hub_url}/puppetWxkfManager/puppetWxkfInfo/{world.kf}")).json()
+        assert info["online"] is False and info["registered"] is False
+        assert puppet.texts == []
+        assert (await puppet.register(world.hub_url, puppet_url)).json()["code"] == 0
+        assert await puppet.wait_for_texts(1) == ["while away"]
+
+
+async def test_heartbeat_needs_the_puppet_secret_and_revives_it(world: World) -> None:
+    assert world.hub is not None and world.hub.manager is not None
+    manager = world.hub.manager
+    puppet = world.puppet()
+    async with serve_app(puppet.app()) as puppet_url:
+        secret = (await puppet.register(world.hub_url, puppet_url)).json()["webhookSecret"]
+        beat = f"{world.hub_url}/puppetWxkfManager/heartbeat"
+        body = {"corpId": world.corpid, "kfId": world.kf}
+        assert (await world.http.post(beat, json=body)).status_code == 403
+        assert (
+            await world.http.post(beat, json=body, headers={"authorization": "Bearer whsec_wrong"})
+        ).status_code == 403
+        key = f"{world.corpid}/{world.kf}"
+        await manager.puppets.mark_offline(key, probe_at=1e12, failures=0)  # offline; no probe for ages
+        await world.customer_says("queued for an offline puppet")
+        ok = await world.http.post(beat, json=body, headers={"authorization": f"Bearer {secret}"})
+        assert ok.json() == {"code": 0, "message": "success"}
+        assert await puppet.wait_for_texts(1) == ["queued for an offline puppet"]
