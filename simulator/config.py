@@ -47,13 +47,17 @@ class SimConfig(BaseModel):
     sync_tokenless_rate: Rate | None = Field(
         default=Rate(calls=1, seconds=10), description="sync_msg without token, per account; UNCONFIRMED"
     )
-    send_window: float = Field(default=2 * DAY, gt=0, description="send_msg allowed this long after the customer")
+    send_window: float = Field(
+        default=2 * DAY, gt=0, description="send_msg allowed this long after the customer"
+    )
     send_limit: int = Field(default=5, ge=1, description="send_msg calls until the customer writes again")
     welcome_code_ttl: float = Field(default=20.0, gt=0)
     welcome_quiet_period: float = Field(
         default=2 * DAY, ge=0, description="no welcome_code if one was used or a message sent this recently"
     )
-    msg_code_ttl: float = Field(default=20.0, gt=0, description="msg_code from service_state/trans; UNCONFIRMED")
+    msg_code_ttl: float = Field(
+        default=20.0, gt=0, description="msg_code from service_state/trans; UNCONFIRMED"
+    )
 
     # -- media ------------------------------------------------------------------------------
     media_ttl: float = Field(default=3 * DAY, gt=0)

@@ -49,7 +49,11 @@ class Attempt:
     latency_ms: float
     status: int | None
     error: str | None
-    body: str  # the start of the response body
+    raw: bytes = field(default=b"", repr=False)  # the start of the response body
+
+    @property
+    def body(self) -> str:
+        return self.raw.decode("utf-8", "replace")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -124,20 +128,24 @@ class Courier:
         started = time.perf_counter()
         status: int | None = None
         error: str | None = None
-        body = ""
+        raw = b""
         try:
             async with asyncio.timeout(self.config.callback_timeout):
                 response = await self.client.request(
-                    request.method, request.url, params=request.params, content=request.body, headers=request.headers
+                    request.method,
+                    request.url,
+                    params=request.params,
+                    content=request.body,
+                    headers=request.headers,
                 )
             status = response.status_code
-            body = response.text[:BODY_PREVIEW]
+            raw = response.content[:BODY_PREVIEW]
         except TimeoutError:
             error = f"no answer within {self.config.callback_timeout} s"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         latency = (time.perf_counter() - started) * 1000
-        return Attempt(number, at, latency, status, error, body)
+        return Attempt(number, at, latency, status, error, raw)
 
     # -- background deliveries --------------------------------------------------------------
     def submit(self, request: Outgoing) -> Delivery:

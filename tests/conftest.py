@@ -17,6 +17,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from wxkf.database import Database, Document, EmbeddedMongo
+from wxkf.runtime import Runtime, open_runtime
 from wxkf.settings import Settings, load_settings
 
 
@@ -52,3 +53,10 @@ def settings(mongo_uri: str, db: Database, tmp_path: Path) -> Settings:
         wxkf_data_dir=tmp_path / "data",
         wxkf_secret_key=base64.b64encode(secrets.token_bytes(32)).decode(),
     )
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Everything a service needs (database, secret box, HTTP client) on this test's settings."""
+    async with open_runtime(settings) as opened:
+        yield opened

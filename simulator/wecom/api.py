@@ -12,17 +12,17 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message
 
-from wxkf.http import BodyTooLarge, read_body
-
 from simulator.wecom import errcodes as E
 from simulator.wecom.directory import App
 from simulator.wecom.errcodes import ApiError
 from simulator.wecom.world import WeCom
+from wxkf.http import BodyTooLarge, read_body
 
 MAX_JSON_BODY = 4 * 1024 * 1024  # a robot image is 2 MB, i.e. ~2.7 MB of base64
 UPLOAD_OVERHEAD = 64 * 1024
@@ -115,7 +115,7 @@ async def read_upload(request: Request, limit: int) -> tuple[str, bytes, str]:
                 raise ApiError(E.EMPTY_MEDIA, "multipart field 'media' missing")
             content = await field.read()
             return field.filename or "media", content, field.content_type or ""
-    except (AssertionError, ValueError) as exc:  # starlette: no multipart parser / malformed body
+    except (HTTPException, AssertionError, ValueError) as exc:  # malformed multipart, or no parser
         raise ApiError(E.EMPTY_MEDIA, f"media missing: {exc}") from None
 
 
@@ -176,7 +176,11 @@ def account_update(wecom: WeCom, app: App, body: Body) -> Result:
 
 
 def add_contact_way(wecom: WeCom, app: App, body: Body) -> Result:
-    return {"url": wecom.kf.add_contact_way(app, body.required("open_kfid", E.INVALID_OPEN_KFID), body.optional("scene"))}
+    return {
+        "url": wecom.kf.add_contact_way(
+            app, body.required("open_kfid", E.INVALID_OPEN_KFID), body.optional("scene")
+        )
+    }
 
 
 def customer_batchget(wecom: WeCom, app: App, body: Body) -> Result:
@@ -213,13 +217,17 @@ def send_msg(wecom: WeCom, app: App, body: Body) -> Result:
 
 def send_msg_on_event(wecom: WeCom, app: App, body: Body) -> Result:
     msgtype = body.required("msgtype", E.INVALID_MSGTYPE)
-    msgid = wecom.kf.send_msg_on_event(app, body.required("code"), msgtype, body.raw(msgtype), body.optional("msgid"))
+    msgid = wecom.kf.send_msg_on_event(
+        app, body.required("code"), msgtype, body.raw(msgtype), body.optional("msgid")
+    )
     return {"msgid": msgid}
 
 
 def service_state_get(wecom: WeCom, app: App, body: Body) -> Result:
     return wecom.kf.service_state_get(
-        app, body.required("open_kfid", E.INVALID_OPEN_KFID), body.required("external_userid", E.INVALID_EXTERNAL_USERID)
+        app,
+        body.required("open_kfid", E.INVALID_OPEN_KFID),
+        body.required("external_userid", E.INVALID_EXTERNAL_USERID),
     )
 
 
@@ -263,7 +271,9 @@ async def media_get(request: Request) -> Response:
     except ApiError as exc:
         return failed(exc)
     disposition = f'attachment; filename="{media.filename}"'
-    return Response(media.content, media_type=media.content_type, headers={"Content-Disposition": disposition})
+    return Response(
+        media.content, media_type=media.content_type, headers={"Content-Disposition": disposition}
+    )
 
 
 # -- group robots --------------------------------------------------------------------------------
@@ -294,7 +304,9 @@ async def webhook_upload_media(request: Request) -> Response:
 
 async def unknown_api(request: Request) -> Response:
     path = request.path_params["path"]
-    return failed(ApiError(404, f"the simulator does not implement {request.method} /cgi-bin/{path}"), status=404)
+    return failed(
+        ApiError(404, f"the simulator does not implement {request.method} /cgi-bin/{path}"), status=404
+    )
 
 
 def routes() -> list[BaseRoute]:

@@ -14,11 +14,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 
-from wecom.xml import build_xml, callback_body
-
 from simulator.delivery import Outgoing
 from simulator.wecom import ids
 from simulator.wecom.directory import Account, App, Corp
+from wecom.xml import build_xml, callback_body
 
 XML_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from wecom.crypto import MsgCrypt
-
 from simulator.wecom import errcodes as E
 from simulator.wecom import ids
 from simulator.wecom.errcodes import ApiError
 from simulator.wecom.sessions import Session
+from wecom.crypto import MsgCrypt
 
 FIRST_AGENTID = 1000002
 

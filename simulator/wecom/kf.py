@@ -182,7 +182,9 @@ class Kf:
         }
         code = None
         if welcome:
-            code = self._issue_code("welcome", corp, account, customer.external_userid, self.config.welcome_code_ttl)
+            code = self._issue_code(
+                "welcome", corp, account, customer.external_userid, self.config.welcome_code_ttl
+            )
             event["welcome_code"] = code
         if wechat_channels is not None:
             event["wechat_channels"] = wechat_channels
@@ -195,7 +197,8 @@ class Kf:
 
     def system_event(self, corp: Corp, account: Account, event: dict[str, Any]) -> LogEntry:
         """Any event (``msgtype: event``, origin 4) into the account's log."""
-        event = {"open_kfid": account.open_kfid, **event}
+        event = dict(event)
+        event.setdefault("open_kfid", account.open_kfid)
         return self._append(
             corp,
             account,
@@ -292,14 +295,23 @@ class Kf:
 
     def _issue_code(self, kind: str, corp: Corp, account: Account, external_userid: str, ttl: float) -> str:
         code = ids.event_code()
-        self.codes[code] = EventCode(kind, corp.corp_id, account.open_kfid, external_userid, self.clock(), ttl)
+        self.codes[code] = EventCode(
+            kind, corp.corp_id, account.open_kfid, external_userid, self.clock(), ttl
+        )
         return code
 
-    def send_msg_on_event(self, app: App, code: str, msgtype: str, body: Any, msgid: str | None = None) -> str:
+    def send_msg_on_event(
+        self, app: App, code: str, msgtype: str, body: Any, msgid: str | None = None
+    ) -> str:
         corp = self.directory.corp(app.corp_id)
         issued = self.codes.get(code) if code else None
         now = self.clock()
-        if issued is None or issued.corp_id != corp.corp_id or issued.used or now - issued.issued_at > issued.ttl:
+        if (
+            issued is None
+            or issued.corp_id != corp.corp_id
+            or issued.used
+            or now - issued.issued_at > issued.ttl
+        ):
             raise ApiError(E.INVALID_PARAMETER, "invalid code: unknown, already used or expired")
         account = corp.managed_account(app, issued.open_kfid)
         msgid = self._take_msgid(corp, msgid)
@@ -349,7 +361,9 @@ class Kf:
         return self._issue_code(kind, corp, account, external_userid, self.config.msg_code_ttl)
 
     # -- what customers received (control API) ----------------------------------------------
-    def received(self, corp: Corp, external_userid: str, open_kfid: str | None = None) -> list[dict[str, Any]]:
+    def received(
+        self, corp: Corp, external_userid: str, open_kfid: str | None = None
+    ) -> list[dict[str, Any]]:
         """Messages sent to the customer (API and servicers), oldest first, across accounts."""
         result = []
         for account in corp.accounts.values():

@@ -55,7 +55,9 @@ class MediaStore:
         allowed_types: tuple[str, ...] = MEDIA_TYPES,
     ) -> Media:
         if type not in allowed_types:
-            raise ApiError(E.INVALID_MEDIA_TYPE, f"invalid media type {type!r}, expected one of {allowed_types}")
+            raise ApiError(
+                E.INVALID_MEDIA_TYPE, f"invalid media type {type!r}, expected one of {allowed_types}"
+            )
         if not content:
             raise ApiError(E.EMPTY_MEDIA, "media is empty")
         if len(content) < self.config.media_min_size:

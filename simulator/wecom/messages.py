@@ -29,10 +29,27 @@ MAX_MENU_ITEMS = 10
 MSGID_PATTERN = re.compile(r"[0-9a-zA-Z_-]{1,32}\Z")
 
 SEND_TYPES = frozenset(
-    {"text", "image", "voice", "video", "file", "link", "miniprogram", "msgmenu", "location", "business_card", "ca_link"}
+    {
+        "text",
+        "image",
+        "voice",
+        "video",
+        "file",
+        "link",
+        "miniprogram",
+        "msgmenu",
+        "location",
+        "business_card",
+        "ca_link",
+    }
 )
 EVENT_REPLY_TYPES = frozenset({"text", "msgmenu"})
-MENU_ITEM_TYPES = {"click": ("content",), "view": ("url", "content"), "miniprogram": ("appid", "pagepath", "content"), "text": ("content",)}
+MENU_ITEM_TYPES = {
+    "click": ("content",),
+    "view": ("url", "content"),
+    "miniprogram": ("appid", "pagepath", "content"),
+    "text": ("content",),
+}
 
 
 # -- cursors ---------------------------------------------------------------------------------
@@ -52,7 +69,9 @@ def decode_cursor(key: bytes, open_kfid: str, cursor: str) -> int:
         data = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     except (binascii.Error, ValueError):
         data = b""
-    if len(data) != 17 or not hmac.compare_digest(encode_cursor(key, open_kfid, struct.unpack(">Q", data[:8])[0]), cursor):
+    if len(data) != 17 or not hmac.compare_digest(
+        encode_cursor(key, open_kfid, struct.unpack(">Q", data[:8])[0]), cursor
+    ):
         raise ApiError(E.INVALID_PARAMETER, "invalid cursor")
     (position,) = struct.unpack(">Q", data[:8])
     return int(position)

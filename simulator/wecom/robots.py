@@ -80,14 +80,27 @@ class Robots:
         self._limits.record(robot.key)
         robot.messages.append({**message, "received_at": self.clock()})
 
-    def upload_media(self, key: str | None, type: str, filename: str, content: bytes, content_type: str) -> Media:
+    def upload_media(
+        self, key: str | None, type: str, filename: str, content: bytes, content_type: str
+    ) -> Media:
         robot = self.robot(key)
-        return self.media.upload(robot.owner, type, filename, content, content_type, allowed_types=ROBOT_MEDIA_TYPES)
+        return self.media.upload(
+            robot.owner, type, filename, content, content_type, allowed_types=ROBOT_MEDIA_TYPES
+        )
 
     def _check(self, robot: Robot, message: dict[str, Any]) -> None:
         msgtype = message.get("msgtype")
         body = message.get(msgtype) if isinstance(msgtype, str) else None
-        if msgtype not in ("text", "markdown", "markdown_v2", "image", "news", "file", "voice", "template_card"):
+        if msgtype not in (
+            "text",
+            "markdown",
+            "markdown_v2",
+            "image",
+            "news",
+            "file",
+            "voice",
+            "template_card",
+        ):
             raise ApiError(E.INVALID_MSGTYPE, f"invalid msgtype {msgtype!r}")
         if not isinstance(body, dict):
             raise ApiError(E.INVALID_PARAMETER, f"{msgtype} missing")

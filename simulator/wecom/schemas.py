@@ -129,7 +129,9 @@ class EventIn(BaseModel):
     scene: str = ""
     scene_param: str = ""
     wechat_channels: dict[str, Any] | None = None
-    welcome: bool | None = Field(default=None, description="force a welcome_code on/off; default WeCom's rule")
+    welcome: bool | None = Field(
+        default=None, description="force a welcome_code on/off; default WeCom's rule"
+    )
 
     def fields(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -145,7 +147,3 @@ class InvalidateIn(_In):
     access_token: str | None = None
     corpid: str | None = None
     agentid: int | None = None
-
-
-class AdvanceIn(_In):
-    seconds: float = Field(ge=0)

@@ -57,7 +57,9 @@ class Session:
 
     def expire(self, now: float, window: float) -> None:
         """End a session whose customer has been silent for longer than ``window``."""
-        if self.state != ENDED and (self.last_customer_msg_at is None or now - self.last_customer_msg_at > window):
+        if self.state != ENDED and (
+            self.last_customer_msg_at is None or now - self.last_customer_msg_at > window
+        ):
             self._end()
 
     def customer_wrote(self, now: float, window: float) -> None:

@@ -8,6 +8,7 @@ an expired one gets 42001. Every ``gettoken`` call is counted per app, and calls
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from simulator.clock import Clock
@@ -28,7 +29,7 @@ class IssuedToken:
     revoked: bool = False
 
     def expires_in(self, now: float) -> int:
-        return max(0, int(self.expires_at - now))
+        return max(0, math.ceil(self.expires_at - now))
 
 
 class AccessTokens:
@@ -56,7 +57,12 @@ class AccessTokens:
             raise ApiError(E.RATE_LIMITED, "api freq out of limit: gettoken")
         now = self.clock()
         current = self._current.get((corpid, app.agentid))
-        if self.config.token_reuse and current is not None and not current.revoked and now < current.expires_at:
+        if (
+            self.config.token_reuse
+            and current is not None
+            and not current.revoked
+            and now < current.expires_at
+        ):
             return current
         issued = IssuedToken(ids.access_token(), corpid, app.agentid, now + self.config.token_ttl)
         self.issued[issued.token] = issued

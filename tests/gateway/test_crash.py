@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.gateway.conftest import Listener
-from tests.support.services import ServiceProcess, free_port
+from tests.support.recorder import Recorder
+from tests.support.services import ServiceProcess, free_port, service_env
 from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, signed_post
 from wxkf.settings import Settings
 
@@ -16,21 +16,18 @@ ADMIN = "crash-test-admin"
 
 
 async def test_sigkill_after_ack_loses_nothing(
-    settings: Settings, listener: tuple[Listener, str], keys: CorpAppKeys, tmp_path: Path
+    settings: Settings, listener: tuple[Recorder, str], keys: CorpAppKeys, tmp_path: Path
 ) -> None:
     recorder, manager_url = listener
     recorder.status = 503  # the manager is down: nothing can be forwarded before the kill
-    assert settings.wxkf_secret_key is not None
-    env = {
-        "MONGO_URI": str(settings.mongo_uri),
-        "WXKF_DB_NAME": settings.wxkf_db_name,
-        "WXKF_SECRET_KEY": settings.wxkf_secret_key.get_secret_value(),
-        "WXKF_ADMIN_TOKEN": ADMIN,
-        "WXKF_DATA_DIR": str(tmp_path / "data"),
-        "WXKF_REPLICA_ID": "gateway-crash-test",
-        "MANAGER_ENDPOINT": manager_url,
-        "WXKF_RETRY_SCHEDULE": "10m",  # after the first failure, no retry before the kill
-    }
+    env = service_env(
+        settings,
+        tmp_path / "data",
+        wxkf_admin_token=ADMIN,
+        wxkf_replica_id="gateway-crash-test",
+        manager_endpoint=manager_url,
+        wxkf_retry_schedule="10m",  # after the first failure, no retry before the kill
+    )
     gateway = ServiceProcess("gateway", env, tmp_path / "gateway.log", free_port())
     await gateway.start()
     try:

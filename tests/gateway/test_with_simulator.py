@@ -15,7 +15,8 @@ from gateway.app import gateway_app
 from simulator import SimConfig, create_app
 from simulator.clock import OffsetClock
 from simulator.state import SimState
-from tests.gateway.conftest import ADMIN, Listener, make_gateway
+from tests.gateway.conftest import ADMIN, make_gateway
+from tests.support.recorder import Recorder
 from tests.support.servers import serve_app
 from tests.support.wecom_callbacks import new_aes_key
 from wecom.client import WeComClient, fetch_access_token
@@ -33,7 +34,7 @@ async def sim_url() -> AsyncIterator[str]:
 
 
 async def test_customer_message_flows_through_the_gateway(
-    runtime: Runtime, listener: tuple[Listener, str], sim_url: str
+    runtime: Runtime, listener: tuple[Recorder, str], sim_url: str
 ) -> None:
     recorder, manager_url = listener
     gateway = make_gateway(runtime, manager_url)

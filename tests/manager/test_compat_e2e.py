@@ -24,7 +24,7 @@ from simulator.state import SimState
 from tests.manager.conftest import FAST
 from tests.support.node_puppet import NodePuppet
 from tests.support.servers import serve_app
-from tests.support.services import ServiceProcess, free_port
+from tests.support.services import ServiceProcess, free_port, service_env
 from tests.support.wecom_callbacks import new_aes_key
 from wxkf.logging import configure_logging
 from wxkf.runtime import open_runtime
@@ -293,16 +293,13 @@ async def test_sigkill_of_the_manager_mid_dispatch_loses_nothing(
     settings: Settings, simulator: tuple[str, SimState], tmp_path: Path
 ) -> None:
     sim_url, _ = simulator
-    assert settings.wxkf_secret_key is not None
-    env = {
-        "MONGO_URI": str(settings.mongo_uri),
-        "WXKF_DB_NAME": settings.wxkf_db_name,
-        "WXKF_SECRET_KEY": settings.wxkf_secret_key.get_secret_value(),
-        "WXKF_ADMIN_TOKEN": ADMIN,
-        "WXKF_DATA_DIR": str(tmp_path / "data"),
-        "WXKF_REPLICA_ID": "manager-crash-test",
-        "WECOM_API_BASE": sim_url + "/cgi-bin",
-    }
+    env = service_env(
+        settings,
+        tmp_path / "data",
+        wxkf_admin_token=ADMIN,
+        wxkf_replica_id="manager-crash-test",
+        wecom_api_base=sim_url + "/cgi-bin",
+    )
     hub = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
     await hub.start()
     async with httpx.AsyncClient(timeout=30) as http:

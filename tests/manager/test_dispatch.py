@@ -7,7 +7,8 @@ import json
 
 from manager.admin import ReplayIn, replay
 from manager.mailbox import account_key
-from tests.manager.conftest import PUPPET_SECRET, RecordingPuppet, add_puppet, make_manager
+from tests.manager.conftest import PUPPET_SECRET, add_puppet, make_manager
+from tests.support.recorder import Recorder
 from wxkf import webhooks
 from wxkf.runtime import Runtime
 
@@ -93,7 +94,7 @@ async def test_failing_puppet_backs_off_dead_letters_and_replay_delivers(
 async def test_unreachable_puppet_is_parked_and_flows_when_back(runtime: Runtime) -> None:
     from tests.support.servers import serve_app
 
-    puppet = RecordingPuppet()
+    puppet = Recorder()
     manager = make_manager(runtime)
     await manager.start()
     try:

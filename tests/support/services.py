@@ -14,6 +14,20 @@ from pathlib import Path
 
 import httpx
 
+from wxkf.settings import Settings
+
+
+def service_env(settings: Settings, data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for a child service on the test's database server, database and secret key."""
+    assert settings.mongo_uri is not None and settings.wxkf_secret_key is not None
+    return {
+        "MONGO_URI": settings.mongo_uri,
+        "WXKF_DB_NAME": settings.wxkf_db_name,
+        "WXKF_SECRET_KEY": settings.wxkf_secret_key.get_secret_value(),
+        "WXKF_DATA_DIR": str(data_dir),
+        **{name.upper(): value for name, value in extra.items()},
+    }
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -1,0 +1,2 @@
+"""The simulated WeCom: rules in :mod:`~simulator.wecom.world` and its parts, HTTP in ``api``
+(``/cgi-bin``) and ``control`` (``/sim``)."""
