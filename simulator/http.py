@@ -6,18 +6,17 @@ status), not like WeCom: they are the developer's remote control, not part of an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
 from simulator.delivery import Courier
 from simulator.state import SimState
 from simulator.wecom.errcodes import ApiError
-from wxkf.http import BadRequest, BodyTooLarge, error, read_body
+from wxkf.http import BadRequest, error, parse_json
 
 M = TypeVar("M", bound=BaseModel)
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -41,20 +40,7 @@ def wants_wait(request: Request) -> bool:
 
 async def parse(request: Request, model: type[M]) -> M:
     """The JSON body validated into ``model``; an empty body counts as ``{}``."""
-    try:
-        raw = await read_body(request, MAX_CONTROL_BODY)
-    except BodyTooLarge:
-        raise BadRequest(f"body exceeds {MAX_CONTROL_BODY} bytes", 413) from None
-    try:
-        data = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ())) or "body"
-        raise BadRequest(f"{where}: {first.get('msg')}") from None
+    return await parse_json(request, model, MAX_CONTROL_BODY, empty={})
 
 
 def control(endpoint: Endpoint) -> Endpoint:

@@ -168,10 +168,13 @@ def sim(
     """Run the WeCom simulator: a stand-in for qyapi.weixin.qq.com that also sends signed callbacks."""
     with friendly_errors():
         settings = startup()
-        from simulator import serve
+        from simulator import SeedError, serve
 
         settings = bind_overrides(settings, host, port)
-        serve(settings.host, settings.port, seed)
+        try:
+            serve(settings.host, settings.port, seed)
+        except SeedError as exc:
+            fail(f"--seed {seed}: {exc}")
 
 
 # -- admin commands: a running server's admin API ------------------------------------------------

@@ -49,14 +49,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_json(request: Request, model: type[M], limit: int = 64 * 1024) -> M:
-    """Validate a JSON body into ``model``; any problem becomes a :class:`BadRequest` with the reason."""
+async def parse_json(request: Request, model: type[M], limit: int = 64 * 1024, *, empty: Any = None) -> M:
+    """Validate a JSON body into ``model``; any problem becomes a :class:`BadRequest` with the reason.
+
+    An empty (or blank) body is read as ``empty``.
+    """
     try:
         body = await read_body(request, limit)
     except BodyTooLarge:
         raise BadRequest(f"body exceeds {limit} bytes", 413) from None
     try:
-        data = json.loads(body or b"null")
+        data = json.loads(body) if body.strip() else empty
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not JSON: {exc}") from None
     try:
