@@ -24,6 +24,7 @@ def gateway_config(runtime: Runtime) -> GatewayConfig:
         max_body=settings.wxkf_max_body,
         schedule=RetrySchedule(parse_delays(settings.wxkf_retry_schedule)),
         allowed_networks=parse_networks(settings.wxkf_allowed_networks),
+        retention=settings.wxkf_retention_days * 86400,
     )
 
 

@@ -69,6 +69,8 @@ class Forwarder:
         self._on_result = on_result or (lambda target, result: None)
         self._closed = False
         self._persistent = persistent
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # -- feeding ----------------------------------------------------------------------------
     def submit(self, doc: dict[str, Any]) -> None:
@@ -77,6 +79,7 @@ class Forwarder:
         if not pending or doc["_id"] in self._remaining:
             return
         self._remaining[doc["_id"]] = set(pending)
+        self._idle.clear()
         for name in pending:
             target = self._target(name)
             target.queue.append(doc)
@@ -102,6 +105,10 @@ class Forwarder:
     def target_backlog(self, name: str) -> int:
         target = self._targets.get(name)
         return len(target.queue) if target else 0
+
+    async def wait_idle(self) -> None:
+        """Return once every queued event has reached all its targets (or been dead-lettered)."""
+        await self._idle.wait()
 
     async def close(self) -> None:
         self._closed = True
@@ -201,6 +208,8 @@ class Forwarder:
         if not remaining:
             del self._remaining[event_id]
         self._finish_wake.set()
+        if not self._remaining:
+            self._idle.set()
 
     async def _run_finisher(self) -> None:
         while True:
@@ -229,7 +238,7 @@ class Forwarder:
                 (dead if self._outcome.pop(event_id, DONE) == DEAD else done).append(event_id)
             await self._inbox.finish(done, DONE)
             await self._inbox.finish(dead, DEAD)
-        except Exception:
+        except BaseException:  # failed or cancelled (shutdown): keep the batch for the next flush
             self._finished[:0] = batch
             raise
 

@@ -15,7 +15,7 @@ from typing import Any
 from pymongo import ASCENDING
 
 from gateway.intake import CallbackEvent
-from wxkf.database import Database, durable
+from wxkf.database import Database, durable, expiry
 from wxkf.group_commit import GroupCommit
 
 COLLECTION = "inbox"
@@ -25,11 +25,14 @@ PENDING = "pending"
 DONE = "done"
 DEAD = "dead"
 UNROUTED = "unrouted"
+DEFAULT_RETENTION = 7 * 86400.0
 
 
-def new_document(event: CallbackEvent, targets: Iterable[str], owner: str, now: float) -> dict[str, Any]:
+def new_document(
+    event: CallbackEvent, targets: Iterable[str], owner: str, now: float, keep_for: float = DEFAULT_RETENTION
+) -> dict[str, Any]:
     target_list = list(targets)
-    return {
+    doc: dict[str, Any] = {
         "_id": event.id,
         "corp_id": event.corp_id,
         "app": event.app,
@@ -44,18 +47,30 @@ def new_document(event: CallbackEvent, targets: Iterable[str], owner: str, now: 
         "state": PENDING if target_list else UNROUTED,
         "targets": {target: {"state": PENDING, "attempts": 0} for target in target_list},
     }
+    if not target_list:  # nothing to do: it is finished the moment it is stored
+        doc["expire_at"] = expiry(now, keep_for)
+    return doc
 
 
 class Inbox:
-    def __init__(self, db: Database, owner: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        owner: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        keep_for: float = DEFAULT_RETENTION,
+    ) -> None:
         self._collection = durable(db[COLLECTION])
         self._replicas = db[REPLICAS]
         self.owner = owner
         self._clock = clock
         self._writer = GroupCommit(self._collection)
+        self.keep_for = keep_for
 
     async def ensure_indexes(self) -> None:
         await self._collection.create_index([("owner", ASCENDING), ("state", ASCENDING)])
+        await self._collection.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
 
     async def store(self, doc: dict[str, Any]) -> bool:
         """Persist durably (group-committed). False if this event id was already stored (a retry)."""
@@ -65,9 +80,12 @@ class Inbox:
         return await self._collection.find_one({"_id": event_id})
 
     async def finish(self, event_ids: list[str], state: str = DONE) -> None:
+        """Mark events finished; they expire ``keep_for`` seconds later (TTL index)."""
+        now = self._clock()
         if event_ids:
             await self._collection.update_many(
-                {"_id": {"$in": event_ids}}, {"$set": {"state": state, "finished_at": self._clock()}}
+                {"_id": {"$in": event_ids}},
+                {"$set": {"state": state, "finished_at": now, "expire_at": expiry(now, self.keep_for)}},
             )
 
     async def record_attempt(self, event_id: str, target: str, attempts: int, error: str) -> None:

@@ -16,7 +16,7 @@ import httpx
 
 from gateway import metrics
 from gateway.forwarder import Forwarder, Sink, run_forever
-from gateway.inbox import Inbox, new_document
+from gateway.inbox import DEFAULT_RETENTION, Inbox, new_document
 from gateway.intake import CallbackEvent
 from gateway.manager_link import MANAGER_TARGET
 from gateway.registry import AppRegistry
@@ -39,6 +39,7 @@ class GatewayConfig:
     replica_timeout: float = 30.0
     registry_reload_interval: float = 30.0
     allowed_networks: tuple[IPNetwork, ...] = ()
+    retention: float = DEFAULT_RETENTION
 
 
 class Gateway:
@@ -56,7 +57,7 @@ class Gateway:
         self.http = http
         self.registry = AppRegistry(db, box, clock=clock)
         self.subscriptions = Subscriptions(db, box, clock=clock)
-        self.inbox = Inbox(db, config.replica_id, clock=clock)
+        self.inbox = Inbox(db, config.replica_id, clock=clock, keep_for=config.retention)
         self.manager_sink = manager_sink
         self.forwarder = Forwarder(
             self.inbox,
@@ -106,7 +107,9 @@ class Gateway:
 
     async def accept(self, event: CallbackEvent) -> bool:
         """Store durably and queue for forwarding. False means a duplicate (WeCom's retry)."""
-        doc = new_document(event, self.targets_for(event), self.inbox.owner, self._clock())
+        doc = new_document(
+            event, self.targets_for(event), self.inbox.owner, self._clock(), self.config.retention
+        )
         stored = await self.inbox.store(doc)
         if stored:
             self.forwarder.submit(doc)

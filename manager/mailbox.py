@@ -19,7 +19,7 @@ from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
 
-from wxkf.database import Database, durable
+from wxkf.database import Database, durable, expiry
 from wxkf.group_commit import GroupCommit
 
 MAILBOXES = "mailboxes"
@@ -112,10 +112,13 @@ def _due_unless_backing_off(now: float) -> dict[str, Any]:
 
 
 class MailboxStore:
-    def __init__(self, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, db: Database, *, clock: Callable[[], float] = time.time, keep_for: float = 7 * 86400.0
+    ) -> None:
         self._mailboxes = durable(db[MAILBOXES])
         self._events = durable(db[EVENTS])
         self._clock = clock
+        self._keep_for = keep_for
         self._event_writes = GroupCommit(self._events)
         self._mailbox_writes = GroupCommit(self._mailboxes)
 
@@ -123,6 +126,7 @@ class MailboxStore:
         await self._mailboxes.create_index([("due_at", ASCENDING)])
         await self._mailboxes.create_index([("lease_owner", ASCENDING)])
         await self._events.create_index([("account", ASCENDING), ("arrival", ASCENDING)])
+        await self._events.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
 
     # -- intake -----------------------------------------------------------------------------
     async def accept(self, corp_id: str, open_kfid: str, latest: Latest, *, parked: bool) -> bool:
@@ -140,6 +144,7 @@ class MailboxStore:
                 "corp_id": corp_id,
                 "open_kfid": open_kfid,
                 "received_at": self._clock(),
+                "expire_at": expiry(self._clock(), self._keep_for),
                 **latest.to_doc(),
             }
         )

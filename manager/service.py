@@ -60,6 +60,7 @@ class ManagerConfig:
     delivery_timeout: float = 10.0
     registration_token: str | None = field(default=None, repr=False)
     allowed_networks: tuple[IPNetwork, ...] = ()
+    retention: float = 7 * 86400.0
 
 
 class Manager:
@@ -81,7 +82,7 @@ class Manager:
         self.apps = apps
         self.api_base = api_base
         self.puppets = PuppetRegistry(db, box, clock=clock)
-        self.mailboxes = MailboxStore(db, clock=clock)
+        self.mailboxes = MailboxStore(db, clock=clock, keep_for=config.retention)
         self._clock = clock
         self._account_lists: dict[str, tuple[float, list[KfAccount]]] = {}
         timeout = config.delivery_timeout

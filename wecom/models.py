@@ -92,8 +92,10 @@ class RawEvent(BaseModel):
 
 
 def _create_time(fields: dict[str, str]) -> int | None:
+    """Unix seconds, or None for anything else. ``str.isdigit`` alone is not enough: it accepts "²" and
+    other digits ``int`` refuses, and ``int`` raises past 4300 digits; 18 ASCII digits always fit int64."""
     value = fields.get("CreateTime", "").strip()
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None
 
 
 def parse_event(data: bytes | str) -> KfMsgOrEvent | RawEvent:

@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -62,6 +63,11 @@ class DatabaseError(RuntimeError):
 
 class DataDirLocked(DatabaseError):
     """Another process already runs an embedded server on this data dir."""
+
+
+def expiry(now: float, keep_for: float) -> datetime:
+    """The ``expire_at`` value (a TTL index needs a date) for a document kept ``keep_for`` seconds."""
+    return datetime.fromtimestamp(now + keep_for, tz=UTC)
 
 
 def durable(collection: AsyncCollection[_D]) -> AsyncCollection[_D]:

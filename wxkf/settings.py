@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     wxkf_token_invalidate_interval: float = Field(
         default=10.0, ge=0, le=3600, description="min seconds between forced token refreshes per app"
     )
+    wxkf_retention_days: float = Field(
+        default=7.0, gt=0, le=3650, description="days finished events are kept (pending ones: until done)"
+    )
     wxkf_retry_schedule: str = Field(
         default="5s,5m,30m,2h,5h,10h,10h", description="delays between delivery attempts"
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl
 
 import httpx
@@ -141,6 +143,21 @@ async def test_unsubscribed_events_are_stored_and_acknowledged(gw: RunningGatewa
     doc = await gw.gateway.inbox._collection.find_one({"event_type": "change_contact"})
     assert doc is not None
     assert doc["state"] == "unrouted"
+    assert doc["expire_at"] > datetime.now(UTC) + timedelta(days=6)  # kept a week, then the TTL index
+
+
+async def test_pending_events_never_expire_and_finished_ones_do(gw: RunningGateway) -> None:
+    gw.listener.status = 503
+    await post_callback(gw, kf_event_xml(gw.keys.corp_id, "wkAAA", "tok-ttl"))
+    await gw.listener.wait_for_attempts(1)
+    [pending] = [doc async for doc in gw.gateway.inbox._collection.find({})]
+    assert pending["state"] == "pending" and "expire_at" not in pending
+    gw.listener.status = 200
+    async with asyncio.timeout(10):
+        await gw.gateway.forwarder.wait_idle()
+    await gw.gateway.forwarder.close()  # flushes the batched state updates
+    done = await gw.gateway.inbox.get(pending["_id"])
+    assert done is not None and done["state"] == "done" and done["expire_at"] > datetime.now(UTC)
 
 
 async def test_restart_forwards_what_a_crashed_run_left(

@@ -1,0 +1,424 @@
+"""Thousands of mutated callbacks at a live gateway: never a 5xx, never a dropped connection, no forged 200.
+
+Each example starts from a genuine callback and breaks it at one or more layers: the plaintext (then
+encrypted and signed properly, so the mutation reaches the XML parser), the ciphertext (re-signed, so it
+reaches decryption), the envelope, the raw body bytes, the query string, the path, the headers. An
+independent oracle (:func:`expected`) decides from the protocol alone whether what was sent is a valid
+callback; the gateway must accept exactly those, store exactly one event for each new one, and refuse
+everything else without storing anything.
+
+Hypothesis drives synchronous code, so it runs in a worker thread with a sync httpx client against the
+gateway's real socket, while the gateway keeps serving on the test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pymongo import MongoClient
+
+from gateway.inbox import COLLECTION as INBOX
+from gateway.intake import KF_EVENT, event_id
+from gateway.registry import DEFAULT_APP
+from tests.gateway.conftest import RunningGateway
+from tests.support.wecom_callbacks import CorpAppKeys
+from wecom.crypto import CryptoError, MsgCrypt
+from wecom.models import EventError, KfMsgOrEvent, parse_event
+from wecom.xml import XMLError, build_xml, parse_xml
+from wxkf.runtime import Runtime
+
+EXAMPLES = 2500
+MAX_BODY = 64 * 1024  # GatewayConfig's default, which the gw fixture keeps
+MAX_PARAM = 512
+RSS_GROWTH_LIMIT = 150 * 1024 * 1024
+QUERY_NAMES = ("msg_signature", "timestamp", "nonce")
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@dataclass(frozen=True, repr=False)
+class Sent:
+    """One request as the client sends it; ``body=None`` is a URL-verification GET."""
+
+    corp: str
+    app: str | None
+    query: list[tuple[str, str]]
+    body: bytes | None
+    content_type: str | None = None
+    chunked: bool = False
+
+    def __repr__(self) -> str:  # falsifying examples can be 64 KiB; show where they differ
+        body = "GET" if self.body is None else f"{len(self.body)} bytes {self.body[:300]!r}..."
+        return (
+            f"Sent(corp={self.corp!r}, app={self.app!r}, query={self.query!r}, body={body}, "
+            f"content_type={self.content_type!r}, chunked={self.chunked})"
+        )
+
+    @property
+    def url(self) -> str:
+        path = "/callback/" + quote(self.corp, safe="")
+        if self.app is not None:
+            path += "/" + quote(self.app, safe="")
+        return f"{path}?{urlencode(self.query)}" if self.query else path
+
+
+def expected(keys: CorpAppKeys, sent: Sent) -> bytes | None:
+    """The decrypted plaintext a correct gateway accepts for ``sent``, or None if it must refuse it."""
+    if sent.corp != keys.corp_id or sent.app not in (None, DEFAULT_APP):
+        return None
+    query = dict(sent.query)  # the last of repeated parameters wins, as in Starlette
+    names = QUERY_NAMES if sent.body is not None else (*QUERY_NAMES, "echostr")
+    values = [query.get(name, "") for name in names]
+    if not all(values) or any(len(value) > MAX_PARAM for value in values):
+        return None
+    if sent.body is None:
+        encrypt = query["echostr"]
+    else:
+        if len(sent.body) > MAX_BODY:
+            return None
+        try:
+            encrypt = parse_xml(sent.body).get("Encrypt", "")
+        except XMLError:
+            return None
+        if not encrypt:
+            return None
+    try:
+        plaintext = keys.crypt.open(values[0], values[1], values[2], encrypt)
+    except CryptoError:
+        return None
+    if sent.body is not None:
+        try:
+            parse_event(plaintext)
+        except (XMLError, EventError):
+            return None
+    return plaintext
+
+
+# -- strategies ---------------------------------------------------------------------------------
+XML_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), max_size=40)
+ANY_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
+NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.\-]{0,16}", fullmatch=True)
+# CreateTime is the one field the parser interprets: digits of every script, and very long ones.
+CREATE_TIME = st.one_of(
+    st.integers(0, 2**40),
+    st.text(st.characters(categories=["Nd", "No"]), min_size=1, max_size=6),
+    st.integers(4000, 6000).map(lambda n: "1" * n),
+)
+INJECTIONS = [
+    '<!DOCTYPE xml [<!ENTITY e SYSTEM "file:///etc/passwd">]>',
+    '<!DOCTYPE xml [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+    '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>',
+    '<!DOCTYPE xml SYSTEM "http://127.0.0.1:1/evil.dtd">',
+    '<!ENTITY e "x">',
+    "&e;",
+    "&c;",
+    "&#0;",
+    "&#x10FFFF;",
+    "&amp;&lt;&#65;",
+    "<![CDATA[]]>]]>",
+    "<!-- comment -->",
+    "<?php evil ?>",
+    '<?xml version="1.0" encoding="UTF-16"?>',
+    '<xi:include xmlns:xi="http://www.w3.org/2001/XInclude" href="/etc/passwd"/>',
+    "<a:b>undeclared prefix</a:b>",
+    "</xml>",
+    "\x00",
+    "\ufeff",
+]
+
+
+@st.composite
+def mutated_bytes(draw: st.DrawFn, data: bytes) -> bytes:
+    """One byte-level mutation: flip a bit, overwrite, insert, delete, truncate or extend."""
+    op = draw(st.sampled_from(["flip", "replace", "insert", "delete", "truncate", "extend"]))
+    if not data:
+        op = "insert"
+    if op == "insert" or op == "extend":
+        extra = draw(st.binary(min_size=1, max_size=64))
+        at = len(data) if op == "extend" else draw(st.integers(0, len(data)))
+        return data[:at] + extra + data[at:]
+    at = draw(st.integers(0, len(data) - 1))
+    if op == "flip":
+        return data[:at] + bytes([data[at] ^ (1 << draw(st.integers(0, 7)))]) + data[at + 1 :]
+    if op == "replace":
+        return data[:at] + draw(st.binary(min_size=1, max_size=8)) + data[at + 1 :]
+    if op == "delete":
+        return data[:at] + data[at + draw(st.integers(1, 64)) :]
+    return data[:at]
+
+
+@st.composite
+def mutated_text(draw: st.DrawFn, text: str) -> str:
+    """A text-level mutation of an XML document: injections, random unicode, huge or deep structure."""
+    op = draw(st.sampled_from(["inject", "prefix", "unicode", "attribute", "nesting", "bytes"]))
+    at = draw(st.integers(0, len(text)))
+    if op == "inject":
+        return text[:at] + draw(st.sampled_from(INJECTIONS)) + text[at:]
+    if op == "prefix":
+        return draw(st.sampled_from(INJECTIONS[:4])) + text
+    if op == "unicode":
+        return text[:at] + draw(ANY_TEXT) + text[at:]
+    if op == "attribute":
+        size = draw(st.sampled_from([10, 1000, 30000]))
+        return text.replace("<xml>", f'<xml {draw(NAMES)}="{"x" * size}">', 1)
+    if op == "nesting":
+        depth = draw(st.sampled_from([10, 300, 3000]))
+        return text[:at] + "<a>" * depth + "</a>" * depth + text[at:]
+    return draw(mutated_bytes(text.encode())).decode("utf-8", "replace")
+
+
+@st.composite
+def plaintexts(draw: st.DrawFn, corp_id: str) -> str:
+    """A decrypted callback: a kf event (maybe with empty fields) or some other event or message."""
+    head: dict[str, str | int] = {"ToUserName": draw(st.sampled_from([corp_id, ""]) | XML_TEXT)}
+    if draw(st.booleans()):
+        head["CreateTime"] = draw(CREATE_TIME)
+    if draw(st.integers(0, 2)):
+        fields: dict[str, str | int] = {
+            "MsgType": "event",
+            "Event": KF_EVENT,
+            "Token": draw(st.just("sync-token") | XML_TEXT),
+            "OpenKfId": draw(st.just("wkAAA") | XML_TEXT),
+        }
+    else:
+        fields = {
+            "MsgType": draw(st.sampled_from(["event", "text", "image", ""]) | XML_TEXT),
+            "Event": draw(st.sampled_from(["change_contact", "enter_agent", ""]) | XML_TEXT),
+            **draw(st.dictionaries(NAMES, XML_TEXT | st.integers(), max_size=4)),
+        }
+    return build_xml({**head, **fields})
+
+
+@st.composite
+def ciphertexts(draw: st.DrawFn, keys: CorpAppKeys, plaintext: bytes) -> str:
+    """The plaintext encrypted, sometimes for another corp, sometimes damaged afterwards."""
+    receive_id = draw(st.sampled_from([keys.corp_id] * 9 + ["wwsomeoneelse"]))
+    encrypt = MsgCrypt(keys.token, keys.aes_key, receive_id).encrypt(plaintext)
+    damage = draw(st.sampled_from([None] * 3 + ["bytes", "block", "text"]))
+    if damage == "bytes":  # valid base64 of damaged ciphertext: reaches AES, padding and length checks
+        raw = base64.b64decode(encrypt)
+        return base64.b64encode(draw(mutated_bytes(raw))).decode()
+    if damage == "block":  # whole blocks dropped or added: still decrypts, to something else
+        raw = base64.b64decode(encrypt)
+        cut = draw(st.integers(1, len(raw) // 16)) * 16
+        raw = raw[:-cut] if draw(st.booleans()) else raw + draw(st.binary(min_size=cut, max_size=cut))
+        return base64.b64encode(raw).decode()
+    if damage == "text":  # the base64 text itself
+        return draw(mutated_bytes(encrypt.encode())).decode("latin-1")
+    return encrypt
+
+
+@st.composite
+def envelopes(draw: st.DrawFn, corp_id: str, encrypt: str) -> bytes:
+    """The POST body around ``encrypt``: WeCom's shape, variations of it, or attacks on it."""
+    shape = draw(st.sampled_from(["wecom", "wecom", "plain", "extra", "padded", "twice", "xml-attack"]))
+    if shape == "plain":  # no CDATA; escapes needed for a damaged (non-base64) value
+        body = f"<xml><ToUserName>{corp_id}</ToUserName><Encrypt>{escape(encrypt)}</Encrypt></xml>"
+    elif shape == "extra":
+        extra = draw(st.dictionaries(NAMES.filter(lambda n: n != "Encrypt"), XML_TEXT, max_size=5))
+        body = cdata_xml({**extra, "Encrypt": encrypt, "ToUserName": draw(XML_TEXT)})
+    elif shape == "padded":  # whitespace around the value is part of it
+        body = f"<xml><Encrypt>\n  {escape(encrypt)}\n</Encrypt></xml>"
+    elif shape == "twice":  # the first Encrypt wins
+        decoy = draw(st.sampled_from(["", "AAAA", encrypt[::-1]]))
+        pair = [escape(encrypt), escape(decoy)]
+        if draw(st.booleans()):
+            pair.reverse()
+        body = f"<xml><Encrypt>{pair[0]}</Encrypt><Encrypt>{pair[1]}</Encrypt></xml>"
+    else:
+        body = cdata_xml({"ToUserName": corp_id, "Encrypt": encrypt, "AgentID": "1000002"})
+        if shape == "xml-attack":
+            body = draw(mutated_text(body))
+    return body.encode()
+
+
+def cdata_xml(fields: dict[str, str]) -> str:
+    """WeCom's layout (as ``build_xml`` writes it) without validation: damaged values go out as is."""
+    return "<xml>" + "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in fields.items()) + "</xml>"
+
+
+def escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+@st.composite
+def queries(draw: st.DrawFn, keys: CorpAppKeys, signed: str, *, echostr: str | None) -> list[tuple[str, str]]:
+    """A signed query string, sometimes signed wrongly or with strange timestamps and nonces."""
+    timestamp = draw(st.just("1700000000") | st.text(max_size=20, min_size=1))
+    nonce = draw(st.text(alphabet="0123456789abcdef", min_size=1, max_size=10) | ANY_TEXT)
+    token = draw(st.sampled_from([keys.token] * 6 + ["not-the-token"]))
+    signature = MsgCrypt(token, keys.aes_key, keys.corp_id).sign(timestamp, nonce, signed)
+    signature = draw(st.sampled_from([signature, signature, signature.upper(), f" {signature} "]))
+    query = [("msg_signature", signature), ("timestamp", timestamp), ("nonce", nonce)]
+    if echostr is not None:
+        query.append(("echostr", echostr))
+    if not draw(st.integers(0, 4)):
+        query = draw(mutated_query(query))
+    return query
+
+
+@st.composite
+def mutated_query(draw: st.DrawFn, query: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One parameter dropped, emptied, replaced, made too long or repeated; or a junk one added."""
+    names = [name for name, _ in query]
+    name = draw(st.sampled_from(names))
+    op = draw(st.sampled_from(["drop", "empty", "replace", "long", "repeat-before", "repeat-after", "junk"]))
+    rest = [pair for pair in query if pair[0] != name]
+    value = dict(query)[name]
+    if op == "drop":
+        return rest
+    if op == "empty":
+        return [*rest, (name, "")]
+    if op == "replace":
+        return [*rest, (name, draw(ANY_TEXT))]
+    if op == "long":
+        return [*rest, (name, value + "0" * draw(st.integers(MAX_PARAM - len(value) - 2, MAX_PARAM + 100)))]
+    if op == "repeat-before":  # a junk value first: the last one counts
+        return [(name, draw(ANY_TEXT)), *query]
+    if op == "repeat-after":
+        return [*query, (name, draw(ANY_TEXT))]
+    return [*query, (draw(ANY_TEXT), draw(ANY_TEXT))]
+
+
+@st.composite
+def requests(draw: st.DrawFn, keys: CorpAppKeys) -> Sent:
+    """A callback POST (or, sometimes, a URL verification GET) broken at any layer, or not at all."""
+    corp, app = keys.corp_id, None
+    if not draw(st.integers(0, 9)):
+        corp, app = draw(
+            st.sampled_from(
+                [
+                    (keys.corp_id.upper(), None),
+                    (keys.corp_id, DEFAULT_APP),
+                    (keys.corp_id, "other"),
+                    ("wwnobody", None),
+                    (keys.corp_id + " ", None),
+                ]
+            )
+            | st.tuples(ANY_TEXT.filter(lambda text: text not in ("", ".", "..")), st.none())
+        )
+    if not draw(st.integers(0, 9)):
+        echo = draw(ANY_TEXT.filter(bool)).encode()
+        echostr = draw(ciphertexts(keys, echo))
+        return Sent(corp, app, draw(queries(keys, echostr, echostr=echostr)), None)
+
+    plaintext = draw(plaintexts(keys.corp_id))
+    if not draw(st.integers(0, 3)):
+        plaintext = draw(mutated_text(plaintext))
+    encrypt = draw(ciphertexts(keys, plaintext.encode()))
+    body = draw(envelopes(keys.corp_id, encrypt))
+    if not draw(st.integers(0, 7)):
+        body = draw(mutated_bytes(body))
+    if not draw(st.integers(0, 30)):
+        body += b" " * MAX_BODY  # over the limit, however it is sent
+    query = draw(queries(keys, encrypt, echostr=None))
+    content_type = draw(
+        st.sampled_from([None, "text/xml", "application/xml", "application/json", "multipart/form-data"])
+        | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(str.strip)
+    )
+    return Sent(corp, app, query, body, content_type, chunked=not draw(st.integers(0, 9)))
+
+
+# -- the run ------------------------------------------------------------------------------------
+def send(http: httpx.Client, sent: Sent) -> httpx.Response:
+    if sent.body is None:
+        return http.get(sent.url)
+    headers = {"content-type": sent.content_type} if sent.content_type is not None else {}
+    body = sent.body
+    content: Any = iter([body[i : i + 4096] for i in range(0, len(body), 4096)]) if sent.chunked else body
+    return http.post(sent.url, content=content, headers=headers)
+
+
+def outcome(response: httpx.Response) -> str:
+    """The gateway's rejection reason, ``accepted``, or ``http_<status>`` for an answer from outside the
+    gateway (Starlette's 404 when no route matches, its redirect for a path ending in a slash)."""
+    if response.status_code == 200:
+        return "accepted"
+    reason, separator, _ = response.text.partition(": ")
+    return reason if separator and reason.isidentifier() else f"http_{response.status_code}"
+
+
+def stored_type(plaintext: bytes) -> str:
+    event = parse_event(plaintext)
+    if isinstance(event, KfMsgOrEvent):
+        return KF_EVENT
+    return event.event or event.msg_type or "unknown"
+
+
+def fuzz(gw: RunningGateway, mongo_uri: str, db_name: str, outcomes: Counter[str]) -> None:
+    keys = gw.keys
+    app = gw.gateway.registry.lookup(keys.corp_id, None)
+    assert app is not None
+    seen: set[str] = set()
+
+    mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
+    with httpx.Client(base_url=gw.url, timeout=30.0) as http, mongo:
+        inbox = mongo[db_name][INBOX]
+
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=[
+                HealthCheck.too_slow,
+                HealthCheck.data_too_large,
+                HealthCheck.filter_too_much,
+            ],
+        )
+        @given(requests(keys))
+        def gateway_is_never_fooled(sent: Sent) -> None:
+            stored_before = inbox.count_documents({})
+            response = send(http, sent)  # a crash or dropped connection raises here
+            valid = expected(keys, sent)
+            outcomes[outcome(response)] += 1
+
+            assert response.status_code < 500, response.text
+            assert (response.status_code == 200) == (valid is not None), (response.status_code, response.text)
+            stored = inbox.count_documents({}) - stored_before
+            if valid is None:
+                assert stored == 0
+            elif sent.body is None:
+                assert response.content == valid  # URL verification answers the echo exactly
+            else:
+                new_id = event_id(app, valid)
+                assert stored == (0 if new_id in seen else 1)
+                seen.add(new_id)
+                doc = inbox.find_one({"_id": new_id})
+                assert doc is not None
+                assert doc["event_type"] == stored_type(valid)
+
+        gateway_is_never_fooled()
+
+
+async def test_mutated_callbacks_never_crash_the_gateway_or_get_through(
+    gw: RunningGateway, runtime: Runtime, mongo_uri: str
+) -> None:
+    outcomes: Counter[str] = Counter()
+    rss_before = rss_bytes()
+
+    await asyncio.to_thread(fuzz, gw, mongo_uri, runtime.db.name, outcomes)
+
+    growth = rss_bytes() - rss_before
+    print(
+        f"\nfuzz: {outcomes.total()} requests, RSS growth {growth / 2**20:.1f} MiB, outcomes {dict(outcomes)}"
+    )
+    assert outcomes.total() >= 2000
+    assert growth < RSS_GROWTH_LIMIT
+    # the mutations reached every layer: some got through, and each stage refused some
+    for reached in ("accepted", "bad_signature", "bad_event", "xml_malformed", "xml_doctype", "bad_padding"):
+        assert outcomes[reached] > 0, outcomes
+    assert (await gw.http.get("/healthz")).status_code == 200
