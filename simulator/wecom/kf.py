@@ -281,6 +281,12 @@ class Kf:
         now = self.clock()
         session.check_send(now, self.config.send_window, self.config.send_limit)
         session.sent_by_api(now)
+        return self._sent_by_api(corp, account, msgid, msgtype, body, customer.external_userid)
+
+    def _sent_by_api(
+        self, corp: Corp, account: Account, msgid: str, msgtype: str, body: Any, external_userid: str
+    ) -> str:
+        """Log a message a servicer sent through the API (sync_msg never returns these)."""
         self._append(
             corp,
             account,
@@ -288,7 +294,7 @@ class Kf:
             origin=SERVICER,
             msgtype=msgtype,
             body=body,
-            external_userid=customer.external_userid,
+            external_userid=external_userid,
             via_api=True,
         )
         return msgid
@@ -321,17 +327,7 @@ class Kf:
         session.last_sent_at = now
         if issued.kind == "welcome":
             session.last_welcome_at = now
-        self._append(
-            corp,
-            account,
-            msgid=msgid,
-            origin=SERVICER,
-            msgtype=msgtype,
-            body=body,
-            external_userid=issued.external_userid,
-            via_api=True,
-        )
-        return msgid
+        return self._sent_by_api(corp, account, msgid, msgtype, body, issued.external_userid)
 
     # -- sessions ---------------------------------------------------------------------------
     def service_state_get(self, app: App, open_kfid: str, external_userid: str) -> dict[str, Any]:
