@@ -81,7 +81,8 @@ def parse_xml(data: bytes | str, *, max_bytes: int = MAX_BYTES) -> dict[str, str
     except (etree.XMLSyntaxError, ValueError) as exc:
         raise XMLError("malformed", f"malformed XML: {exc}") from None
     docinfo = root.getroottree().docinfo
-    if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
+    doctype = docinfo.doctype  # type: ignore[union-attr]  # lxml-stubs lacks DocInfo.doctype
+    if doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise XMLError("doctype", "XML with a DOCTYPE or ENTITY declaration is refused")
     if root.tag != "xml":
         raise XMLError("bad_root", f"root element must be <xml>, not <{str(root.tag)[:64]}>")
