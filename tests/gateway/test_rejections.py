@@ -328,9 +328,13 @@ async def test_content_length_that_understates_a_chunked_body_is_still_cut_off(
     writer.close()
 
     status_line, _, rest = response.partition(b"\r\n")
-    assert status_line.split()[1] == b"413"
-    assert rest.partition(b"\r\n\r\n")[2].startswith(b"too_large: ")
-    assert rejected("too_large") == before + 1
+    status = status_line.split()[1]
+    if status == b"400":  # httptools (uvicorn[standard]) refuses the ambiguous framing itself: fine too
+        assert rejected("too_large") == before
+    else:  # h11 lets chunked win; the streaming cap cuts the body off
+        assert status == b"413"
+        assert rest.partition(b"\r\n\r\n")[2].startswith(b"too_large: ")
+        assert rejected("too_large") == before + 1
     assert await runtime.db[INBOX].count_documents({}) == 0
 
 
