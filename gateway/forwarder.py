@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from gateway.inbox import DEAD, DONE, Inbox
 from wxkf.delivery import DeliveryError
 from wxkf.retry import RetrySchedule
+from wxkf.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,13 @@ class Forwarder:
 
     async def close(self) -> None:
         self._closed = True
+        for target in self._targets.values():
+            target.wake.set()
+        self._finish_wake.set()
         tasks = [t.task for t in self._targets.values() if t.task] + (
             [self._finisher] if self._finisher else []
         )
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks)
         await self._flush_finished()
 
     # -- workers ----------------------------------------------------------------------------
@@ -212,7 +214,7 @@ class Forwarder:
             self._idle.set()
 
     async def _run_finisher(self) -> None:
-        while True:
+        while not self._closed:
             await self._finish_wake.wait()
             self._finish_wake.clear()
             try:

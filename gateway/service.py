@@ -25,6 +25,7 @@ from wxkf.database import Database
 from wxkf.endpoints import IPNetwork
 from wxkf.retry import RetrySchedule
 from wxkf.secretbox import SecretBox
+from wxkf.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,7 @@ class Gateway:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)
         await self.forwarder.close()
 
     # -- intake -----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from wxkf.retry import RetrySchedule, parse_delays
 from wxkf.runtime import Runtime, open_runtime
 from wxkf.server import serve
 from wxkf.settings import Settings
+from wxkf.tasks import stop_tasks
 
 
 def build_manager(
@@ -75,8 +76,7 @@ class Hub:
     async def stop(self) -> None:
         assert self.manager is not None
         if self._refresher is not None:
-            self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
+            await stop_tasks([self._refresher])
         await self.gateway.stop()
         await self.manager.stop()
 

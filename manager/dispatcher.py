@@ -28,6 +28,7 @@ from manager.mailbox import Latest, Mailbox, MailboxStore
 from manager.puppets import Puppet, PuppetRegistry
 from wxkf.delivery import DeliveryError
 from wxkf.retry import RetrySchedule
+from wxkf.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +107,7 @@ class Dispatcher:
         ]
 
     async def stop(self) -> None:
-        for task in [*self._loops, *self._tasks]:
-            task.cancel()
-        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        await stop_tasks([*self._loops, *self._tasks])
         try:
             await self._store.release(list(self._held), self.config.owner)
         except Exception:

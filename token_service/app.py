@@ -15,6 +15,7 @@ from wxkf.http import common_routes
 from wxkf.runtime import Runtime, open_runtime
 from wxkf.server import serve
 from wxkf.settings import Settings
+from wxkf.tasks import stop_tasks
 
 
 def build_token_service(runtime: Runtime, policy: TokenPolicy | None = None) -> TokenService:
@@ -39,5 +40,4 @@ async def run(settings: Settings) -> None:
             await service.store.ensure_indexes()
             await serve(token_app(service), settings.host, settings.port)
         finally:
-            refresher.cancel()
-            await asyncio.gather(refresher, return_exceptions=True)
+            await stop_tasks([refresher])

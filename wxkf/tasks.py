@@ -1,0 +1,31 @@
+"""Stopping background tasks reliably.
+
+A single ``task.cancel()`` is not enough: a library may absorb the cancellation (PyMongo's async I/O
+can finish the operation it was in and carry on), after which the task waits forever and a shutdown
+that gathers it hangs. :func:`stop_tasks` cancels again until every task has really finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+log = logging.getLogger(__name__)
+
+
+async def stop_tasks(
+    tasks: Iterable[asyncio.Task[object]], *, interval: float = 0.2, attempts: int = 50
+) -> None:
+    """Cancel ``tasks`` and wait until all are done, re-cancelling any that absorbed a cancellation."""
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(attempts):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=interval)
+    if pending:
+        log.warning(
+            "%d background task(s) ignored cancellation: %s", len(pending), [t.get_name() for t in pending]
+        )
