@@ -52,9 +52,10 @@ class Profile:
 
         def lines(counter: Counter[str], skip_above: float = 1.0) -> list[str]:
             out = []
+            most = max(counter.values(), default=0)
             for name, count in counter.most_common():
                 share = count / self.samples if self.samples else 0.0
-                if share > skip_above:  # the entry points every sample passes through
+                if count > skip_above * most:  # the entry points (nearly) every sample passes through
                     continue
                 out.append(f"{100 * share:5.1f}%  {name}")
                 if len(out) == top:
@@ -63,7 +64,7 @@ class Profile:
 
         return {
             "own_time": lines(self.own),
-            "inclusive_time": lines(self.inclusive, skip_above=0.9),
+            "inclusive_time": lines(self.inclusive, skip_above=0.95),
             "own_time_by_file": lines(self.by_file),
         }
 
