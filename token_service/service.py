@@ -123,7 +123,7 @@ class TokenService:
             record = await self.store.load(key)
             if record is None or record.retry_at > now:
                 continue
-            if await self.store.try_lease(key, self.owner, now, self.policy.lease_ttl):
+            if await self.store.try_lease(record, self.owner, now, self.policy.lease_ttl):
                 try:
                     await self._fetch_under_lease(record)
                     refreshed += 1
@@ -188,7 +188,7 @@ class TokenService:
                 return self._issue(record, now)
             if record.retry_at > now:
                 return self._serve_during_backoff(record, now)
-            if await self.store.try_lease(key, self.owner, now, self.policy.lease_ttl):
+            if await self.store.try_lease(record, self.owner, now, self.policy.lease_ttl):
                 return await self._fetch_under_lease(record)
             if now >= deadline:
                 if record.valid_for(now) > 0:

@@ -89,6 +89,7 @@ class TokenStore:
                     "secret": self._box.seal(secret, context=f"token-secret:{key}"),
                     "expires_at": 0.0,
                     "generation": 0,
+                    "failures": 0,
                     "lease_until": 0.0,
                 }
             },
@@ -96,10 +97,20 @@ class TokenStore:
         )
         return key
 
-    async def try_lease(self, key: str, owner: str, now: float, ttl: float) -> bool:
-        """Take the refresh lease if it is free or expired (or already ours)."""
+    async def try_lease(self, seen: TokenRecord, owner: str, now: float, ttl: float) -> bool:
+        """Take the refresh lease if it is free or expired (or already ours).
+
+        The lease is granted only while the document is still the version the caller read
+        (same ``generation`` and ``failures``): a replica that read the record just before
+        another replica stored a fresh token or a failure must re-read, not call upstream again.
+        """
         doc = await self._collection.find_one_and_update(
-            {"_id": key, "$or": [{"lease_until": {"$lt": now}}, {"lease_owner": owner}]},
+            {
+                "_id": seen.key,
+                "generation": seen.generation,
+                "failures": seen.failures or {"$in": [0, None]},
+                "$or": [{"lease_until": {"$lt": now}}, {"lease_owner": owner}],
+            },
             {"$set": {"lease_owner": owner, "lease_until": now + ttl}},
             projection={"_id": 1},
             return_document=ReturnDocument.AFTER,

@@ -89,6 +89,42 @@ async def test_two_replicas_share_one_upstream_call(db, box, upstream, clock):
     assert len(tokens) == 1
 
 
+async def test_replica_that_read_before_anothers_refresh_does_not_call_upstream_again(
+    db, box, upstream, clock
+):
+    """The race behind a once-seen flake: A reads "no token", B refreshes and frees the lease, then A
+    tries to lease on what it read. A must be refused and find B's token on re-reading."""
+    first = make_service(db, box, upstream, clock)
+    second = make_service(db, box, upstream, clock)
+    key = await first.store.ensure(CORP, SECRET)
+    read_by_first = await first.store.load(key)
+    assert read_by_first is not None and read_by_first.token is None
+
+    issued = await second.get(CORP, SECRET)
+    assert upstream.calls == 1
+
+    assert not await first.store.try_lease(read_by_first, first.owner, clock(), 30.0)
+    assert (await first.get(CORP, SECRET)).token == issued.token
+    assert upstream.calls == 1
+
+
+async def test_replica_that_read_before_anothers_failure_waits_for_the_backoff(db, box, upstream, clock):
+    first = make_service(db, box, upstream, clock)
+    second = make_service(db, box, upstream, clock)
+    await second.get(CORP, SECRET)
+    key = first.store.key_for(CORP, SECRET)
+    clock.advance(7200)  # expired
+    read_by_first = await first.store.load(key)
+    assert read_by_first is not None
+
+    upstream.fail_with = 45009
+    with pytest.raises(TokenUnavailable):
+        await second.get(CORP, SECRET)
+    assert upstream.calls == 2
+
+    assert not await first.store.try_lease(read_by_first, first.owner, clock(), 30.0)
+
+
 async def test_cached_token_is_served_until_close_to_expiry(db, box, upstream, clock):
     service = make_service(db, box, upstream, clock)
     token = (await service.get(CORP, SECRET)).token
