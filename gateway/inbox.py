@@ -15,7 +15,8 @@ from typing import Any
 from pymongo import ASCENDING
 
 from gateway.intake import CallbackEvent
-from wxkf.database import Database, durable, expiry
+from wxkf import retention
+from wxkf.database import Database, durable
 from wxkf.group_commit import GroupCommit
 
 COLLECTION = "inbox"
@@ -48,7 +49,7 @@ def new_document(
         "targets": {target: {"state": PENDING, "attempts": 0} for target in target_list},
     }
     if not target_list:  # nothing to do: it is finished the moment it is stored
-        doc["expire_at"] = expiry(now, keep_for)
+        doc["expire_at"] = retention.expiry(now, keep_for)
     return doc
 
 
@@ -70,7 +71,11 @@ class Inbox:
 
     async def ensure_indexes(self) -> None:
         await self._collection.create_index([("owner", ASCENDING), ("state", ASCENDING)])
-        await self._collection.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
+        await retention.ensure_expiry_index(self._collection)
+
+    async def purge_expired(self) -> int:
+        """Delete finished events past retention (see :mod:`wxkf.retention`)."""
+        return await retention.purge_expired(self._collection, self._clock())
 
     async def store(self, doc: dict[str, Any]) -> bool:
         """Persist durably (group-committed). False if this event id was already stored (a retry)."""
@@ -80,12 +85,18 @@ class Inbox:
         return await self._collection.find_one({"_id": event_id})
 
     async def finish(self, event_ids: list[str], state: str = DONE) -> None:
-        """Mark events finished; they expire ``keep_for`` seconds later (TTL index)."""
+        """Mark events finished; they are purged ``keep_for`` seconds later."""
         now = self._clock()
         if event_ids:
             await self._collection.update_many(
                 {"_id": {"$in": event_ids}},
-                {"$set": {"state": state, "finished_at": now, "expire_at": expiry(now, self.keep_for)}},
+                {
+                    "$set": {
+                        "state": state,
+                        "finished_at": now,
+                        "expire_at": retention.expiry(now, self.keep_for),
+                    }
+                },
             )
 
     async def record_attempt(self, event_id: str, target: str, attempts: int, error: str) -> None:

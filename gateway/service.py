@@ -21,6 +21,7 @@ from gateway.intake import CallbackEvent
 from gateway.manager_link import MANAGER_TARGET
 from gateway.registry import AppRegistry
 from gateway.subscriptions import TARGET_PREFIX, Subscriptions, SubscriptionSink
+from wxkf import retention
 from wxkf.database import Database
 from wxkf.endpoints import IPNetwork
 from wxkf.retry import RetrySchedule
@@ -88,6 +89,7 @@ class Gateway:
             asyncio.create_task(
                 run_forever(self._reload, self.config.registry_reload_interval, "registry reload")
             ),
+            asyncio.create_task(retention.run_purger(self.inbox.purge_expired, "inbox events")),
         ]
 
     async def stop(self) -> None:

@@ -19,7 +19,8 @@ from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
 
-from wxkf.database import Database, durable, expiry
+from wxkf import retention
+from wxkf.database import Database, durable
 from wxkf.group_commit import GroupCommit
 
 MAILBOXES = "mailboxes"
@@ -126,7 +127,11 @@ class MailboxStore:
         await self._mailboxes.create_index([("due_at", ASCENDING)])
         await self._mailboxes.create_index([("lease_owner", ASCENDING)])
         await self._events.create_index([("account", ASCENDING), ("arrival", ASCENDING)])
-        await self._events.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
+        await retention.ensure_expiry_index(self._events)
+
+    async def purge_expired(self) -> int:
+        """Delete logged events past retention (see :mod:`wxkf.retention`)."""
+        return await retention.purge_expired(self._events, self._clock())
 
     # -- intake -----------------------------------------------------------------------------
     async def accept(self, corp_id: str, open_kfid: str, latest: Latest, *, parked: bool) -> bool:
@@ -144,7 +149,7 @@ class MailboxStore:
                 "corp_id": corp_id,
                 "open_kfid": open_kfid,
                 "received_at": self._clock(),
-                "expire_at": expiry(self._clock(), self._keep_for),
+                "expire_at": retention.expiry(self._clock(), self._keep_for),
                 **latest.to_doc(),
             }
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -21,10 +22,11 @@ from token_service.service import TokenService, TokenUnavailable
 from wecom.client import KfAccount, WeComClient
 from wecom.crypto import MsgCrypt
 from wecom.errors import WeComError
-from wxkf import webhooks
+from wxkf import retention, webhooks
 from wxkf.database import Database
 from wxkf.endpoints import EndpointError, IPNetwork, validate_endpoint
 from wxkf.secretbox import SecretBox
+from wxkf.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class Manager:
         async def probe(puppet: Puppet) -> bool:
             return await delivery.probe(http, puppet)
 
+        self._purger: asyncio.Task[None] | None = None
         self.dispatcher = Dispatcher(
             self.mailboxes, self.puppets, deliver, probe, config.dispatch, clock=clock
         )
@@ -102,8 +105,13 @@ class Manager:
         await self.mailboxes.ensure_indexes()
         await self.dispatcher.start()
         await self.dispatcher.sweep()
+        self._purger = asyncio.create_task(
+            retention.run_purger(self.mailboxes.purge_expired, "manager events")
+        )
 
     async def stop(self) -> None:
+        if self._purger is not None:
+            await stop_tasks([self._purger])
         await self.dispatcher.stop()
 
     # -- intake -----------------------------------------------------------------------------

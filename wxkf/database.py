@@ -30,7 +30,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -63,11 +62,6 @@ class DatabaseError(RuntimeError):
 
 class DataDirLocked(DatabaseError):
     """Another process already runs an embedded server on this data dir."""
-
-
-def expiry(now: float, keep_for: float) -> datetime:
-    """The ``expire_at`` value (a TTL index needs a date) for a document kept ``keep_for`` seconds."""
-    return datetime.fromtimestamp(now + keep_for, tz=UTC)
 
 
 def durable(collection: AsyncCollection[_D]) -> AsyncCollection[_D]:
@@ -166,7 +160,10 @@ class EmbeddedMongo:
                 preexec_fn=_die_with_parent(),
             )
         self._port = await self._wait_for_port()
-        uri = f"mongodb://127.0.0.1:{self._port}/?directConnection=true"
+        # No retryable writes: SecantusDB keeps every retryable write's reply for 30 min and rescans
+        # that map on each write (11 ms per insert past 10,000 of them; docs/benchmarks.md). Over
+        # loopback to our own child a retry buys little; every caller handles a failed write anyway.
+        uri = f"mongodb://127.0.0.1:{self._port}/?directConnection=true&retryWrites=false"
         await self._wait_for_ping(uri)
         return uri
 

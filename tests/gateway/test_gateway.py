@@ -143,7 +143,7 @@ async def test_unsubscribed_events_are_stored_and_acknowledged(gw: RunningGatewa
     doc = await gw.gateway.inbox._collection.find_one({"event_type": "change_contact"})
     assert doc is not None
     assert doc["state"] == "unrouted"
-    assert doc["expire_at"] > datetime.now(UTC) + timedelta(days=6)  # kept a week, then the TTL index
+    assert doc["expire_at"] > datetime.now(UTC) + timedelta(days=6)  # kept a week, then purged
 
 
 async def test_pending_events_never_expire_and_finished_ones_do(gw: RunningGateway) -> None:
