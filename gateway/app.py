@@ -5,8 +5,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 
 from gateway.admin import admin_routes
-from gateway.forwarder import Sink
-from gateway.manager_link import HttpManagerSink
+from gateway.manager_link import HttpManagerSink, ManagerIntake
 from gateway.routes import callback_routes
 from gateway.service import Gateway, GatewayConfig
 from wxkf.endpoints import parse_networks
@@ -28,12 +27,21 @@ def gateway_config(runtime: Runtime) -> GatewayConfig:
     )
 
 
-def build_gateway(runtime: Runtime, manager_sink: Sink | None = None) -> Gateway:
-    """A gateway forwarding kf events to ``manager_sink``, else to ``MANAGER_ENDPOINT`` if set."""
+def build_gateway(runtime: Runtime, manager_intake: ManagerIntake | None = None) -> Gateway:
+    """A gateway handing kf events to an in-process ``manager_intake``, else forwarding them to
+    ``MANAGER_ENDPOINT`` if set."""
     endpoint = runtime.settings.manager_endpoint
-    if manager_sink is None and endpoint is not None:
+    manager_sink = None
+    if manager_intake is None and endpoint is not None:
         manager_sink = HttpManagerSink(runtime.http, str(endpoint))
-    return Gateway(runtime.db, runtime.box, runtime.http, gateway_config(runtime), manager_sink=manager_sink)
+    return Gateway(
+        runtime.db,
+        runtime.box,
+        runtime.http,
+        gateway_config(runtime),
+        manager_sink=manager_sink,
+        manager_intake=manager_intake,
+    )
 
 
 def gateway_app(gateway: Gateway, admin_token: str | None) -> Starlette:

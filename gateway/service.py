@@ -18,7 +18,7 @@ from gateway import metrics
 from gateway.forwarder import Forwarder, Sink, run_forever
 from gateway.inbox import DEFAULT_RETENTION, Inbox, new_document
 from gateway.intake import CallbackEvent
-from gateway.manager_link import MANAGER_TARGET
+from gateway.manager_link import MANAGER_TARGET, ManagerIntake
 from gateway.registry import AppRegistry
 from gateway.subscriptions import TARGET_PREFIX, Subscriptions, SubscriptionSink
 from wxkf import retention
@@ -53,6 +53,7 @@ class Gateway:
         config: GatewayConfig,
         *,
         manager_sink: Sink | None = None,
+        manager_intake: ManagerIntake | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -61,6 +62,7 @@ class Gateway:
         self.subscriptions = Subscriptions(db, box, clock=clock)
         self.inbox = Inbox(db, config.replica_id, clock=clock, keep_for=config.retention)
         self.manager_sink = manager_sink
+        self.manager_intake = manager_intake
         self.forwarder = Forwarder(
             self.inbox,
             self._sink_for,
@@ -107,10 +109,17 @@ class Gateway:
         return targets
 
     async def accept(self, event: CallbackEvent) -> bool:
-        """Store durably and queue for forwarding. False means a duplicate (WeCom's retry)."""
-        doc = new_document(
-            event, self.targets_for(event), self.inbox.owner, self._clock(), self.config.retention
-        )
+        """Store durably and queue for forwarding. False means a duplicate (WeCom's retry).
+
+        With an in-process manager a kf event is stored by the manager itself and needs no inbox
+        document, unless a subscription also wants it.
+        """
+        targets = self.targets_for(event)
+        if event.is_kf and self.manager_intake is not None:
+            handed_over = await self.manager_intake(event)
+            if not targets:
+                return handed_over
+        doc = new_document(event, targets, self.inbox.owner, self._clock(), self.config.retention)
         stored = await self.inbox.store(doc)
         if stored:
             self.forwarder.submit(doc)

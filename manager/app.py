@@ -8,14 +8,12 @@ kf events to the manager in-process instead of over HTTP.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Any
 
 from starlette.applications import Starlette
 
 from gateway.admin import admin_routes as gateway_admin_routes
 from gateway.app import build_gateway
-from gateway.manager_link import InProcessManagerSink
+from gateway.intake import CallbackEvent
 from gateway.registry import AppRegistry
 from gateway.routes import callback_routes
 from manager.admin import admin_routes as manager_admin_routes
@@ -58,13 +56,13 @@ class Hub:
         self.runtime = runtime
         self.tokens = build_token_service(runtime)
         self.manager: Manager | None = None
-        self.gateway = build_gateway(runtime, InProcessManagerSink(self._accept))
+        self.gateway = build_gateway(runtime, self._accept)
         self.manager = build_manager(runtime, self.tokens, self.gateway.registry, dispatch)
         self._refresher: asyncio.Task[None] | None = None
 
-    async def _accept(self, doc: Mapping[str, Any]) -> None:
+    async def _accept(self, event: CallbackEvent) -> bool:
         assert self.manager is not None
-        await self.manager.accept_gateway_document(doc)
+        return await self.manager.accept_callback(event)
 
     async def start(self) -> None:
         assert self.manager is not None

@@ -7,12 +7,12 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
+from gateway.intake import CallbackEvent
 from gateway.registry import AppRegistry
 from manager import delivery, metrics
 from manager.dispatcher import DispatchConfig, Dispatcher
@@ -96,6 +96,7 @@ class Manager:
             return await delivery.probe(http, puppet)
 
         self._purger: asyncio.Task[None] | None = None
+        self._unroutable_warned: dict[str, float] = {}
         self.dispatcher = Dispatcher(
             self.mailboxes, self.puppets, deliver, probe, config.dispatch, clock=clock
         )
@@ -123,7 +124,7 @@ class Manager:
         new = await self.mailboxes.accept(corp_id, open_kfid, latest, parked=parked)
         metrics.ACCEPTED.labels("unroutable" if puppet is None else "new" if new else "duplicate").inc()
         if puppet is None and new:
-            log.warning("event %s for unregistered account %s stored as unroutable", latest.event_id, key)
+            self._warn_unroutable(key)
         if not parked:
             self.dispatcher.notify(key, latest)
         return new
@@ -134,17 +135,34 @@ class Manager:
         latest = Latest(event_id, arrival_key(self._clock(), event_id), DECRYPTED, token=token)
         return await self.accept(corp_id, open_kfid, latest)
 
-    async def accept_gateway_document(self, doc: Mapping[str, Any]) -> None:
-        """In-process hand-off from the gateway: dispatch the original encrypted XML (compat)."""
-        latest = Latest(
-            doc["_id"],
-            arrival_key(self._clock(), doc["_id"]),
-            RAW if doc.get("body") else DECRYPTED,
-            token=doc.get("token"),
-            body=doc.get("body"),
-            query=doc.get("query"),
+    def _warn_unroutable(self, key: str) -> None:
+        """Once a minute per account: a busy unregistered account must not flood the log."""
+        now = self._clock()
+        if now - self._unroutable_warned.get(key, float("-inf")) < 60.0:
+            return
+        if len(self._unroutable_warned) > 10_000:
+            self._unroutable_warned.clear()
+        self._unroutable_warned[key] = now
+        log.warning(
+            "events for unregistered account %s are stored as unroutable "
+            "(see /admin/accounts?unroutable=1; logged once a minute)",
+            key,
         )
-        await self.accept(doc["corp_id"], doc["open_kf_id"], latest)
+
+    async def accept_callback(self, event: CallbackEvent) -> bool:
+        """In-process intake from the gateway (``wxkf up``): durable when this returns, so the gateway
+        may answer WeCom. The puppet gets the original encrypted XML and query (compat)."""
+        if event.open_kf_id is None:
+            raise ValueError(f"kf event {event.id} has no OpenKfId")
+        latest = Latest(
+            event.id,
+            arrival_key(self._clock(), event.id),
+            RAW,
+            token=event.token,
+            body=event.body,
+            query=event.query,
+        )
+        return await self.accept(event.corp_id, event.open_kf_id, latest)
 
     # -- registration -----------------------------------------------------------------------
     def registration_token_ok(self, presented: str | None) -> bool:

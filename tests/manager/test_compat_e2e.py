@@ -16,8 +16,10 @@ import httpx
 import pytest
 from pydantic import AnyHttpUrl
 
+from gateway.inbox import COLLECTION as INBOX
 from manager.app import Hub
 from manager.dispatcher import DispatchConfig
+from manager.mailbox import EVENTS as MANAGER_EVENTS
 from simulator import SimConfig, create_app
 from simulator.clock import OffsetClock
 from simulator.state import SimState
@@ -25,7 +27,7 @@ from tests.manager.conftest import FAST
 from tests.support.node_puppet import NodePuppet
 from tests.support.servers import serve_app
 from tests.support.services import ServiceProcess, free_port, service_env
-from tests.support.wecom_callbacks import new_aes_key
+from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, new_aes_key, signed_post
 from wxkf.logging import configure_logging
 from wxkf.runtime import open_runtime
 from wxkf.settings import Settings
@@ -152,6 +154,23 @@ async def test_node_puppet_registers_receives_and_pulls(world: World) -> None:
         assert puppet.callbacks == ["raw"]  # encrypted callbacks reach Node puppets as the original XML
 
 
+async def test_up_stores_each_kf_callback_once_in_the_manager_and_dedupes_retries(world: World) -> None:
+    """In one process the gateway hands kf callbacks to the manager's durable intake before answering:
+    one stored copy (the manager's log), none in the gateway's inbox, and WeCom's retry is recognised."""
+    puppet = world.puppet()
+    async with serve_app(puppet.app()) as puppet_url:
+        assert (await puppet.register(world.hub_url, puppet_url)).json()["code"] == 0
+        keys = CorpAppKeys(world.corpid, world.token, world.aes_key)
+        query, body = signed_post(keys, kf_event_xml(world.corpid, world.kf, "sync-token-1"))
+        for _ in range(2):  # the original and WeCom's retry
+            answer = await world.http.post(f"{world.hub_url}/callback/{world.corpid}?{query}", content=body)
+            assert answer.status_code == 200 and answer.text == "success"
+        assert world.hub is not None
+        db = world.hub.runtime.db
+        assert await db[INBOX].count_documents({}) == 0
+        assert await db[MANAGER_EVENTS].count_documents({}) == 1
+
+
 async def test_forged_registrations_are_refused_with_a_reason(world: World) -> None:
     async def attempt(**changes: Any) -> httpx.Response:
         body = world.puppet().register_body("http://127.0.0.1:9")
@@ -201,8 +220,10 @@ def production_logging() -> Iterator[None]:
 
 
 async def test_info_and_responses_never_leak_secrets(
-    world: World, caplog: pytest.LogCaptureFixture, production_logging: None
+    world: World, production_logging: None, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # production_logging before caplog: caplog restores the (DEBUG) levels it saw first, and
+    # production_logging then restores the suite's own; the other order left the suite at DEBUG.
     caplog.set_level("DEBUG")
     for library in ("httpx", "httpcore"):  # even with the HTTP libraries turned up to DEBUG
         caplog.set_level("DEBUG", logger=library)
