@@ -12,6 +12,7 @@ write goes through :class:`~wxkf.group_commit.GroupCommit`, so they share fsyncs
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -142,7 +143,7 @@ class MailboxStore:
         still bumped: a crash between the two writes must not strand an event).
         """
         key = account_key(corp_id, open_kfid)
-        new = await self._event_writes.insert(
+        logged = self._event_writes.insert(
             {
                 "_id": latest.event_id,
                 "account": key,
@@ -159,11 +160,14 @@ class MailboxStore:
             "open_kfid": open_kfid,
             "latest": {"$cond": [newest, {"$literal": latest.to_doc()}, "$latest"]},
             "delivered": {"$ifNull": ["$delivered", ""]},
-            "events": {"$add": [{"$ifNull": ["$events", 0]}, 1 if new else 0]},
         }
         if not parked:
             update["due_at"] = _due_unless_backing_off(self._clock())
-        await self._mailbox_writes.write(UpdateOne({"_id": key}, [{"$set": update}], upsert=True))
+        bumped = self._mailbox_writes.write(UpdateOne({"_id": key}, [{"$set": update}], upsert=True))
+        # Both writes in the same group-commit round: neither depends on the other, and either
+        # order of completion is safe (a caller that sees an error does not acknowledge, and a
+        # retried callback bumps the mailbox again).
+        new, _ = await asyncio.gather(logged, bumped)
         return new
 
     # -- leases -----------------------------------------------------------------------------
