@@ -25,6 +25,7 @@ from wecom.errors import WeComError
 from wxkf import retention, webhooks
 from wxkf.database import Database
 from wxkf.endpoints import EndpointError, IPNetwork, validate_endpoint
+from wxkf.origin_clients import OriginClients
 from wxkf.secretbox import SecretBox
 from wxkf.tasks import stop_tasks
 
@@ -89,11 +90,13 @@ class Manager:
         self._account_lists: dict[str, tuple[float, list[KfAccount]]] = {}
         timeout = config.delivery_timeout
 
+        self.puppet_http = OriginClients(timeout=timeout)
+
         async def deliver(puppet: Puppet, latest: Latest) -> None:
-            await delivery.deliver(http, puppet, latest, timeout)
+            await delivery.deliver(self.puppet_http.for_url(puppet.endpoint), puppet, latest, timeout)
 
         async def probe(puppet: Puppet) -> bool:
-            return await delivery.probe(http, puppet)
+            return await delivery.probe(self.puppet_http.for_url(puppet.endpoint), puppet)
 
         self._purger: asyncio.Task[None] | None = None
         self._unroutable_warned: dict[str, float] = {}
@@ -114,6 +117,7 @@ class Manager:
         if self._purger is not None:
             await stop_tasks([self._purger])
         await self.dispatcher.stop()
+        await self.puppet_http.aclose()
 
     # -- intake -----------------------------------------------------------------------------
     async def accept(self, corp_id: str, open_kfid: str, latest: Latest) -> bool:
