@@ -154,16 +154,20 @@ class MailboxStore:
                 **latest.to_doc(),
             }
         )
-        newest = {"$gt": [latest.arrival, {"$ifNull": ["$latest.arrival", ""]}]}
+        # Only a newer event replaces ``latest``. When the stored one is newer the filter misses and
+        # the upsert's insert hits the existing _id: a duplicate-key "no" that leaves it alone. Plain
+        # operators rather than an aggregation pipeline: SecantusDB validates a pipeline's
+        # ``$literal`` (the whole event) on every write, which was a sixth of its time.
         update: dict[str, Any] = {
-            "corp_id": corp_id,
-            "open_kfid": open_kfid,
-            "latest": {"$cond": [newest, {"$literal": latest.to_doc()}, "$latest"]},
-            "delivered": {"$ifNull": ["$delivered", ""]},
+            "$set": {"corp_id": corp_id, "open_kfid": open_kfid, "latest": latest.to_doc()},
+            "$setOnInsert": {"delivered": ""},
         }
         if not parked:
-            update["due_at"] = _due_unless_backing_off(self._clock())
-        bumped = self._mailbox_writes.write(UpdateOne({"_id": key}, [{"$set": update}], upsert=True))
+            # due now, unless a backoff already made it due later (then due_at == backoff_until)
+            update["$max"] = {"due_at": self._clock()}
+        bumped = self._mailbox_writes.write(
+            UpdateOne({"_id": key, "latest.arrival": {"$not": {"$gte": latest.arrival}}}, update, upsert=True)
+        )
         # Both writes in the same group-commit round: neither depends on the other, and either
         # order of completion is safe (a caller that sees an error does not acknowledge, and a
         # retried callback bumps the mailbox again).
@@ -217,24 +221,24 @@ class MailboxStore:
     # -- outcomes (all batched) -------------------------------------------------------------
     async def delivered(self, key: str, owner: str, arrival: str) -> None:
         """Record a successful delivery up to ``arrival``; stays due if something newer came in."""
-        pending_newer = {"$gt": [{"$ifNull": ["$latest.arrival", ""]}, arrival]}
-        await self._mailbox_writes.write(
+        recorded = self._mailbox_writes.write(
             UpdateOne(
                 {"_id": key},
-                [
-                    {
-                        "$set": {
-                            "delivered": {"$max": [{"$ifNull": ["$delivered", ""]}, arrival]},
-                            "attempts": 0,
-                            "backoff_until": 0.0,
-                            "last_error": None,
-                            "delivered_at": self._clock(),
-                            "due_at": {"$cond": [pending_newer, "$due_at", None]},
-                        }
-                    }
-                ],
+                {
+                    "$max": {"delivered": arrival},
+                    "$set": {
+                        "attempts": 0,
+                        "backoff_until": 0.0,
+                        "last_error": None,
+                        "delivered_at": self._clock(),
+                    },
+                },
             )
         )
+        settled = self._mailbox_writes.write(
+            UpdateOne({"_id": key, "latest.arrival": {"$not": {"$gt": arrival}}}, {"$set": {"due_at": None}})
+        )
+        await asyncio.gather(recorded, settled)
 
     async def failed(self, key: str, attempts: int, backoff_until: float, error: str) -> None:
         await self._mailbox_writes.write(

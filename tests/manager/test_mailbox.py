@@ -1,0 +1,55 @@
+"""The mailbox's intake and delivery marks, which decide what is delivered and when (no dispatcher)."""
+
+from __future__ import annotations
+
+from manager.mailbox import DECRYPTED, Latest, MailboxStore, account_key
+from tests.support.clock import FakeClock
+from wxkf.database import Database
+
+CORP, KF = "ww0000000000000001", "wkACCOUNT"
+KEY = account_key(CORP, KF)
+
+
+def latest(event: str, at: int) -> Latest:
+    return Latest(event, f"{at:020d}-{event}", DECRYPTED, token=f"token-{event}")
+
+
+async def test_an_older_event_never_replaces_the_newest_but_is_still_logged(db: Database) -> None:
+    clock = FakeClock()
+    store = MailboxStore(db, clock=clock)
+    await store.ensure_indexes()
+    assert await store.accept(CORP, KF, latest("newer", 2), parked=False)
+    assert await store.accept(CORP, KF, latest("older", 1), parked=False)  # e.g. from another replica
+
+    mailbox = await store.get(KEY)
+    assert mailbox is not None and mailbox.latest is not None
+    assert mailbox.latest.event_id == "newer"
+    assert {doc["_id"] for doc in await store.events(KEY)} == {"newer", "older"}
+    assert not await store.accept(CORP, KF, latest("newer", 3), parked=False)  # WeCom's retry
+
+
+async def test_new_work_keeps_a_backoff_and_a_delivery_keeps_newer_work_due(db: Database) -> None:
+    clock = FakeClock()
+    store = MailboxStore(db, clock=clock)
+    await store.ensure_indexes()
+    await store.accept(CORP, KF, latest("a", 1), parked=False)
+    await store.failed(KEY, 1, clock() + 300, "HTTP 500")
+    await store.accept(CORP, KF, latest("b", 2), parked=False)
+    mailbox = await store.get(KEY)
+    assert mailbox is not None and mailbox.due_at == clock() + 300  # still backing off
+
+    await store.delivered(KEY, "owner", "00000000000000000001-a")  # b arrived meanwhile
+    mailbox = await store.get(KEY)
+    assert mailbox is not None and mailbox.due_at is not None
+
+    await store.delivered(KEY, "owner", "00000000000000000002-b")
+    mailbox = await store.get(KEY)
+    assert mailbox is not None and mailbox.due_at is None and mailbox.delivered.endswith("-b")
+
+
+async def test_parked_work_is_stored_but_not_due(db: Database) -> None:
+    store = MailboxStore(db, clock=FakeClock())
+    await store.ensure_indexes()
+    await store.accept(CORP, KF, latest("a", 1), parked=True)
+    mailbox = await store.get(KEY)
+    assert mailbox is not None and mailbox.due_at is None and mailbox.latest is not None
