@@ -15,7 +15,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -243,13 +243,3 @@ class Forwarder:
         except BaseException:  # failed or cancelled (shutdown): keep the batch for the next flush
             self._finished[:0] = batch
             raise
-
-
-async def run_forever(step: Callable[[], Awaitable[None]], interval: float, what: str) -> None:
-    """Run ``step`` every ``interval`` seconds, logging (not raising) its failures."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await step()
-        except Exception:
-            log.exception("%s failed", what)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from gateway import metrics
-from gateway.forwarder import Forwarder, Sink, run_forever
+from gateway.forwarder import Forwarder, Sink
 from gateway.inbox import DEFAULT_RETENTION, Inbox, new_document
 from gateway.intake import CallbackEvent
 from gateway.manager_link import MANAGER_TARGET, ManagerIntake
@@ -26,7 +26,7 @@ from wxkf.database import Database
 from wxkf.endpoints import IPNetwork
 from wxkf.retry import RetrySchedule
 from wxkf.secretbox import SecretBox
-from wxkf.tasks import stop_tasks
+from wxkf.tasks import run_every, stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,10 @@ class Gateway:
             log.info("recovered %d unforwarded events from a previous run", recovered)
         self._tasks = [
             asyncio.create_task(
-                run_forever(self._liveness, self.config.heartbeat_interval, "replica liveness")
+                run_every(self._liveness, self.config.heartbeat_interval, "replica liveness")
             ),
             asyncio.create_task(
-                run_forever(self._reload, self.config.registry_reload_interval, "registry reload")
+                run_every(self._reload, self.config.registry_reload_interval, "registry reload")
             ),
             asyncio.create_task(retention.run_purger(self.inbox.purge_expired, "inbox events")),
         ]

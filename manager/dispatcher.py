@@ -28,7 +28,7 @@ from manager.mailbox import Latest, Mailbox, MailboxStore
 from manager.puppets import Puppet, PuppetRegistry
 from wxkf.delivery import DeliveryError
 from wxkf.retry import RetrySchedule
-from wxkf.tasks import stop_tasks
+from wxkf.tasks import run_every, stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,15 @@ class Dispatcher:
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         self._loops = [
-            asyncio.create_task(self._every(self.config.sweep_interval, self.sweep), name="dispatch:sweep"),
-            asyncio.create_task(self._every(self.config.lease_ttl / 3, self._leases), name="dispatch:leases"),
             asyncio.create_task(
-                self._every(self.config.probe_interval, self.probe_offline), name="dispatch:probe"
+                run_every(self.sweep, self.config.sweep_interval, "dispatch sweep"), name="dispatch:sweep"
+            ),
+            asyncio.create_task(
+                run_every(self._leases, self.config.lease_ttl / 3, "lease renewal"), name="dispatch:leases"
+            ),
+            asyncio.create_task(
+                run_every(self.probe_offline, self.config.probe_interval, "offline probe"),
+                name="dispatch:probe",
             ),
         ]
 
@@ -113,14 +118,6 @@ class Dispatcher:
         except Exception:
             log.warning("could not release leases on stop; they expire in %.0f s", self.config.lease_ttl)
         self._held.clear()
-
-    async def _every(self, interval: float, step: Callable[[], Awaitable[object]]) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await step()
-            except Exception:
-                log.exception("dispatcher background step failed")
 
     async def _record(self, outcome: str) -> None:
         metrics.DISPATCHES.labels(outcome).inc()

@@ -109,10 +109,6 @@ class Mailbox:
         )
 
 
-def _due_unless_backing_off(now: float) -> dict[str, Any]:
-    return {"$max": [now, {"$ifNull": ["$backoff_until", 0.0]}]}
-
-
 class MailboxStore:
     def __init__(
         self, db: Database, *, clock: Callable[[], float] = time.time, keep_for: float = 7 * 86400.0

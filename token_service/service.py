@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from token_service.store import TokenRecord, TokenStore
 from wecom.errors import WeComError
 from wecom.tokens import AccessToken
+from wxkf.tasks import run_every
 
 log = logging.getLogger(__name__)
 
@@ -133,13 +134,9 @@ class TokenService:
 
     async def run_refresher(self) -> None:
         """Background loop for the service's lifespan."""
-        while True:
-            interval = self.policy.refresh_check_interval
-            await asyncio.sleep(random.uniform(0.8 * interval, 1.2 * interval))
-            try:
-                await self.refresh_due()
-            except Exception:  # keep refreshing whatever one pass hit
-                log.exception("token refresh pass failed")
+        await run_every(
+            self.refresh_due, self.policy.refresh_check_interval, "token refresh pass", jitter=0.2
+        )
 
     def provider(self, corp_id: str, secret: str) -> ServiceTokenProvider:
         """An :class:`wecom.tokens.AccessTokenProvider` for one app, for in-process clients."""

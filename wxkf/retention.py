@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
+
+from wxkf.tasks import run_every
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,10 @@ async def purge_expired(collection: AsyncCollection[Any], now: float, *, batch: 
 
 async def run_purger(purge: Callable[[], Awaitable[int]], what: str, interval: float = 60.0) -> None:
     """Background loop: call ``purge`` every ``interval`` seconds (jittered, so replicas spread out)."""
-    while True:
-        await asyncio.sleep(random.uniform(0.8 * interval, 1.2 * interval))
-        try:
-            deleted = await purge()
-        except Exception:  # keep purging whatever one pass hit
-            log.exception("purging expired %s failed", what)
-            continue
+
+    async def step() -> None:
+        deleted = await purge()
         if deleted:
             log.info("purged %d expired %s", deleted, what)
+
+    await run_every(step, interval, f"purging expired {what}", jitter=0.2)

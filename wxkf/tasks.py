@@ -1,15 +1,19 @@
-"""Stopping background tasks reliably.
+"""Running and stopping background tasks reliably.
 
-A single ``task.cancel()`` is not enough: a library may absorb the cancellation (PyMongo's async I/O
-can finish the operation it was in and carry on), after which the task waits forever and a shutdown
-that gathers it hangs. :func:`stop_tasks` cancels again until every task has really finished.
+:func:`run_every` is the one periodic loop every service uses.
+
+Stopping: a single ``task.cancel()`` is not enough: a library may absorb the cancellation
+(PyMongo's async I/O can finish the operation it was in and carry on), after which the task waits
+forever and a shutdown that gathers it hangs. :func:`stop_tasks` cancels again until every task
+has really finished.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import random
+from collections.abc import Awaitable, Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -29,3 +33,16 @@ async def stop_tasks(
         log.warning(
             "%d background task(s) ignored cancellation: %s", len(pending), [t.get_name() for t in pending]
         )
+
+
+async def run_every(
+    step: Callable[[], Awaitable[object]], interval: float, what: str, *, jitter: float = 0.0
+) -> None:
+    """Run ``step`` every ``interval`` seconds (± ``jitter`` of it, so replicas spread out), logging
+    rather than raising its failures: one bad pass must not end the loop."""
+    while True:
+        await asyncio.sleep(interval * random.uniform(1.0 - jitter, 1.0 + jitter))
+        try:
+            await step()
+        except Exception:
+            log.exception("%s failed", what)
