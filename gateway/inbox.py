@@ -16,7 +16,7 @@ from pymongo import ASCENDING
 
 from gateway.intake import CallbackEvent
 from wxkf import retention
-from wxkf.database import Database, durable
+from wxkf.database import Database, durable, up_to
 from wxkf.group_commit import GroupCommit
 
 COLLECTION = "inbox"
@@ -133,7 +133,7 @@ class Inbox:
 
     async def dead_replicas(self, timeout: float) -> list[str]:
         cutoff = self._clock() - timeout
-        cursor = self._replicas.find({"seen_at": {"$lt": cutoff}, "_id": {"$ne": self.owner}})
+        cursor = self._replicas.find({"seen_at": up_to(cutoff, inclusive=False), "_id": {"$ne": self.owner}})
         return [doc["_id"] async for doc in cursor]
 
     async def forget_replica(self, owner: str) -> None:

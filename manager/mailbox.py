@@ -21,7 +21,7 @@ from typing import Any
 from pymongo import ASCENDING, ReturnDocument, UpdateOne
 
 from wxkf import retention
-from wxkf.database import Database, durable
+from wxkf.database import Database, durable, up_to
 from wxkf.group_commit import GroupCommit
 
 MAILBOXES = "mailboxes"
@@ -207,7 +207,7 @@ class MailboxStore:
     async def due(self, owner: str, limit: int = 200) -> list[Mailbox]:
         """Mailboxes with due work whose lease is free, expired or ours (indexed on ``due_at``)."""
         now = self._clock()
-        cursor = self._mailboxes.find({"due_at": {"$lte": now}}, limit=limit)
+        cursor = self._mailboxes.find({"due_at": up_to(now)}, limit=limit)
         return [
             Mailbox.from_doc(doc)
             async for doc in cursor

@@ -15,7 +15,7 @@ from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
 
-from wxkf.database import Database, durable
+from wxkf.database import Database, durable, up_to
 from wxkf.secretbox import SecretBox
 
 COLLECTION = "puppets"
@@ -176,7 +176,7 @@ class PuppetRegistry:
 
     async def due_for_probe(self, limit: int = 100) -> list[tuple[Puppet, int]]:
         """Offline registered puppets whose next probe is due, with their failure counts."""
-        cursor = self._collection.find({"probe_at": {"$lte": self._clock()}}, limit=limit)
+        cursor = self._collection.find({"probe_at": up_to(self._clock())}, limit=limit)
         return [(self._decode(doc), int(doc.get("probe_failures", 0))) async for doc in cursor]
 
     async def count(self) -> int:

@@ -22,6 +22,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import fcntl
+import math
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -62,6 +64,18 @@ class DatabaseError(RuntimeError):
 
 class DataDirLocked(DatabaseError):
     """Another process already runs an embedded server on this data dir."""
+
+
+def up_to(limit: float | datetime, *, inclusive: bool = True) -> dict[str, Any]:
+    """A range query ``<= limit`` (or ``< limit``) with an explicit lower end of the same type.
+
+    SecantusDB scans a one-sided ``{"$lte": x}`` from the very start of the index, through every
+    document whose field is null or missing (mailboxes not due, puppets not being probed, pending
+    inbox events): 280 ms instead of 1 ms per query over 10,000 such documents. With both ends it seeks
+    straight to the range, as MongoDB does either way.
+    """
+    lowest: float | datetime = datetime.min.replace(tzinfo=UTC) if isinstance(limit, datetime) else -math.inf
+    return {"$gte": lowest, "$lte" if inclusive else "$lt": limit}
 
 
 def durable(collection: AsyncCollection[_D]) -> AsyncCollection[_D]:

@@ -18,6 +18,7 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
 
+from wxkf.database import up_to
 from wxkf.tasks import run_every
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ async def purge_expired(collection: AsyncCollection[Any], now: float, *, batch: 
     Batches keep each delete short, so intake writes are never held behind one huge delete.
     """
     cutoff = datetime.fromtimestamp(now, tz=UTC)
-    expired = {FIELD: {"$lt": cutoff}}
+    expired = {FIELD: up_to(cutoff, inclusive=False)}
     deleted = 0
     while True:
         ids = [doc["_id"] async for doc in collection.find(expired, projection={"_id": 1}, limit=batch)]

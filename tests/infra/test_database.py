@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from wxkf.database import (
     EmbeddedMongo,
     durable,
     open_database,
+    up_to,
 )
 from wxkf.settings import Settings, load_settings
 
@@ -37,6 +39,33 @@ def test_durable_waits_for_the_journal(db: Database) -> None:
     concern = durable(db.items).write_concern
     assert concern.document == {"w": "majority", "j": True}
     assert db.items.write_concern.document == {}  # the original collection is unchanged
+
+
+async def test_up_to_matches_what_a_one_sided_range_matches(db: Database) -> None:
+    """Both ends of the range are explicit (for SecantusDB's index scans) without changing the answer."""
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    await db.ranges.create_index("at")
+    await db.ranges.insert_many(
+        [
+            {"_id": "null", "at": None},
+            {"_id": "missing"},
+            {"_id": "negative", "at": -5.0},
+            {"_id": "zero", "at": 0},
+            {"_id": "limit", "at": 10.0},
+            {"_id": "above", "at": 10.5},
+            {"_id": "early", "at": datetime(1970, 1, 1, tzinfo=UTC)},
+            {"_id": "date-limit", "at": when},
+            {"_id": "text", "at": "9"},
+        ]
+    )
+
+    async def ids(query: dict[str, object]) -> set[str]:
+        return {doc["_id"] async for doc in db.ranges.find({"at": query})}
+
+    assert await ids(up_to(10.0)) == await ids({"$lte": 10.0}) == {"negative", "zero", "limit"}
+    assert await ids(up_to(10.0, inclusive=False)) == {"negative", "zero"}
+    assert await ids(up_to(when)) == {"early", "date-limit"}
+    assert await ids(up_to(when, inclusive=False)) == await ids({"$lt": when}) == {"early"}
 
 
 async def test_second_instance_on_same_data_dir_is_refused(tmp_path: Path) -> None:
