@@ -121,9 +121,13 @@ class Inbox:
 
     async def claim(self, event_id: str, previous_owner: str) -> dict[str, Any] | None:
         """Take over a dead replica's document; None if someone else claimed it first."""
-        return await self._collection.find_one_and_update(
+        # update, then read: SecantusDB runs a findAndModify as a collection scan (wxkf.database)
+        claimed = await self._collection.update_one(
             {"_id": event_id, "owner": previous_owner, "state": PENDING}, {"$set": {"owner": self.owner}}
         )
+        if not claimed.matched_count:
+            return None
+        return await self._collection.find_one({"_id": event_id})
 
     # -- replica liveness -------------------------------------------------------------------
     async def heartbeat(self) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, UpdateOne
 
 from wxkf import retention
 from wxkf.database import Database, durable, up_to
@@ -174,12 +174,17 @@ class MailboxStore:
     async def lease(self, key: str, owner: str, ttl: float) -> Mailbox | None:
         """Take (or keep) an account's lease; returns the mailbox, or None if another holds it."""
         now = self._clock()
-        doc = await self._mailboxes.find_one_and_update(
-            {"_id": key, "$or": [{"lease_until": {"$not": {"$gt": now}}}, {"lease_owner": owner}]},
-            {"$set": {"lease_owner": owner, "lease_until": now + ttl}},
-            return_document=ReturnDocument.AFTER,
-        )
-        return Mailbox.from_doc(doc) if doc else None
+        take = {"$set": {"lease_owner": owner, "lease_until": now + ttl}}
+        # Two point updates, not one with ``$or`` or a findAndModify: SecantusDB scans the whole
+        # collection for either (wxkf.database).
+        kept = await self._mailboxes.update_one({"_id": key, "lease_owner": owner}, take)
+        if not kept.matched_count:
+            expired = {"_id": key, "lease_until": {"$not": {"$gt": now}}}
+            taken = await self._mailboxes.update_one(expired, take)
+            if not taken.matched_count:
+                return None
+        doc = await self._mailboxes.find_one({"_id": key})
+        return Mailbox.from_doc(doc) if doc and doc.get("lease_owner") == owner else None
 
     async def renew(self, keys: list[str], owner: str, ttl: float) -> None:
         if keys:
@@ -284,13 +289,19 @@ class MailboxStore:
 
     async def unpark(self, keys: list[str]) -> None:
         """A puppet is (back) online: make its pending work due now, ignoring any backoff."""
-        if keys:
+        if not keys:
+            return
+        # Read, then update by id: a ``$expr`` comparing two fields makes SecantusDB scan everything.
+        projection = {"latest.arrival": 1, "delivered": 1}
+        cursor = self._mailboxes.find({"_id": {"$in": keys}}, projection=projection)
+        pending = [
+            doc["_id"]
+            async for doc in cursor
+            if (doc.get("latest") or {}).get("arrival", "") > doc.get("delivered", "")
+        ]
+        if pending:
             await self._mailboxes.update_many(
-                {
-                    "_id": {"$in": keys},
-                    "$expr": {"$gt": [{"$ifNull": ["$latest.arrival", ""]}, "$delivered"]},
-                },
-                {"$set": {"due_at": self._clock(), "backoff_until": 0.0}},
+                {"_id": {"$in": pending}}, {"$set": {"due_at": self._clock(), "backoff_until": 0.0}}
             )
 
     # -- replay and inspection --------------------------------------------------------------

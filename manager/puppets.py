@@ -2,7 +2,9 @@
 
 One document per account (``corpId/openKfId``), so a concurrent re-registration is one atomic upsert
 rather than a race on a unique index. The corp secret and the per-puppet webhook secret are sealed.
-Reads on the dispatch path go through a short in-memory cache; registration and liveness changes
+No ``find_one_and_update`` and no ``$or``: SecantusDB runs both as a collection scan, which made
+registration slow down with the fleet (:mod:`wxkf.database`). Reads on the dispatch path go through a
+short in-memory cache; registration and liveness changes
 made by this process invalidate it at once, other replicas' changes are seen within ``cache_ttl``.
 """
 
@@ -13,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 
 from wxkf.database import Database, durable, up_to
 from wxkf.secretbox import SecretBox
@@ -121,7 +123,7 @@ class PuppetRegistry:
         webhook_secret: str,
     ) -> Puppet:
         now = self._clock()
-        doc = await self._collection.find_one_and_update(
+        await self._collection.update_one(
             {"_id": key},
             {
                 "$set": {
@@ -141,10 +143,21 @@ class PuppetRegistry:
                 }
             },
             upsert=True,
-            return_document=ReturnDocument.AFTER,
         )
-        assert doc is not None  # upsert
-        puppet = self._decode(doc)
+        puppet = Puppet(
+            key=key,
+            corp_id=corp_id,
+            open_kfid=open_kfid,
+            kf_name=kf_name,
+            endpoint=endpoint,
+            app=app,
+            registered=True,
+            online=True,
+            registered_at=now,
+            last_seen_at=now,
+            webhook_secret=webhook_secret,
+            corp_secret=corp_secret,
+        )
         self._cache[key] = (now, puppet)
         return puppet
 
@@ -157,15 +170,14 @@ class PuppetRegistry:
 
     async def mark_online(self, key: str) -> bool:
         """Record a sign of life; True if the puppet was offline before (its queue should flow now)."""
-        now = self._clock()
-        before = await self._collection.find_one_and_update(
-            {"_id": key, "registered": True},
-            {"$set": {"online": True, "last_seen_at": now, "probe_at": None, "probe_failures": 0}},
-            projection={"online": 1},
-            return_document=ReturnDocument.BEFORE,
+        seen = {"online": True, "last_seen_at": self._clock(), "probe_at": None, "probe_failures": 0}
+        came_back = await self._collection.update_one(
+            {"_id": key, "registered": True, "online": {"$ne": True}}, {"$set": seen}
         )
+        if not came_back.matched_count:
+            await self._collection.update_one({"_id": key, "registered": True}, {"$set": seen})
         self._cache.pop(key, None)
-        return before is not None and not before.get("online")
+        return came_back.matched_count == 1
 
     async def mark_offline(self, key: str, probe_at: float, failures: int) -> None:
         await self._collection.update_one(

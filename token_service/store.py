@@ -13,7 +13,7 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 
 from wxkf.database import Database, durable
 from wxkf.secretbox import SecretBox
@@ -104,18 +104,19 @@ class TokenStore:
         (same ``generation`` and ``failures``): a replica that read the record just before
         another replica stored a fresh token or a failure must re-read, not call upstream again.
         """
-        doc = await self._collection.find_one_and_update(
-            {
-                "_id": seen.key,
-                "generation": seen.generation,
-                "failures": seen.failures or {"$in": [0, None]},
-                "$or": [{"lease_until": {"$lt": now}}, {"lease_owner": owner}],
-            },
-            {"$set": {"lease_owner": owner, "lease_until": now + ttl}},
-            projection={"_id": 1},
-            return_document=ReturnDocument.AFTER,
-        )
-        return doc is not None
+        version = {
+            "_id": seen.key,
+            "generation": seen.generation,
+            "failures": seen.failures or {"$in": [0, None]},
+        }
+        take = {"$set": {"lease_owner": owner, "lease_until": now + ttl}}
+        # Two point updates rather than one ``$or`` findAndModify, which SecantusDB runs as a collection
+        # scan (wxkf.database). Each is atomic on the document, so the version check holds for both.
+        for holder in ({"lease_owner": owner}, {"lease_until": {"$lt": now}}):
+            result = await self._collection.update_one({**version, **holder}, take)
+            if result.matched_count:
+                return True
+        return False
 
     async def release(self, key: str, owner: str) -> None:
         await self._collection.update_one(

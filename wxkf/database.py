@@ -12,6 +12,13 @@ That costs throughput, measured on a laptop:
 - single ``insert_one``: ~1,300/s; ``insert_many`` of 100 documents: ~19,000 documents/s — batch writes;
 - ``_id`` lookups: ~1,500/s; a find on an unindexed field scans the collection — index what you query.
 
+SecantusDB (0.7.0b3) also turns some queries into collection scans that MongoDB would answer from an
+index, so the hot paths avoid them (measured over 10,000 documents, docs/benchmarks.md):
+
+- ``find_one_and_update``, even by ``_id``: 88 ms instead of 2 ms — update by id, then read;
+- a filter with ``$or`` or ``$expr``: 90–110 ms — two point updates, or read and compare in Python;
+- a one-sided range (``{"$lte": x}``) scans every null entry first: 280 ms — use :func:`up_to`.
+
 Only one process may own a data dir: :class:`EmbeddedMongo` holds an exclusive lock on
 ``<data_dir>/wxkf.lock`` while it runs and refuses to start (:class:`DataDirLocked`) otherwise.
 """
