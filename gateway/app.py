@@ -24,6 +24,7 @@ def gateway_config(runtime: Runtime) -> GatewayConfig:
         schedule=RetrySchedule(parse_delays(settings.wxkf_retry_schedule)),
         allowed_networks=parse_networks(settings.wxkf_allowed_networks),
         retention=settings.wxkf_retention_days * 86400,
+        replica_timeout=settings.wxkf_replica_timeout,
     )
 
 

@@ -45,6 +45,7 @@ def build_manager(
         registration_token=registration_token.get_secret_value() if registration_token else None,
         allowed_networks=parse_networks(settings.wxkf_allowed_networks),
         retention=settings.wxkf_retention_days * 86400,
+        replica_timeout=settings.wxkf_replica_timeout,
     )
     return Manager(runtime.db, runtime.box, runtime.http, tokens, apps, settings.api_base, config)
 

@@ -4,6 +4,12 @@ Work reaches the dispatcher two ways: :meth:`Dispatcher.notify` right after this
 event (the fast path), and a sweep of due mailboxes every ``sweep_interval`` (retries coming due,
 puppets back online, events accepted by other replicas, work left by a crashed process).
 
+The fast path writes nothing per delivery: events of a live account are only logged, the delivery
+settles them in this process's :class:`~manager.ledger.Ledger`, and how far delivery got reaches the
+mailbox lazily, with the lease renewal. The mailbox is written at once only when it matters to someone
+else: it is due (so it must be cleared), the account backs off or is parked, or another replica holds
+its lease.
+
 An account is served only under its lease. Leases are sticky: kept while the account is active,
 renewed in one batched write, released after ``idle_release`` seconds without work, and expiring by
 themselves when a process dies. Per account at most one delivery is in flight; whatever arrives
@@ -24,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from manager import metrics
+from manager.ledger import Ledger
 from manager.mailbox import Latest, Mailbox, MailboxStore
 from manager.puppets import Puppet, PuppetRegistry
 from wxkf.delivery import DeliveryError
@@ -49,6 +56,8 @@ class _Account:
     backoff_until: float = 0.0
     busy: bool = False
     last_active: float = field(default_factory=time.monotonic)
+    flushed: str = ""  # how far ``delivered`` is written to the mailbox
+    mailbox_due: bool = False  # the mailbox may have due_at set: clear it after the next delivery
 
     def offer(self, latest: Latest | None) -> None:
         if latest is None or latest.arrival <= self.delivered:
@@ -81,16 +90,18 @@ class Dispatcher:
         probe: Callable[[Puppet], Awaitable[bool]],
         config: DispatchConfig,
         *,
+        ledger: Ledger | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._ledger = ledger if ledger is not None else Ledger()
         self._puppets = puppets
         self._deliver = deliver
         self._probe = probe
         self.config = config
         self._clock = clock
         self._held: dict[str, _Account] = {}
-        self._acquiring: set[str] = set()
+        self._acquiring: dict[str, Latest | None] = {}  # key -> newest hint offered meanwhile
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self.outcomes: collections.Counter[str] = collections.Counter()
@@ -114,6 +125,7 @@ class Dispatcher:
     async def stop(self) -> None:
         await stop_tasks([*self._loops, *self._tasks])
         try:
+            await self._flush_delivered()
             await self._store.release(list(self._held), self.config.owner)
         except Exception:
             log.warning("could not release leases on stop; they expire in %.0f s", self.config.lease_ttl)
@@ -138,25 +150,38 @@ class Dispatcher:
             account.offer(latest)
             if account.has_work and not account.busy:
                 self._spawn(self._serve(account))
-        elif key not in self._acquiring:
-            self._acquiring.add(key)
-            self._spawn(self._acquire_and_serve(key, latest))
+        elif key in self._acquiring:
+            hint = self._acquiring[key]
+            if hint is None or (latest is not None and latest.arrival > hint.arrival):
+                self._acquiring[key] = latest
+        else:
+            self._acquiring[key] = latest
+            self._spawn(self._acquire_and_serve(key))
 
     async def sweep(self) -> int:
-        """Kick every due mailbox this process may serve. Returns how many were kicked."""
+        """Kick every due mailbox this process may serve, and every account it still owes something
+        (a delivery that raised). Returns how many were kicked."""
         kicked = 0
         for mailbox in await self._store.due(self.config.owner):
             account = self._held.get(mailbox.key)
             if account is None:
                 if mailbox.key not in self._acquiring:
-                    self._acquiring.add(mailbox.key)
-                    self._spawn(self._acquire_and_serve(mailbox.key, None))
+                    self.notify(mailbox.key)
                     kicked += 1
                 continue
             self._adopt(account, mailbox)
             if not account.has_work:
                 await self._store.park(mailbox.key)  # due_at without work: clear it
+                account.mailbox_due = False
             elif not account.busy:
+                self._spawn(self._serve(account))
+                kicked += 1
+        for key in self._ledger.accounts():
+            account = self._held.get(key)
+            if account is None and key not in self._acquiring:
+                self.notify(key, self._ledger.newest(key))
+                kicked += 1
+            elif account is not None and account.has_work and not account.busy:
                 self._spawn(self._serve(account))
                 kicked += 1
         return kicked
@@ -169,20 +194,27 @@ class Dispatcher:
 
     def _adopt(self, account: _Account, mailbox: Mailbox) -> None:
         account.delivered = max(account.delivered, mailbox.delivered)
+        account.flushed = max(account.flushed, mailbox.delivered)
         account.attempts = mailbox.attempts
         account.backoff_until = mailbox.backoff_until
+        account.mailbox_due = account.mailbox_due or mailbox.due_at is not None
         account.offer(mailbox.latest)
 
-    async def _acquire_and_serve(self, key: str, hint: Latest | None) -> None:
+    async def _acquire_and_serve(self, key: str) -> None:
         try:
             mailbox = await self._store.lease(key, self.config.owner, self.config.lease_ttl)
-        finally:
-            self._acquiring.discard(key)
+        except BaseException:
+            self._acquiring.pop(key, None)
+            raise
         if mailbox is None:
-            return  # another replica serves it; it will see our write
+            self._acquiring.pop(key, None)
+            # Another replica serves it: hand over what we owe through the mailbox, which it sweeps.
+            await self._hand_over(key)
+            return
         account = self._held.setdefault(key, _Account(key))
         self._adopt(account, mailbox)
-        account.offer(hint)
+        account.offer(self._acquiring.pop(key, None))
+        account.offer(self._ledger.newest(key))
         if not account.busy:
             await self._serve(account)
 
@@ -198,24 +230,34 @@ class Dispatcher:
             account.busy = False
             account.last_active = time.monotonic()
 
+    async def _hand_over(self, key: str) -> None:
+        """Put what this process owes for ``key`` into its mailbox, due now, for whoever serves it."""
+        newest = self._ledger.newest(key)
+        if newest is not None:
+            await self._store.bump(key, newest, due=True)
+            self._ledger.settle(key, newest.arrival)
+
     async def _drain(self, account: _Account) -> None:
-        while account.has_work and account.key in self._held:
+        key = account.key
+        while account.has_work and key in self._held:
             assert account.next is not None
             latest = account.next
             if self._clock() < account.backoff_until:
-                return  # due_at == backoff_until: the sweep brings it back
-            puppet = await self._puppets.get(account.key)
+                # due_at == backoff_until: the sweep brings it back; newer work waits in the mailbox
+                if self._ledger.owes(key):
+                    await self._store.bump(key, latest, due=False)
+                    self._ledger.settle(key, latest.arrival)
+                return
+            puppet = await self._puppets.get(key)
             if puppet is None or not puppet.live:
-                await self._store.park(account.key)
-                await self._record("parked")
+                await self._park(account, latest, "parked")
                 return
             try:
                 await self._deliver(puppet, latest)
             except PuppetUnreachable as exc:
-                log.warning("puppet %s unreachable (%s); parked until it is back", account.key, exc)
-                await self._puppets.mark_offline(account.key, self._clock() + self.config.probe_interval, 0)
-                await self._store.park(account.key)
-                await self._record("offline")
+                log.warning("puppet %s unreachable (%s); parked until it is back", key, exc)
+                await self._puppets.mark_offline(key, self._clock() + self.config.probe_interval, 0)
+                await self._park(account, latest, "offline")
                 return
             except DeliveryError as exc:
                 await self._failed(account, latest, str(exc))
@@ -223,8 +265,18 @@ class Dispatcher:
             account.delivered = latest.arrival
             account.attempts = 0
             account.backoff_until = 0.0
-            await self._store.delivered(account.key, self.config.owner, latest.arrival)
+            self._ledger.settle(key, latest.arrival)
+            if account.mailbox_due:
+                await self._store.delivered(key, self.config.owner, latest.arrival)
+                account.flushed = max(account.flushed, latest.arrival)
+                account.mailbox_due = False
             await self._record("delivered")
+
+    async def _park(self, account: _Account, latest: Latest, outcome: str) -> None:
+        await self._store.park(account.key, latest)
+        self._ledger.settle(account.key, latest.arrival)
+        account.mailbox_due = False
+        await self._record(outcome)
 
     async def _failed(self, account: _Account, latest: Latest, error: str) -> None:
         account.attempts += 1
@@ -238,7 +290,8 @@ class Dispatcher:
                 error,
             )
             await self._store.dead_letter(account.key, account.delivered, latest.arrival, error)
-            account.delivered = latest.arrival
+            self._ledger.settle(account.key, latest.arrival)
+            account.delivered = account.flushed = latest.arrival
             account.attempts = 0
             account.backoff_until = 0.0
             await self._record("dead")
@@ -251,19 +304,32 @@ class Dispatcher:
             account.attempts,
             delay,
         )
-        await self._store.failed(account.key, account.attempts, account.backoff_until, error)
+        await self._store.failed(account.key, latest, account.attempts, account.backoff_until, error)
+        self._ledger.settle(account.key, latest.arrival)
+        account.mailbox_due = True
         await self._record("failed")
 
     # -- leases and liveness ----------------------------------------------------------------
+    async def _flush_delivered(self) -> None:
+        """Write how far delivery got for accounts that advanced since the last flush (one batch)."""
+        marks = {key: a.delivered for key, a in self._held.items() if a.delivered > a.flushed}
+        await self._store.record_delivered(marks)
+        for key, arrival in marks.items():
+            if key in self._held:
+                self._held[key].flushed = max(self._held[key].flushed, arrival)
+
     async def _leases(self) -> None:
-        """Renew held leases in one write, release idle ones, forget any we lost."""
+        """Record delivery progress, release idle leases, renew the rest in one write, forget any we
+        lost (handing what we owe for them to the new holder through the mailbox)."""
         owner = self.config.owner
         now = time.monotonic()
+        await self._flush_delivered()
         idle = [
             key
             for key, account in self._held.items()
             if not account.busy
             and not account.has_work
+            and not self._ledger.owes(key)
             and now - account.last_active > self.config.idle_release
         ]
         for key in idle:
@@ -274,6 +340,7 @@ class Dispatcher:
         for key in [key for key in self._held if key not in actual]:
             log.warning("lost the lease on %s to another replica", key)
             del self._held[key]
+            await self._hand_over(key)
 
     async def probe_offline(self) -> int:
         """Probe offline puppets whose time has come; un-park the ones that answer."""
@@ -297,6 +364,7 @@ class Dispatcher:
         if account is not None:
             account.backoff_until = 0.0
             account.attempts = 0
+            account.mailbox_due = True  # un-parking may have made it due
         self.notify(key)
 
     @property

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
+from pymongo.errors import DuplicateKeyError
 
 from wxkf import retention
 from wxkf.database import Database, durable, up_to
@@ -37,7 +38,11 @@ def account_key(corp_id: str, open_kfid: str) -> str:
 
 def arrival_key(now: float, event_id: str) -> str:
     """Sortable and unique: nanosecond wall clock, then the event id."""
-    return f"{int(now * 1e9):020d}-{event_id}"
+    return arrival_key_ns(int(now * 1e9), event_id)
+
+
+def arrival_key_ns(ns: int, event_id: str) -> str:
+    return f"{ns:020d}-{event_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +116,14 @@ class Mailbox:
 
 class MailboxStore:
     def __init__(
-        self, db: Database, *, clock: Callable[[], float] = time.time, keep_for: float = 7 * 86400.0
+        self,
+        db: Database,
+        *,
+        owner: str = "",
+        clock: Callable[[], float] = time.time,
+        keep_for: float = 7 * 86400.0,
     ) -> None:
+        self._owner = owner
         self._mailboxes = durable(db[MAILBOXES])
         self._events = durable(db[EVENTS])
         self._clock = clock
@@ -124,6 +135,7 @@ class MailboxStore:
         await self._mailboxes.create_index([("due_at", ASCENDING)])
         await self._mailboxes.create_index([("lease_owner", ASCENDING)])
         await self._events.create_index([("account", ASCENDING), ("arrival", ASCENDING)])
+        await self._events.create_index([("replica", ASCENDING), ("arrival", ASCENDING)])
         await retention.ensure_expiry_index(self._events)
 
     async def purge_expired(self) -> int:
@@ -131,6 +143,14 @@ class MailboxStore:
         return await retention.purge_expired(self._events, self._clock())
 
     # -- intake -----------------------------------------------------------------------------
+    async def log(self, corp_id: str, open_kfid: str, latest: Latest) -> bool:
+        """Only log the event (durable when this returns); False if its id was logged before.
+
+        For accounts whose puppet is live: the accepting process delivers from memory and owes the
+        delivery until then (:mod:`manager.ledger`), so the mailbox is not touched.
+        """
+        return await self._event_writes.insert(self._event_doc(corp_id, open_kfid, latest))
+
     async def accept(self, corp_id: str, open_kfid: str, latest: Latest, *, parked: bool) -> bool:
         """Log the event and make it the account's newest; durable when this returns.
 
@@ -138,18 +158,31 @@ class MailboxStore:
         heartbeat un-parks it. Returns False if the event id was already logged (the mailbox is
         still bumped: a crash between the two writes must not strand an event).
         """
-        key = account_key(corp_id, open_kfid)
-        logged = self._event_writes.insert(
-            {
-                "_id": latest.event_id,
-                "account": key,
-                "corp_id": corp_id,
-                "open_kfid": open_kfid,
-                "received_at": self._clock(),
-                "expire_at": retention.expiry(self._clock(), self._keep_for),
-                **latest.to_doc(),
-            }
-        )
+        logged = self._event_writes.insert(self._event_doc(corp_id, open_kfid, latest))
+        bumped = self.bump(account_key(corp_id, open_kfid), latest, due=not parked)
+        # Both writes in the same group-commit round: neither depends on the other, and either
+        # order of completion is safe (a caller that sees an error does not acknowledge, and a
+        # retried callback bumps the mailbox again).
+        new, _ = await asyncio.gather(logged, bumped)
+        return new
+
+    def _event_doc(self, corp_id: str, open_kfid: str, latest: Latest) -> dict[str, Any]:
+        now = self._clock()
+        return {
+            "_id": latest.event_id,
+            "account": account_key(corp_id, open_kfid),
+            "corp_id": corp_id,
+            "open_kfid": open_kfid,
+            "replica": self._owner,
+            "received_at": now,
+            "expire_at": retention.expiry(now, self._keep_for),
+            **latest.to_doc(),
+        }
+
+    async def bump(self, key: str, latest: Latest, *, due: bool) -> None:
+        """Make ``latest`` the mailbox's newest unless it holds a newer one; ``due``: deliver it now
+        (unless a backoff already made it due later; then due_at == backoff_until)."""
+        corp_id, _, open_kfid = key.partition("/")
         # Only a newer event replaces ``latest``. When the stored one is newer the filter misses and
         # the upsert's insert hits the existing _id: a duplicate-key "no" that leaves it alone. Plain
         # operators rather than an aggregation pipeline: SecantusDB validates a pipeline's
@@ -158,30 +191,43 @@ class MailboxStore:
             "$set": {"corp_id": corp_id, "open_kfid": open_kfid, "latest": latest.to_doc()},
             "$setOnInsert": {"delivered": ""},
         }
-        if not parked:
-            # due now, unless a backoff already made it due later (then due_at == backoff_until)
+        if due:
             update["$max"] = {"due_at": self._clock()}
-        bumped = self._mailbox_writes.write(
+        await self._mailbox_writes.write(
             UpdateOne({"_id": key, "latest.arrival": {"$not": {"$gte": latest.arrival}}}, update, upsert=True)
         )
-        # Both writes in the same group-commit round: neither depends on the other, and either
-        # order of completion is safe (a caller that sees an error does not acknowledge, and a
-        # retried callback bumps the mailbox again).
-        new, _ = await asyncio.gather(logged, bumped)
-        return new
+
+    async def owed_by(self, replica: str, since: str) -> dict[str, Latest]:
+        """The newest event per account that ``replica`` logged from arrival ``since`` on (recovery)."""
+        newest: dict[str, Latest] = {}
+        cursor = self._events.find(
+            {"replica": replica, "arrival": {"$gte": since}}, projection={"received_at": 0, "expire_at": 0}
+        )
+        async for doc in cursor:
+            latest = Latest.from_doc(doc)
+            known = newest.get(doc["account"])
+            if known is None or latest.arrival > known.arrival:
+                newest[doc["account"]] = latest
+        return newest
 
     # -- leases -----------------------------------------------------------------------------
     async def lease(self, key: str, owner: str, ttl: float) -> Mailbox | None:
-        """Take (or keep) an account's lease; returns the mailbox, or None if another holds it."""
+        """Take (or keep) an account's lease, creating its mailbox if there is none yet; returns the
+        mailbox, or None if another process holds it."""
         now = self._clock()
-        take = {"$set": {"lease_owner": owner, "lease_until": now + ttl}}
+        corp_id, _, open_kfid = key.partition("/")
+        take = {
+            "$set": {"lease_owner": owner, "lease_until": now + ttl},
+            "$setOnInsert": {"corp_id": corp_id, "open_kfid": open_kfid, "delivered": ""},
+        }
         # Two point updates, not one with ``$or`` or a findAndModify: SecantusDB scans the whole
         # collection for either (wxkf.database).
         kept = await self._mailboxes.update_one({"_id": key, "lease_owner": owner}, take)
         if not kept.matched_count:
             expired = {"_id": key, "lease_until": {"$not": {"$gt": now}}}
-            taken = await self._mailboxes.update_one(expired, take)
-            if not taken.matched_count:
+            try:
+                await self._mailboxes.update_one(expired, take, upsert=True)
+            except DuplicateKeyError:  # it exists and another process's lease is current
                 return None
         doc = await self._mailboxes.find_one({"_id": key})
         return Mailbox.from_doc(doc) if doc and doc.get("lease_owner") == owner else None
@@ -194,11 +240,16 @@ class MailboxStore:
             )
 
     async def release(self, keys: list[str], owner: str) -> None:
+        """Give up leases (record how far delivery got first: :meth:`record_delivered`)."""
         if keys:
             await self._mailboxes.update_many(
                 {"_id": {"$in": keys}, "lease_owner": owner},
                 {"$set": {"lease_owner": None, "lease_until": 0.0}},
             )
+
+    async def expire_leases(self, owner: str) -> None:
+        """End a dead process's leases now (indexed on ``lease_owner``)."""
+        await self._mailboxes.update_many({"lease_owner": owner}, {"$set": {"lease_until": 0.0}})
 
     async def held(self, owner: str) -> list[str]:
         return [
@@ -241,19 +292,36 @@ class MailboxStore:
         )
         await asyncio.gather(recorded, settled)
 
-    async def failed(self, key: str, attempts: int, backoff_until: float, error: str) -> None:
-        await self._mailbox_writes.write(
-            UpdateOne(
-                {"_id": key},
-                {
-                    "$set": {
-                        "attempts": attempts,
-                        "backoff_until": backoff_until,
-                        "due_at": backoff_until,
-                        "last_error": error[:500],
-                    }
-                },
+    async def record_delivered(self, marks: Mapping[str, str]) -> None:
+        """How far delivery got per account, written lazily (one batch): the puppet already has the
+        events, so a crash before this write costs at most one repeated delivery of the newest."""
+        now = self._clock()
+        await asyncio.gather(
+            *(
+                self._mailbox_writes.write(
+                    UpdateOne({"_id": key}, {"$max": {"delivered": arrival}, "$set": {"delivered_at": now}})
+                )
+                for key, arrival in marks.items()
             )
+        )
+
+    async def failed(self, key: str, latest: Latest, attempts: int, backoff_until: float, error: str) -> None:
+        """A delivery of ``latest`` failed: keep it in the mailbox, due again at ``backoff_until``."""
+        await asyncio.gather(
+            self.bump(key, latest, due=False),
+            self._mailbox_writes.write(
+                UpdateOne(
+                    {"_id": key},
+                    {
+                        "$set": {
+                            "attempts": attempts,
+                            "backoff_until": backoff_until,
+                            "due_at": backoff_until,
+                            "last_error": error[:500],
+                        }
+                    },
+                )
+            ),
         )
 
     async def dead_letter(self, key: str, after: str, arrival: str, error: str) -> None:
@@ -283,9 +351,14 @@ class MailboxStore:
             {"$set": {"dead": True, "dead_at": now, "error": error[:500]}},
         )
 
-    async def park(self, key: str) -> None:
-        """No live puppet: keep the work, stop the sweep from matching it."""
-        await self._mailbox_writes.write(UpdateOne({"_id": key}, {"$set": {"due_at": None}}))
+    async def park(self, key: str, latest: Latest | None = None) -> None:
+        """No live puppet: keep the work (``latest`` too, if newer than the mailbox's), stop the sweep
+        from matching it."""
+        parked = self._mailbox_writes.write(UpdateOne({"_id": key}, {"$set": {"due_at": None}}))
+        if latest is None:
+            await parked
+        else:
+            await asyncio.gather(self.bump(key, latest, due=False), parked)
 
     async def unpark(self, keys: list[str]) -> None:
         """A puppet is (back) online: make its pending work due now, ignoring any backoff."""

@@ -16,8 +16,10 @@ from gateway.intake import CallbackEvent
 from gateway.registry import AppRegistry
 from manager import delivery, metrics
 from manager.dispatcher import DispatchConfig, Dispatcher
-from manager.mailbox import DECRYPTED, RAW, Latest, MailboxStore, account_key, arrival_key
+from manager.ledger import Ledger
+from manager.mailbox import DECRYPTED, RAW, Latest, MailboxStore, account_key
 from manager.puppets import Puppet, PuppetRegistry
+from manager.recovery import Recovery
 from token_service.service import TokenService, TokenUnavailable
 from wecom.client import KfAccount, WeComClient
 from wecom.crypto import MsgCrypt
@@ -27,7 +29,7 @@ from wxkf.database import Database
 from wxkf.endpoints import EndpointError, IPNetwork, validate_endpoint
 from wxkf.origin_clients import OriginClients
 from wxkf.secretbox import SecretBox
-from wxkf.tasks import stop_tasks
+from wxkf.tasks import run_every, stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ class ManagerConfig:
     registration_token: str | None = field(default=None, repr=False)
     allowed_networks: tuple[IPNetwork, ...] = ()
     retention: float = 7 * 86400.0
+    checkpoint_interval: float = 1.0
+    replica_timeout: float = 30.0
 
 
 class Manager:
@@ -85,7 +89,11 @@ class Manager:
         self.apps = apps
         self.api_base = api_base
         self.puppets = PuppetRegistry(db, box, clock=clock)
-        self.mailboxes = MailboxStore(db, clock=clock, keep_for=config.retention)
+        self.mailboxes = MailboxStore(db, owner=config.owner, clock=clock, keep_for=config.retention)
+        self.ledger = Ledger()
+        self.recovery = Recovery(
+            db, self.mailboxes, self.ledger, config.owner, timeout=config.replica_timeout, clock=clock
+        )
         self._clock = clock
         self._account_lists: dict[str, tuple[float, list[KfAccount]]] = {}
         timeout = config.delivery_timeout
@@ -98,46 +106,84 @@ class Manager:
         async def probe(puppet: Puppet) -> bool:
             return await delivery.probe(self.puppet_http.for_url(puppet.endpoint), puppet)
 
-        self._purger: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._unroutable_warned: dict[str, float] = {}
         self.dispatcher = Dispatcher(
-            self.mailboxes, self.puppets, deliver, probe, config.dispatch, clock=clock
+            self.mailboxes, self.puppets, deliver, probe, config.dispatch, ledger=self.ledger, clock=clock
         )
 
     async def start(self) -> None:
         await self.puppets.ensure_indexes()
         await self.mailboxes.ensure_indexes()
+        await self.recovery.ensure_indexes()
+        recovered = await self.recovery.recover_own()
+        if recovered:
+            log.info("re-queued undelivered events of %d accounts from before the restart", recovered)
         await self.dispatcher.start()
         await self.dispatcher.sweep()
-        self._purger = asyncio.create_task(
-            retention.run_purger(self.mailboxes.purge_expired, "manager events")
-        )
+        self._tasks = [
+            asyncio.create_task(retention.run_purger(self.mailboxes.purge_expired, "manager events")),
+            asyncio.create_task(
+                run_every(self._liveness, self.config.checkpoint_interval, "manager checkpoint")
+            ),
+        ]
+
+    async def _liveness(self) -> None:
+        await self.recovery.checkpoint()
+        await self.recovery.take_over_dead()
 
     async def stop(self) -> None:
-        if self._purger is not None:
-            await stop_tasks([self._purger])
+        await stop_tasks(self._tasks)
         await self.dispatcher.stop()
+        try:
+            await self.recovery.checkpoint()
+        except Exception:
+            log.warning("could not record the final checkpoint; a restart rescans from the last one")
         await self.puppet_http.aclose()
 
     # -- intake -----------------------------------------------------------------------------
-    async def accept(self, corp_id: str, open_kfid: str, latest: Latest) -> bool:
-        """Queue durably; returns once stored. Unknown or offline accounts are kept (parked)."""
+    async def accept(
+        self,
+        corp_id: str,
+        open_kfid: str,
+        event_id: str,
+        mode: str,
+        *,
+        token: str | None,
+        body: str | None = None,
+        query: str | None = None,
+    ) -> bool:
+        """Queue durably; returns once stored. Unknown or offline accounts are kept (parked).
+
+        A live account's event is only logged and owed (:mod:`manager.ledger`); the dispatcher
+        delivers it from memory. Otherwise the mailbox holds it, written in the same round.
+        """
         key = account_key(corp_id, open_kfid)
         puppet = await self.puppets.get(key)
-        parked = puppet is None or not puppet.live
-        new = await self.mailboxes.accept(corp_id, open_kfid, latest, parked=parked)
+        # no await from minting to owing: a checkpoint in between could pass the new arrival
+        latest = Latest(event_id, self.ledger.mint(self._clock(), event_id), mode, token, body, query)
+        if puppet is None or not puppet.live:
+            new = await self.mailboxes.accept(corp_id, open_kfid, latest, parked=True)
+        else:
+            self.ledger.owe(key, latest)
+            try:
+                new = await self.mailboxes.log(corp_id, open_kfid, latest)
+            except BaseException:
+                self.ledger.cancel(key, latest)
+                raise
+            if new:
+                self.dispatcher.notify(key, latest)
+            else:  # a retry of an event logged before: whoever logged it owes its delivery
+                self.ledger.cancel(key, latest)
         metrics.ACCEPTED.labels("unroutable" if puppet is None else "new" if new else "duplicate").inc()
         if puppet is None and new:
             self._warn_unroutable(key)
-        if not parked:
-            self.dispatcher.notify(key, latest)
         return new
 
     async def accept_decrypted(self, corp_id: str, open_kfid: str, token: str, event_id: str | None) -> bool:
         """``/callback/decrypted/{corpId}`` from an upstream gateway."""
         event_id = event_id or hashlib.sha256(f"{corp_id}\n{open_kfid}\n{token}".encode()).hexdigest()[:32]
-        latest = Latest(event_id, arrival_key(self._clock(), event_id), DECRYPTED, token=token)
-        return await self.accept(corp_id, open_kfid, latest)
+        return await self.accept(corp_id, open_kfid, event_id, DECRYPTED, token=token)
 
     def _warn_unroutable(self, key: str) -> None:
         """Once a minute per account: a busy unregistered account must not flood the log."""
@@ -158,15 +204,15 @@ class Manager:
         may answer WeCom. The puppet gets the original encrypted XML and query (compat)."""
         if event.open_kf_id is None:
             raise ValueError(f"kf event {event.id} has no OpenKfId")
-        latest = Latest(
+        return await self.accept(
+            event.corp_id,
+            event.open_kf_id,
             event.id,
-            arrival_key(self._clock(), event.id),
             RAW,
             token=event.token,
             body=event.body,
             query=event.query,
         )
-        return await self.accept(event.corp_id, event.open_kf_id, latest)
 
     # -- registration -----------------------------------------------------------------------
     def registration_token_ok(self, presented: str | None) -> bool:

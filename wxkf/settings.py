@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     wxkf_retention_days: float = Field(
         default=7.0, gt=0, le=3650, description="days finished events are kept (pending ones: until done)"
     )
+    wxkf_replica_timeout: float = Field(
+        default=30.0, ge=1, le=3600, description="seconds of silence before a replica's work is taken over"
+    )
     wxkf_retry_schedule: str = Field(
         default="5s,5m,30m,2h,5h,10h,10h", description="delays between delivery attempts"
     )

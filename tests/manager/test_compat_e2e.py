@@ -331,10 +331,11 @@ async def test_sigkill_of_the_manager_mid_dispatch_loses_nothing(
         release = asyncio.Event()
         original = puppet.pull
 
-        async def slow_pull(token: str) -> None:  # the first delivery hangs: the manager is mid-dispatch
-            if not held.is_set():
+        async def slow_pull(token: str) -> None:
+            if not held.is_set():  # the first delivery hangs (the manager is mid-dispatch), then is lost
                 held.set()
                 await release.wait()
+                return
             await original(token)
 
         puppet.pull = slow_pull  # type: ignore[method-assign]
@@ -356,6 +357,60 @@ async def test_sigkill_of_the_manager_mid_dispatch_loses_nothing(
     log = (tmp_path / "hub.log").read_text()
     assert world.secret not in log and world.aes_key not in log
     assert json.dumps(world.token) not in log
+
+
+async def test_a_second_manager_process_takes_over_a_killed_ones_undelivered_events(
+    settings: Settings, simulator: tuple[str, SimState], tmp_path: Path
+) -> None:
+    """Two ``wxkf manager`` processes on one database; the one serving the account is SIGKILLed
+    mid-delivery and never comes back. The other claims its replica and delivers what it owed."""
+    sim_url, _ = simulator
+
+    def manager(name: str) -> ServiceProcess:
+        env = service_env(
+            settings,
+            tmp_path / name,
+            wxkf_admin_token=ADMIN,
+            wxkf_replica_id=f"manager-{name}",
+            wxkf_replica_timeout="2",
+            wecom_api_base=sim_url + "/cgi-bin",
+        )
+        return ServiceProcess("manager", env, tmp_path / f"{name}.log", free_port())
+
+    first, second = manager("first"), manager("second")
+    await first.start()
+    await second.start()
+    async with httpx.AsyncClient(timeout=30) as http:
+        corp = await make_corp(http, sim_url, first.url + "/callback/{corpid}")
+        world = World(sim_url, first.url, http, SimState(), None, **corp)
+        puppet = world.puppet()
+        held, release = asyncio.Event(), asyncio.Event()
+        original = puppet.pull
+
+        async def slow_pull(token: str) -> None:
+            if not held.is_set():  # the first delivery hangs (the manager is mid-dispatch), then is lost
+                held.set()
+                await release.wait()
+                return
+            await original(token)
+
+        puppet.pull = slow_pull  # type: ignore[method-assign]
+        try:
+            async with serve_app(puppet.app(), graceful=0.1) as puppet_url:
+                assert (await puppet.register(first.url, puppet_url)).json()["code"] == 0
+                for n in range(5):
+                    await world.customer_says(f"m{n}")
+                async with asyncio.timeout(10):
+                    await held.wait()
+                first.kill()
+                release.set()
+                texts = await puppet.wait_for_texts(5)  # delivered by the second process
+            assert texts == [f"m{n}" for n in range(5)]
+            assert len(puppet.handled) == len(set(puppet.handled))
+        finally:
+            first.stop()
+            second.stop()
+    assert "took over manager replica manager-first" in (tmp_path / "second.log").read_text()
 
 
 async def test_deregister_keeps_the_queue_and_reregistering_flows_it(world: World) -> None:

@@ -33,7 +33,7 @@ async def test_new_work_keeps_a_backoff_and_a_delivery_keeps_newer_work_due(db: 
     store = MailboxStore(db, clock=clock)
     await store.ensure_indexes()
     await store.accept(CORP, KF, latest("a", 1), parked=False)
-    await store.failed(KEY, 1, clock() + 300, "HTTP 500")
+    await store.failed(KEY, latest("a", 1), 1, clock() + 300, "HTTP 500")
     await store.accept(CORP, KF, latest("b", 2), parked=False)
     mailbox = await store.get(KEY)
     assert mailbox is not None and mailbox.due_at == clock() + 300  # still backing off
