@@ -16,7 +16,7 @@ from pymongo import ASCENDING
 
 from gateway.intake import CallbackEvent
 from wxkf import retention
-from wxkf.database import Database, durable, up_to
+from wxkf.database import Database, chunks, durable, up_to
 from wxkf.group_commit import GroupCommit
 
 COLLECTION = "inbox"
@@ -87,9 +87,9 @@ class Inbox:
     async def finish(self, event_ids: list[str], state: str = DONE) -> None:
         """Mark events finished; they are purged ``keep_for`` seconds later."""
         now = self._clock()
-        if event_ids:
+        for some in chunks(event_ids):
             await self._collection.update_many(
-                {"_id": {"$in": event_ids}},
+                {"_id": {"$in": some}},
                 {
                     "$set": {
                         "state": state,

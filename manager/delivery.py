@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import json
 
-import httpx
-
-from manager.dispatcher import PuppetUnreachable
 from manager.mailbox import RAW, Latest
 from manager.puppets import Puppet
 from wxkf import webhooks
-from wxkf.delivery import DeliveryError
+from wxkf.outbound import Outbound
 
 
 def request_for(puppet: Puppet, latest: Latest) -> tuple[str, bytes, dict[str, str]]:
@@ -38,22 +35,13 @@ def request_for(puppet: Puppet, latest: Latest) -> tuple[str, bytes, dict[str, s
     return url, body, headers
 
 
-async def deliver(http: httpx.AsyncClient, puppet: Puppet, latest: Latest, timeout: float) -> None:
+async def deliver(http: Outbound, puppet: Puppet, latest: Latest, timeout: float) -> None:
+    """Raises :class:`~wxkf.outbound.Unreachable` (the puppet is down) or
+    :class:`~wxkf.delivery.DeliveryError` (it answered, but not with a 2xx)."""
     url, body, headers = request_for(puppet, latest)
-    try:
-        response = await http.post(url, content=body, headers=headers, timeout=timeout)
-    except (httpx.TimeoutException, httpx.NetworkError) as exc:
-        raise PuppetUnreachable(f"{type(exc).__name__}") from None
-    except httpx.HTTPError as exc:
-        raise DeliveryError(f"{type(exc).__name__}: {exc}") from None
-    if not 200 <= response.status_code < 300:
-        raise DeliveryError(f"HTTP {response.status_code}: {response.text[:200]!r}")
+    await http.post(url, body, headers, timeout)
 
 
-async def probe(http: httpx.AsyncClient, puppet: Puppet, timeout: float = 3.0) -> bool:
+async def probe(http: Outbound, puppet: Puppet, timeout: float = 3.0) -> bool:
     """Is anything answering HTTP at the puppet's callback URL? (Any status counts as alive.)"""
-    try:
-        await http.get(f"{puppet.endpoint}/callback", timeout=timeout)
-    except httpx.HTTPError:
-        return False
-    return True
+    return await http.reachable(f"{puppet.endpoint}/callback", timeout)

@@ -6,14 +6,15 @@ puppets back online, events accepted by other replicas, work left by a crashed p
 
 The fast path writes nothing per delivery: events of a live account are only logged, the delivery
 settles them in this process's :class:`~manager.ledger.Ledger`, and how far delivery got reaches the
-mailbox lazily, with the lease renewal. The mailbox is written at once only when it matters to someone
-else: it is due (so it must be cleared), the account backs off or is parked, or another replica holds
-its lease.
+mailbox lazily, every ``housekeeping_interval``. The mailbox is written at once only when it matters to
+someone else: it is due (so it must be cleared), the account backs off or is parked, or another replica
+holds its lease.
 
 An account is served only under its lease. Leases are sticky: kept while the account is active,
-renewed in one batched write, released after ``idle_release`` seconds without work, and expiring by
-themselves when a process dies. Per account at most one delivery is in flight; whatever arrives
-meanwhile is coalesced into the next one.
+released after ``idle_release`` seconds without work, and ended by the replica that takes over a
+dead process (:mod:`manager.recovery`). There is no per-account renewal: liveness is the replica's
+own checkpoint, one write a second whatever the number of accounts. Per account at most one delivery
+is in flight; whatever arrives meanwhile is coalesced into the next one.
 
 Failures: an unreachable puppet (refused, timed out) is marked offline and its mailbox parked —
 nothing is dropped, and it flows the moment the puppet is seen again. A reachable puppet that keeps
@@ -34,14 +35,11 @@ from manager.ledger import Ledger
 from manager.mailbox import Latest, Mailbox, MailboxStore
 from manager.puppets import Puppet, PuppetRegistry
 from wxkf.delivery import DeliveryError
+from wxkf.outbound import Unreachable as PuppetUnreachable
 from wxkf.retry import RetrySchedule
 from wxkf.tasks import run_every, stop_tasks
 
 log = logging.getLogger(__name__)
-
-
-class PuppetUnreachable(DeliveryError):
-    """No HTTP answer at all (refused, reset, timed out): the puppet is probably down."""
 
 
 Deliver = Callable[[Puppet, Latest], Awaitable[None]]
@@ -74,7 +72,7 @@ class _Account:
 class DispatchConfig:
     owner: str
     schedule: RetrySchedule = field(default_factory=RetrySchedule)
-    lease_ttl: float = 30.0
+    housekeeping_interval: float = 10.0
     idle_release: float = 15.0
     sweep_interval: float = 1.0
     probe_interval: float = 5.0
@@ -114,7 +112,8 @@ class Dispatcher:
                 run_every(self.sweep, self.config.sweep_interval, "dispatch sweep"), name="dispatch:sweep"
             ),
             asyncio.create_task(
-                run_every(self._leases, self.config.lease_ttl / 3, "lease renewal"), name="dispatch:leases"
+                run_every(self._housekeeping, self.config.housekeeping_interval, "dispatch housekeeping"),
+                name="dispatch:housekeeping",
             ),
             asyncio.create_task(
                 run_every(self.probe_offline, self.config.probe_interval, "offline probe"),
@@ -128,7 +127,7 @@ class Dispatcher:
             await self._flush_delivered()
             await self._store.release(list(self._held), self.config.owner)
         except Exception:
-            log.warning("could not release leases on stop; they expire in %.0f s", self.config.lease_ttl)
+            log.warning("could not release leases on stop; they end when this replica is taken over")
         self._held.clear()
 
     async def _record(self, outcome: str) -> None:
@@ -202,7 +201,7 @@ class Dispatcher:
 
     async def _acquire_and_serve(self, key: str) -> None:
         try:
-            mailbox = await self._store.lease(key, self.config.owner, self.config.lease_ttl)
+            mailbox = await self._store.lease(key, self.config.owner)
         except BaseException:
             self._acquiring.pop(key, None)
             raise
@@ -318,9 +317,8 @@ class Dispatcher:
             if key in self._held:
                 self._held[key].flushed = max(self._held[key].flushed, arrival)
 
-    async def _leases(self) -> None:
-        """Record delivery progress, release idle leases, renew the rest in one write, forget any we
-        lost (handing what we owe for them to the new holder through the mailbox)."""
+    async def _housekeeping(self) -> None:
+        """Record delivery progress and release idle leases."""
         owner = self.config.owner
         now = time.monotonic()
         await self._flush_delivered()
@@ -335,11 +333,14 @@ class Dispatcher:
         for key in idle:
             del self._held[key]
         await self._store.release(idle, owner)
-        await self._store.renew(list(self._held), owner, self.config.lease_ttl)
-        actual = set(await self._store.held(owner))
-        for key in [key for key in self._held if key not in actual]:
-            log.warning("lost the lease on %s to another replica", key)
-            del self._held[key]
+
+    async def lost_all_leases(self) -> None:
+        """Another replica took this one over as dead and ended its leases: stop serving what we
+        held, and hand what we owe to whoever serves those accounts now (through their mailboxes)."""
+        held, self._held = self._held, {}
+        if held:
+            log.warning("this replica was taken over as dead; dropping %d leases", len(held))
+        for key in held:
             await self._hand_over(key)
 
     async def probe_offline(self) -> int:

@@ -13,6 +13,7 @@ write goes through :class:`~wxkf.group_commit.GroupCommit`, so they share fsyncs
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from wxkf import retention
-from wxkf.database import Database, durable, up_to
+from wxkf.database import Database, chunks, durable, up_to
 from wxkf.group_commit import GroupCommit
 
 MAILBOXES = "mailboxes"
@@ -211,13 +212,18 @@ class MailboxStore:
         return newest
 
     # -- leases -----------------------------------------------------------------------------
-    async def lease(self, key: str, owner: str, ttl: float) -> Mailbox | None:
+    async def lease(self, key: str, owner: str) -> Mailbox | None:
         """Take (or keep) an account's lease, creating its mailbox if there is none yet; returns the
-        mailbox, or None if another process holds it."""
+        mailbox, or None if another process holds it.
+
+        A lease lasts until it is released or its holder is taken over as dead
+        (:mod:`manager.recovery` ends its leases): no renewal, so holding 10,000 accounts costs no
+        periodic write per account.
+        """
         now = self._clock()
         corp_id, _, open_kfid = key.partition("/")
         take = {
-            "$set": {"lease_owner": owner, "lease_until": now + ttl},
+            "$set": {"lease_owner": owner, "lease_until": math.inf},
             "$setOnInsert": {"corp_id": corp_id, "open_kfid": open_kfid, "delivered": ""},
         }
         # Two point updates, not one with ``$or`` or a findAndModify: SecantusDB scans the whole
@@ -232,29 +238,17 @@ class MailboxStore:
         doc = await self._mailboxes.find_one({"_id": key})
         return Mailbox.from_doc(doc) if doc and doc.get("lease_owner") == owner else None
 
-    async def renew(self, keys: list[str], owner: str, ttl: float) -> None:
-        if keys:
-            await self._mailboxes.update_many(
-                {"_id": {"$in": keys}, "lease_owner": owner},
-                {"$set": {"lease_until": self._clock() + ttl}},
-            )
-
     async def release(self, keys: list[str], owner: str) -> None:
         """Give up leases (record how far delivery got first: :meth:`record_delivered`)."""
-        if keys:
+        for some in chunks(keys):
             await self._mailboxes.update_many(
-                {"_id": {"$in": keys}, "lease_owner": owner},
+                {"_id": {"$in": some}, "lease_owner": owner},
                 {"$set": {"lease_owner": None, "lease_until": 0.0}},
             )
 
     async def expire_leases(self, owner: str) -> None:
         """End a dead process's leases now (indexed on ``lease_owner``)."""
         await self._mailboxes.update_many({"lease_owner": owner}, {"$set": {"lease_until": 0.0}})
-
-    async def held(self, owner: str) -> list[str]:
-        return [
-            doc["_id"] async for doc in self._mailboxes.find({"lease_owner": owner}, projection={"_id": 1})
-        ]
 
     async def get(self, key: str) -> Mailbox | None:
         doc = await self._mailboxes.find_one({"_id": key})

@@ -49,6 +49,7 @@ class Recovery:
         self._owner = owner
         self._timeout = timeout
         self._clock = clock
+        self._started = False
 
     async def ensure_indexes(self) -> None:
         await self._replicas.create_index([("seen_at", ASCENDING)])
@@ -57,17 +58,28 @@ class Recovery:
         """At start, before any intake: re-queue what this replica owed when it last stopped."""
         doc = await self._replicas.find_one({"_id": self._owner})
         recovered = await self._recover(self._owner, doc["settled_before"]) if doc else 0
+        self._started = False
         await self.checkpoint()
         return recovered
 
-    async def checkpoint(self) -> None:
-        """Record that this replica is alive and how far its debts are settled."""
+    async def checkpoint(self) -> bool:
+        """Record that this replica is alive and how far its debts are settled.
+
+        Returns False if another replica took this one over since the last checkpoint (it was too
+        slow to write one in time): its leases were ended, and the caller must stop serving them.
+        """
         now = self._clock()
-        await self._replicas.update_one(
-            {"_id": self._owner},
-            {"$set": {"seen_at": now, "settled_before": self._ledger.settled_before(now)}},
-            upsert=True,
+        mark = {"seen_at": now, "settled_before": self._ledger.settled_before(now)}
+        ours = await self._replicas.update_one(
+            {"_id": self._owner, "claimed_by": {"$exists": False}}, {"$set": mark}
         )
+        if ours.matched_count:
+            return True
+        await self._replicas.update_one(
+            {"_id": self._owner}, {"$set": mark, "$unset": {"claimed_by": ""}}, upsert=True
+        )
+        first, self._started = not self._started, True
+        return first
 
     async def take_over_dead(self) -> int:
         """Claim replicas silent for ``timeout`` seconds and re-queue what they owed."""

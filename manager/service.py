@@ -27,13 +27,36 @@ from wecom.errors import WeComError
 from wxkf import retention, webhooks
 from wxkf.database import Database
 from wxkf.endpoints import EndpointError, IPNetwork, validate_endpoint
-from wxkf.origin_clients import OriginClients
+from wxkf.outbound import Outbound
 from wxkf.secretbox import SecretBox
+from wxkf.single_flight import SingleFlight
 from wxkf.tasks import run_every, stop_tasks
 
 log = logging.getLogger(__name__)
 
 ACCOUNT_LIST_TTL = 60.0
+ACCOUNT_LIST_RECHECK = 5.0  # an unknown kfId refetches the listing at most this often
+
+
+@dataclass(frozen=True)
+class AccountListing:
+    """One app's ``kf/account/list``, indexed for the lookups registration makes."""
+
+    fetched_at: float
+    by_id: dict[str, KfAccount]
+    by_name: dict[str, KfAccount]
+
+    @classmethod
+    def of(cls, fetched_at: float, accounts: list[KfAccount]) -> AccountListing:
+        by_name: dict[str, KfAccount] = {}
+        for account in accounts:
+            by_name.setdefault(account.name, account)  # the first, as a linear search would find
+        return cls(fetched_at, {account.open_kfid: account for account in accounts}, by_name)
+
+    def find(self, kf_id: str, kf_name: str) -> KfAccount | None:
+        if kf_id:
+            return self.by_id.get(kf_id)
+        return self.by_name.get(kf_name) if kf_name else None
 
 
 class RegistrationRefused(Exception):
@@ -95,16 +118,17 @@ class Manager:
             db, self.mailboxes, self.ledger, config.owner, timeout=config.replica_timeout, clock=clock
         )
         self._clock = clock
-        self._account_lists: dict[str, tuple[float, list[KfAccount]]] = {}
+        self._account_lists: dict[str, AccountListing] = {}
+        self._listing_fetches: SingleFlight[AccountListing] = SingleFlight()
         timeout = config.delivery_timeout
 
-        self.puppet_http = OriginClients(timeout=timeout)
+        self.puppet_http = Outbound(config.allowed_networks, timeout=timeout)
 
         async def deliver(puppet: Puppet, latest: Latest) -> None:
-            await delivery.deliver(self.puppet_http.for_url(puppet.endpoint), puppet, latest, timeout)
+            await delivery.deliver(self.puppet_http, puppet, latest, timeout)
 
         async def probe(puppet: Puppet) -> bool:
-            return await delivery.probe(self.puppet_http.for_url(puppet.endpoint), puppet)
+            return await delivery.probe(self.puppet_http, puppet)
 
         self._tasks: list[asyncio.Task[None]] = []
         self._unroutable_warned: dict[str, float] = {}
@@ -129,7 +153,8 @@ class Manager:
         ]
 
     async def _liveness(self) -> None:
-        await self.recovery.checkpoint()
+        if not await self.recovery.checkpoint():
+            await self.dispatcher.lost_all_leases()
         await self.recovery.take_over_dead()
 
     async def stop(self) -> None:
@@ -252,26 +277,31 @@ class Manager:
         await self.dispatcher.back_online(key)
         return puppet, secret
 
-    async def _accounts(self, corp_id: str, secret: str, *, fresh: bool = False) -> list[KfAccount]:
-        """``kf/account/list`` as this secret sees it, remembered briefly: a fleet of puppets of one app
-        registering at once (a deploy, a restart) then costs one listing, not one per puppet."""
+    async def _accounts(self, corp_id: str, secret: str, max_age: float) -> AccountListing:
+        """``kf/account/list`` as this secret sees it, at most ``max_age`` seconds old. Remembered, and
+        fetched once for all concurrent callers: a fleet of puppets of one app registering at once (a
+        deploy, a restart) costs one listing, not one per puppet (10,000 accounts are 100 pages)."""
         key = self.tokens.store.key_for(corp_id, secret)
         cached = self._account_lists.get(key)
-        if cached and cached[0] > self._clock() and not fresh:
-            return cached[1]
-        client = WeComClient(self.http, self.api_base, self.tokens.provider(corp_id, secret))
-        accounts = await client.kf_accounts_all()
-        self._account_lists[key] = (self._clock() + ACCOUNT_LIST_TTL, accounts)
-        return accounts
+        if cached is not None and self._clock() - cached.fetched_at < max_age:
+            return cached
+
+        async def fetch() -> AccountListing:
+            client = WeComClient(self.http, self.api_base, self.tokens.provider(corp_id, secret))
+            listing = AccountListing.of(self._clock(), await client.kf_accounts_all())
+            self._account_lists[key] = listing
+            return listing
+
+        return await self._listing_fetches.run(key, fetch)
 
     async def _prove_account(self, reg: Registration) -> tuple[str, str]:
         """The secret must fetch a token and list the account with manage_privilege."""
         try:
-            found = self._find_account(reg, await self._accounts(reg.corp_id, reg.corp_secret))
-            if found is None:  # maybe created since the listing was cached
-                found = self._find_account(
-                    reg, await self._accounts(reg.corp_id, reg.corp_secret, fresh=True)
-                )
+            listing = await self._accounts(reg.corp_id, reg.corp_secret, ACCOUNT_LIST_TTL)
+            found = listing.find(reg.kf_id, reg.kf_name)
+            if found is None:  # maybe created since the listing was fetched: look again, not too often
+                listing = await self._accounts(reg.corp_id, reg.corp_secret, ACCOUNT_LIST_RECHECK)
+                found = listing.find(reg.kf_id, reg.kf_name)
         except TokenUnavailable as exc:
             raise RegistrationRefused(403, f"corpSecret refused by WeCom (errcode {exc.errcode})") from None
         except WeComError as exc:
@@ -284,15 +314,6 @@ class Manager:
         if not found.manage_privilege:
             raise RegistrationRefused(403, "this secret's app has no manage_privilege on that account")
         return found.open_kfid, found.name
-
-    @staticmethod
-    def _find_account(reg: Registration, accounts: list[KfAccount]) -> KfAccount | None:
-        for account in accounts:
-            if reg.kf_id and account.open_kfid == reg.kf_id:
-                return account
-            if not reg.kf_id and reg.kf_name and account.name == reg.kf_name:
-                return account
-        return None
 
     async def deregister(self, corp_id: str, open_kfid: str) -> bool:
         return await self.puppets.deregister(account_key(corp_id, open_kfid))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from token_service.store import TokenRecord, TokenStore
 from wecom.errors import WeComError
 from wecom.tokens import AccessToken
+from wxkf.single_flight import SingleFlight
 from wxkf.tasks import run_every
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class TokenService:
     def __post_init__(self) -> None:
         self._memory: dict[str, _Cached] = {}
         self._rejected: dict[str, float] = {}
-        self._inflight: dict[str, asyncio.Task[IssuedToken]] = {}
+        self._single_flight: SingleFlight[IssuedToken] = SingleFlight()
 
     # -- public API -------------------------------------------------------------------------
     async def get(self, corp_id: str, secret: str) -> IssuedToken:
@@ -105,13 +106,13 @@ class TokenService:
         fresh = cached is not None and now - cached.checked_at < self.policy.memory_ttl
         if cached is not None and fresh and cached.expires_at - now > self.policy.min_remaining:
             return IssuedToken(cached.token, cached.expires_at)
-        return await self._single_flight(key, lambda: self._resolve(corp_id, secret, key, stale=None))
+        return await self._single_flight.run(key, lambda: self._resolve(corp_id, secret, key, stale=None))
 
     async def invalidate(self, corp_id: str, secret: str, token: str) -> IssuedToken:
         """A client saw ``token`` rejected; refresh unless that already happened recently."""
         key = self.store.key_for(corp_id, secret)
         self._memory.pop(key, None)
-        return await self._single_flight(
+        return await self._single_flight.run(
             f"{key}!invalidate", lambda: self._resolve(corp_id, secret, key, stale=token)
         )
 
@@ -143,14 +144,6 @@ class TokenService:
         return ServiceTokenProvider(self, corp_id, secret)
 
     # -- resolution -------------------------------------------------------------------------
-    async def _single_flight(self, key: str, start: Callable[[], Awaitable[IssuedToken]]) -> IssuedToken:
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(start())
-            self._inflight[key] = task
-            task.add_done_callback(lambda _: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
-
     def _usable(self, record: TokenRecord, now: float, stale: str | None) -> bool:
         if record.token is None or record.valid_for(now) <= self.policy.min_remaining:
             return False

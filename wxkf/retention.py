@@ -40,10 +40,11 @@ async def ensure_expiry_index(collection: AsyncCollection[Any]) -> None:
     await collection.create_index([(FIELD, ASCENDING)], name=INDEX_NAME)
 
 
-async def purge_expired(collection: AsyncCollection[Any], now: float, *, batch: int = 1000) -> int:
+async def purge_expired(collection: AsyncCollection[Any], now: float, *, batch: int = 100) -> int:
     """Delete documents whose ``expire_at`` is before ``now``, ``batch`` at a time; return how many.
 
-    Batches keep each delete short, so intake writes are never held behind one huge delete.
+    Batches keep each delete short, so intake writes are never held behind one huge delete, and its
+    ``$in`` list small (SecantusDB's cost grows with its square: :func:`wxkf.database.chunks`).
     """
     cutoff = datetime.fromtimestamp(now, tz=UTC)
     expired = {FIELD: up_to(cutoff, inclusive=False)}

@@ -37,7 +37,8 @@ async def _no_upstream(corp_id: str, secret: str) -> AccessToken:
 def make_manager(runtime: Runtime, owner: str = "mgr-1", **dispatch: Any) -> Manager:
     tokens = TokenService(TokenStore(runtime.db, runtime.box), _no_upstream)
     apps = AppRegistry(runtime.db, runtime.box)
-    settings = dict(sweep_interval=0.05, probe_interval=0.05, lease_ttl=3.0, idle_release=0.5) | dispatch
+    settings = dict(sweep_interval=0.05, probe_interval=0.05, idle_release=0.5, housekeeping_interval=0.5)
+    settings |= dispatch
     config = ManagerConfig(owner=owner, dispatch=DispatchConfig(owner=owner, schedule=FAST, **settings))
     return Manager(runtime.db, runtime.box, runtime.http, tokens, apps, "http://127.0.0.1:9/cgi-bin", config)
 

@@ -77,7 +77,7 @@ class World:
 
 
 def fast_dispatch(owner: str) -> DispatchConfig:
-    return DispatchConfig(owner=owner, schedule=FAST, sweep_interval=0.05, probe_interval=0.05, lease_ttl=3.0)
+    return DispatchConfig(owner=owner, schedule=FAST, sweep_interval=0.05, probe_interval=0.05)
 
 
 @pytest.fixture
