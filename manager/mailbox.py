@@ -136,12 +136,16 @@ class MailboxStore:
         await self._mailboxes.create_index([("due_at", ASCENDING)])
         await self._mailboxes.create_index([("lease_owner", ASCENDING)])
         await self._events.create_index([("account", ASCENDING), ("arrival", ASCENDING)])
-        await self._events.create_index([("replica", ASCENDING), ("arrival", ASCENDING)])
-        await retention.ensure_expiry_index(self._events)
+        # One index for recovery (arrivals since a checkpoint) and retention (arrivals before a
+        # cutoff): each secondary index costs SecantusDB time on every intake insert.
+        await self._events.create_index([("arrival", ASCENDING)])
+        if retention.INDEX_NAME in await self._events.index_information():
+            await self._events.drop_index(retention.INDEX_NAME)  # expire_at, from earlier versions
 
     async def purge_expired(self) -> int:
-        """Delete logged events past retention (see :mod:`wxkf.retention`)."""
-        return await retention.purge_expired(self._events, self._clock())
+        """Delete logged events past retention (see :mod:`wxkf.retention`), oldest arrivals first."""
+        cutoff = arrival_key(self._clock() - self._keep_for, "")
+        return await retention.purge_before(self._events, "arrival", cutoff)
 
     # -- intake -----------------------------------------------------------------------------
     async def log(self, corp_id: str, open_kfid: str, latest: Latest) -> bool:
@@ -176,7 +180,6 @@ class MailboxStore:
             "open_kfid": open_kfid,
             "replica": self._owner,
             "received_at": now,
-            "expire_at": retention.expiry(now, self._keep_for),
             **latest.to_doc(),
         }
 
@@ -199,12 +202,15 @@ class MailboxStore:
         )
 
     async def owed_by(self, replica: str, since: str) -> dict[str, Latest]:
-        """The newest event per account that ``replica`` logged from arrival ``since`` on (recovery)."""
+        """The newest event per account that ``replica`` logged from arrival ``since`` on (recovery).
+
+        Scans every replica's events since then (a checkpoint is at most seconds old) and keeps
+        ``replica``'s, so the log needs no index of its own for this."""
         newest: dict[str, Latest] = {}
-        cursor = self._events.find(
-            {"replica": replica, "arrival": {"$gte": since}}, projection={"received_at": 0, "expire_at": 0}
-        )
+        cursor = self._events.find({"arrival": {"$gte": since}}, projection={"received_at": 0})
         async for doc in cursor:
+            if doc.get("replica") != replica:
+                continue
             latest = Latest.from_doc(doc)
             known = newest.get(doc["account"])
             if known is None or latest.arrival > known.arrival:

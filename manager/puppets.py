@@ -64,7 +64,7 @@ class PuppetRegistry:
         db: Database,
         box: SecretBox,
         *,
-        cache_ttl: float = 2.0,
+        cache_ttl: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._collection = durable(db[COLLECTION])

@@ -76,7 +76,7 @@ class DataDirLocked(DatabaseError):
     """Another process already runs an embedded server on this data dir."""
 
 
-def up_to(limit: float | datetime, *, inclusive: bool = True) -> dict[str, Any]:
+def up_to(limit: float | datetime | str, *, inclusive: bool = True) -> dict[str, Any]:
     """A range query ``<= limit`` (or ``< limit``) with an explicit lower end of the same type.
 
     SecantusDB scans a one-sided ``{"$lte": x}`` from the very start of the index, through every
@@ -84,7 +84,13 @@ def up_to(limit: float | datetime, *, inclusive: bool = True) -> dict[str, Any]:
     inbox events): 280 ms instead of 1 ms per query over 10,000 such documents. With both ends it seeks
     straight to the range, as MongoDB does either way.
     """
-    lowest: float | datetime = datetime.min.replace(tzinfo=UTC) if isinstance(limit, datetime) else -math.inf
+    lowest: float | datetime | str
+    if isinstance(limit, datetime):
+        lowest = datetime.min.replace(tzinfo=UTC)
+    elif isinstance(limit, str):
+        lowest = ""
+    else:
+        lowest = -math.inf
     return {"$gte": lowest, "$lte" if inclusive else "$lt": limit}
 
 

@@ -46,8 +46,14 @@ async def purge_expired(collection: AsyncCollection[Any], now: float, *, batch: 
     Batches keep each delete short, so intake writes are never held behind one huge delete, and its
     ``$in`` list small (SecantusDB's cost grows with its square: :func:`wxkf.database.chunks`).
     """
-    cutoff = datetime.fromtimestamp(now, tz=UTC)
-    expired = {FIELD: up_to(cutoff, inclusive=False)}
+    return await purge_before(collection, FIELD, datetime.fromtimestamp(now, tz=UTC), batch=batch)
+
+
+async def purge_before(
+    collection: AsyncCollection[Any], field: str, cutoff: float | datetime | str, *, batch: int = 100
+) -> int:
+    """Delete documents whose indexed ``field`` is below ``cutoff``, ``batch`` at a time."""
+    expired = {field: up_to(cutoff, inclusive=False)}
     deleted = 0
     while True:
         ids = [doc["_id"] async for doc in collection.find(expired, projection={"_id": 1}, limit=batch)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from manager.mailbox import DECRYPTED, Latest, MailboxStore, account_key
+from manager.mailbox import DECRYPTED, Latest, MailboxStore, account_key, arrival_key
 from tests.support.clock import FakeClock
 from wxkf.database import Database
 
@@ -53,3 +53,15 @@ async def test_parked_work_is_stored_but_not_due(db: Database) -> None:
     await store.accept(CORP, KF, latest("a", 1), parked=True)
     mailbox = await store.get(KEY)
     assert mailbox is not None and mailbox.due_at is None and mailbox.latest is not None
+
+
+async def test_logged_events_are_purged_by_arrival_after_the_retention(db: Database) -> None:
+    clock = FakeClock()
+    store = MailboxStore(db, clock=clock, keep_for=3600)
+    await store.ensure_indexes()
+    await store.log(CORP, KF, Latest("old", arrival_key(clock(), "old"), DECRYPTED, token="t"))
+    clock.advance(1800)
+    await store.log(CORP, KF, Latest("young", arrival_key(clock(), "young"), DECRYPTED, token="t"))
+    clock.advance(1801)
+    assert await store.purge_expired() == 1
+    assert [doc["_id"] for doc in await store.events(KEY)] == ["young"]
