@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import gc
 import random
 import time
 from collections import defaultdict
@@ -154,6 +155,18 @@ def latencies(callbacks: list[Sent], records: PuppetRecords) -> tuple[list[float
     return values, uncovered, deliveries
 
 
+def slowest_seconds(sent: list[Sent], top: int = 5) -> list[dict[str, float]]:
+    """The ``top`` one-second windows (by planned time from the run's start) with the slowest ack: a
+    periodic stall shows up as seconds a fixed interval apart."""
+    origin = sent[0].planned_ns
+    worst: dict[int, float] = {}
+    for shot in sent:
+        second = (shot.planned_ns - origin) // 1_000_000_000
+        worst[second] = max(worst.get(second, 0.0), (shot.acked_ns - shot.planned_ns) / MS)
+    ranked = sorted(worst.items(), key=lambda item: item[1], reverse=True)[:top]
+    return [{"second": second, "max_ack_ms": round(ms, 1)} for second, ms in ranked]
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {
         "p50": round(percentile(values, 50), 2),
@@ -174,6 +187,10 @@ async def one_rate(
     rng: random.Random,
 ) -> dict[str, Any]:
     callbacks = prepare(run, rate, warmup + duration, first_nonce, rng)
+    # The load client must not measure its own pauses: keep the pre-generated callbacks out of the
+    # garbage collector's full passes (they stalled sends by up to ~140 ms).
+    gc.collect()
+    gc.freeze()
     pids = {
         "hub": run.hub.pid,
         "database": run.db_pid(),
@@ -198,6 +215,7 @@ async def one_rate(
         "callback_to_puppet_ms": summary(values),
         "gateway_ack_ms": summary([(s.acked_ns - s.planned_ns) / MS for s in measured]),
         "client_send_lag_ms": summary([(s.sent_ns - s.planned_ns) / MS for s in measured]),
+        "slowest_seconds": slowest_seconds(callbacks),
         "non_200_answers": errors,
         "uncovered_callbacks": uncovered,
         "every_account_got_its_newest": complete,

@@ -191,8 +191,9 @@ class EmbeddedMongo:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
-                # Own process group: a terminal's Ctrl-C reaches only us, and we stop the server in order.
-                process_group=0,
+                # Own session (so its own process group): a terminal's Ctrl-C reaches only us, and we stop
+                # the server in order. Not process_group=0, which uvloop's subprocess_exec does not take.
+                start_new_session=True,
                 preexec_fn=_die_with_parent(),
             )
         self._port = await self._wait_for_port()
