@@ -348,6 +348,7 @@ class Dispatcher:
         revived = 0
         for puppet, failures in await self._puppets.due_for_probe():
             if await self._probe(puppet):
+                await self._puppets.mark_online(puppet.key)
                 await self.back_online(puppet.key)
                 revived += 1
             else:
@@ -358,8 +359,8 @@ class Dispatcher:
         return revived
 
     async def back_online(self, key: str) -> None:
-        """A puppet registered, sent a heartbeat or answered a probe: flow its queue at once."""
-        await self._puppets.mark_online(key)
+        """A puppet registered, sent a heartbeat or answered a probe (and is marked online): flow its
+        queue at once."""
         await self._store.unpark([key])
         account = self._held.get(key)
         if account is not None:

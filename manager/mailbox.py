@@ -232,15 +232,19 @@ class MailboxStore:
             "$set": {"lease_owner": owner, "lease_until": math.inf},
             "$setOnInsert": {"corp_id": corp_id, "open_kfid": open_kfid, "delivered": ""},
         }
-        # Two point updates, not one with ``$or`` or a findAndModify: SecantusDB scans the whole
-        # collection for either (wxkf.database).
-        kept = await self._mailboxes.update_one({"_id": key, "lease_owner": owner}, take)
-        if not kept.matched_count:
-            expired = {"_id": key, "lease_until": {"$not": {"$gt": now}}}
-            try:
-                await self._mailboxes.update_one(expired, take, upsert=True)
-            except DuplicateKeyError:  # it exists and another process's lease is current
+        # Point updates, not one with ``$or`` or a findAndModify: SecantusDB scans the whole
+        # collection for either (wxkf.database). The common case first: a free lease, or no mailbox.
+        try:
+            taken = await self._mailboxes.update_one(
+                {"_id": key, "lease_until": {"$not": {"$gt": now}}}, take, upsert=True
+            )
+        except DuplicateKeyError:  # it exists and a lease is current: ours (after a restart), or not
+            kept = await self._mailboxes.update_one({"_id": key, "lease_owner": owner}, take)
+            if not kept.matched_count:
                 return None
+        else:
+            if taken.upserted_id is not None:  # a new mailbox: nothing to read
+                return Mailbox.from_doc({"_id": key, "corp_id": corp_id, "open_kfid": open_kfid})
         doc = await self._mailboxes.find_one({"_id": key})
         return Mailbox.from_doc(doc) if doc and doc.get("lease_owner") == owner else None
 
