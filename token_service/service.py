@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from token_service.store import TokenRecord, TokenStore
 from wecom.errors import WeComError
 from wecom.tokens import AccessToken
+from wxkf.retry import JITTER
 from wxkf.single_flight import SingleFlight
 from wxkf.tasks import run_every
 
@@ -119,7 +119,7 @@ class TokenService:
     async def refresh_due(self) -> int:
         """One proactive pass: refresh every token close to expiry. Returns how many were refreshed."""
         now = self.clock()
-        horizon = now + self.policy.refresh_ahead + random.uniform(0, self.policy.refresh_jitter)
+        horizon = now + self.policy.refresh_ahead + JITTER.uniform(0, self.policy.refresh_jitter)
         refreshed = 0
         for key in await self.store.due_for_refresh(horizon):
             record = await self.store.load(key)
@@ -220,7 +220,7 @@ class TokenService:
             raise TokenUnavailable(errcode, errmsg)
         failures = record.failures + 1
         delay = min(self.policy.backoff_max, self.policy.backoff_base * 2 ** (failures - 1))
-        retry_at = now + delay * random.uniform(0.8, 1.2)
+        retry_at = now + delay * JITTER.uniform(0.8, 1.2)
         await self.store.save_failure(record.key, self.owner, errcode, errmsg, retry_at, failures)
         log.warning(
             "gettoken failed for corp %s: errcode %s (%s); retry in %.0f s",

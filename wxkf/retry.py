@@ -11,6 +11,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# Jitter draws from its own generator: it never changes (or depends on) the global random state that
+# applications and tests seed.
+JITTER = random.Random()
+
 DEFAULT_DELAYS: tuple[float, ...] = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
 
 
@@ -48,4 +52,4 @@ class RetrySchedule:
         if failed_attempts < 1 or failed_attempts > len(self.delays):
             return None
         base = self.delays[failed_attempts - 1]
-        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+        return base * JITTER.uniform(1 - self.jitter, 1 + self.jitter)

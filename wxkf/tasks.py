@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable, Iterable
+
+from wxkf.retry import JITTER
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ async def run_every(
     """Run ``step`` every ``interval`` seconds (± ``jitter`` of it, so replicas spread out), logging
     rather than raising its failures: one bad pass must not end the loop."""
     while True:
-        await asyncio.sleep(interval * random.uniform(1.0 - jitter, 1.0 + jitter))
+        await asyncio.sleep(interval * JITTER.uniform(1.0 - jitter, 1.0 + jitter))
         try:
             await step()
         except Exception:
