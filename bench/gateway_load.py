@@ -57,7 +57,16 @@ import aiohttp
 from pymongo import AsyncMongoClient
 
 from bench import profile
-from bench.manager_support import Child, children, cpu_usage, free_port, machine, percentile, print_report
+from bench.manager_support import (
+    Child,
+    children,
+    cpu_usage,
+    free_port,
+    machine,
+    percentile,
+    print_report,
+    slowest_seconds,
+)
 from bench.wrk import run_wrk, write_requests
 from gateway.inbox import COLLECTION as INBOX
 from manager.mailbox import EVENTS as MANAGER_EVENTS
@@ -272,19 +281,8 @@ def open_loop_report(shots: list[Shot], measured_from: int, rate: int) -> dict[s
         "ack_ms_from_planned_send": spread(ack_ms),
         "client_send_lag_ms": spread([(shot.sent_ns - shot.planned_ns) / MS for shot in measured]),
         f"acks_slower_than_{WECOM_WAITS_S:g}s": sum(1 for ms in ack_ms if ms > WECOM_WAITS_S * 1000),
-        "slowest_seconds": slowest_seconds(measured, first_planned),
+        "slowest_seconds": slowest_seconds(((s.planned_ns, s.done_ns) for s in measured), first_planned),
     }
-
-
-def slowest_seconds(shots: list[Shot], origin_ns: int, top: int = 5) -> list[dict[str, float]]:
-    """The ``top`` one-second windows (by planned send time) with the slowest answer: shows whether a
-    tail is spread out or one stall (a database checkpoint, a TTL sweep) that a few seconds explain."""
-    worst: dict[int, float] = {}
-    for shot in shots:
-        second = (shot.planned_ns - origin_ns) // 1_000_000_000
-        worst[second] = max(worst.get(second, 0.0), (shot.done_ns - shot.planned_ns) / MS)
-    ranked = sorted(worst.items(), key=lambda item: item[1], reverse=True)[:top]
-    return [{"second": second, "max_ms": round(ms, 1)} for second, ms in ranked]
 
 
 # -- one target -------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from bench.manager_support import (
     register_all,
     run_benchmark,
     session,
+    slowest_seconds,
     stack,
 )
 
@@ -155,18 +156,6 @@ def latencies(callbacks: list[Sent], records: PuppetRecords) -> tuple[list[float
     return values, uncovered, deliveries
 
 
-def slowest_seconds(sent: list[Sent], top: int = 5) -> list[dict[str, float]]:
-    """The ``top`` one-second windows (by planned time from the run's start) with the slowest ack: a
-    periodic stall shows up as seconds a fixed interval apart."""
-    origin = sent[0].planned_ns
-    worst: dict[int, float] = {}
-    for shot in sent:
-        second = (shot.planned_ns - origin) // 1_000_000_000
-        worst[second] = max(worst.get(second, 0.0), (shot.acked_ns - shot.planned_ns) / MS)
-    ranked = sorted(worst.items(), key=lambda item: item[1], reverse=True)[:top]
-    return [{"second": second, "max_ack_ms": round(ms, 1)} for second, ms in ranked]
-
-
 def summary(values: list[float]) -> dict[str, float]:
     return {
         "p50": round(percentile(values, 50), 2),
@@ -215,7 +204,9 @@ async def one_rate(
         "callback_to_puppet_ms": summary(values),
         "gateway_ack_ms": summary([(s.acked_ns - s.planned_ns) / MS for s in measured]),
         "client_send_lag_ms": summary([(s.sent_ns - s.planned_ns) / MS for s in measured]),
-        "slowest_seconds": slowest_seconds(callbacks),
+        "slowest_acks": slowest_seconds(
+            ((s.planned_ns, s.acked_ns) for s in callbacks), callbacks[0].planned_ns
+        ),
         "non_200_answers": errors,
         "uncovered_callbacks": uncovered,
         "every_account_got_its_newest": complete,

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,6 +351,20 @@ class PuppetRecords:
 
 
 # -- measurements -------------------------------------------------------------------------------
+def slowest_seconds(
+    timings: Iterable[tuple[int, int]], origin_ns: int, top: int = 5
+) -> list[dict[str, float]]:
+    """The ``top`` one-second windows (by planned send time, from ``origin_ns``) with the slowest answer,
+    from ``(planned_ns, answered_ns)`` pairs: shows whether a tail is spread out or one stall (a database
+    checkpoint, a TTL sweep) that a few seconds explain, and whether stalls recur at a fixed interval."""
+    worst: dict[int, float] = {}
+    for planned_ns, answered_ns in timings:
+        second = (planned_ns - origin_ns) // 1_000_000_000
+        worst[second] = max(worst.get(second, 0.0), (answered_ns - planned_ns) / 1e6)
+    ranked = sorted(worst.items(), key=lambda item: item[1], reverse=True)[:top]
+    return [{"second": second, "max_ms": round(ms, 1)} for second, ms in ranked]
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile (no interpolation), ``nan`` for no values."""
     if not values:

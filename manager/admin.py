@@ -81,6 +81,7 @@ def admin_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
         if mailbox is None:
             return error("no such account", 404)
         docs = await manager.mailboxes.events(key)
+        delivered = max(mailbox.delivered, manager.dispatcher.delivered_through(key))
         view = [
             {
                 "id": doc["_id"],
@@ -89,7 +90,7 @@ def admin_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
                 "state": "dead"
                 if doc.get("dead")
                 else "delivered"
-                if doc["arrival"] <= mailbox.delivered
+                if doc["arrival"] <= delivered
                 else "queued",
             }
             for doc in docs

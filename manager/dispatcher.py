@@ -6,9 +6,9 @@ puppets back online, events accepted by other replicas, work left by a crashed p
 
 The fast path writes nothing per delivery: events of a live account are only logged, the delivery
 settles them in this process's :class:`~manager.ledger.Ledger`, and how far delivery got reaches the
-mailbox lazily, every ``housekeeping_interval``. The mailbox is written at once only when it matters to
-someone else: it is due (so it must be cleared), the account backs off or is parked, or another replica
-holds its lease.
+mailbox lazily, ``delivery_marks_per_sweep`` accounts a second (and on release and stop). The mailbox
+is written at once only when it matters to someone else: it is due (so it must be cleared), the
+account backs off or is parked, or another replica holds its lease.
 
 An account is served only under its lease. Leases are sticky: kept while the account is active,
 released after ``idle_release`` seconds without work, and ended by the replica that takes over a
@@ -27,7 +27,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from manager import metrics
@@ -55,6 +55,7 @@ class _Account:
     busy: bool = False
     last_active: float = field(default_factory=time.monotonic)
     flushed: str = ""  # how far ``delivered`` is written to the mailbox
+    flushed_at: float = 0.0  # monotonic time of that write
     mailbox_due: bool = False  # the mailbox may have due_at set: clear it after the next delivery
 
     def offer(self, latest: Latest | None) -> None:
@@ -73,6 +74,7 @@ class DispatchConfig:
     owner: str
     schedule: RetrySchedule = field(default_factory=RetrySchedule)
     housekeeping_interval: float = 10.0
+    delivery_marks_per_sweep: int = 10
     idle_release: float = 15.0
     sweep_interval: float = 1.0
     probe_interval: float = 5.0
@@ -161,6 +163,9 @@ class Dispatcher:
         """Kick every due mailbox this process may serve, and every account it still owes something
         (a delivery that raised). Returns how many were kicked."""
         kicked = 0
+        # A few delivery marks per sweep, not all at once: a batch of one update per active account
+        # every few seconds stalled intake behind it (SecantusDB: ~1 ms per updated document).
+        await self._flush_delivered(limit=self.config.delivery_marks_per_sweep)
         for mailbox in await self._store.due(self.config.owner):
             account = self._held.get(mailbox.key)
             if account is None:
@@ -309,19 +314,26 @@ class Dispatcher:
         await self._record("failed")
 
     # -- leases and liveness ----------------------------------------------------------------
-    async def _flush_delivered(self) -> None:
-        """Write how far delivery got for accounts that advanced since the last flush (one batch)."""
-        marks = {key: a.delivered for key, a in self._held.items() if a.delivered > a.flushed}
+    async def _flush_delivered(self, keys: Iterable[str] | None = None, limit: int | None = None) -> None:
+        """Write how far delivery got for accounts (of ``keys``, default all held) that advanced since
+        their last flush, the ``limit`` longest-unflushed first, in one batch."""
+        candidates = [
+            (account.flushed_at, key, account.delivered)
+            for key in (self._held if keys is None else keys)
+            if (account := self._held.get(key)) is not None and account.delivered > account.flushed
+        ]
+        marks = {key: arrival for _, key, arrival in sorted(candidates)[:limit]}
         await self._store.record_delivered(marks)
+        now = time.monotonic()
         for key, arrival in marks.items():
-            if key in self._held:
-                self._held[key].flushed = max(self._held[key].flushed, arrival)
+            if (account := self._held.get(key)) is not None:
+                account.flushed = max(account.flushed, arrival)
+                account.flushed_at = now
 
     async def _housekeeping(self) -> None:
-        """Record delivery progress and release idle leases."""
+        """Release idle leases, recording their delivery progress first."""
         owner = self.config.owner
         now = time.monotonic()
-        await self._flush_delivered()
         idle = [
             key
             for key, account in self._held.items()
@@ -330,6 +342,7 @@ class Dispatcher:
             and not self._ledger.owes(key)
             and now - account.last_active > self.config.idle_release
         ]
+        await self._flush_delivered(idle)
         for key in idle:
             del self._held[key]
         await self._store.release(idle, owner)
@@ -368,6 +381,11 @@ class Dispatcher:
             account.attempts = 0
             account.mailbox_due = True  # un-parking may have made it due
         self.notify(key)
+
+    def delivered_through(self, key: str) -> str:
+        """How far delivery got for ``key`` as this process knows it (the mailbox may lag behind)."""
+        account = self._held.get(key)
+        return account.delivered if account is not None else ""
 
     @property
     def held(self) -> int:

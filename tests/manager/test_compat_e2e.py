@@ -310,6 +310,23 @@ async def test_puppet_down_during_a_stream_gets_everything_in_order_once(world: 
     assert len(puppet.handled) == len(set(puppet.handled))  # none twice at the handler level
 
 
+def lose_first_delivery(puppet: NodePuppet) -> tuple[asyncio.Event, asyncio.Event]:
+    """The puppet's first delivery hangs (``held`` is set: the manager is mid-dispatch) until
+    ``release``, then is dropped without pulling: only a later delivery can bring the messages."""
+    held, release = asyncio.Event(), asyncio.Event()
+    original = puppet.pull
+
+    async def slow_pull(token: str) -> None:
+        if not held.is_set():
+            held.set()
+            await release.wait()
+            return
+        await original(token)
+
+    puppet.pull = slow_pull  # type: ignore[method-assign]
+    return held, release
+
+
 async def test_sigkill_of_the_manager_mid_dispatch_loses_nothing(
     settings: Settings, simulator: tuple[str, SimState], tmp_path: Path
 ) -> None:
@@ -327,18 +344,7 @@ async def test_sigkill_of_the_manager_mid_dispatch_loses_nothing(
         corp = await make_corp(http, sim_url, hub.url + "/callback/{corpid}")
         world = World(sim_url, hub.url, http, SimState(), None, **corp)
         puppet = world.puppet()
-        held = asyncio.Event()
-        release = asyncio.Event()
-        original = puppet.pull
-
-        async def slow_pull(token: str) -> None:
-            if not held.is_set():  # the first delivery hangs (the manager is mid-dispatch), then is lost
-                held.set()
-                await release.wait()
-                return
-            await original(token)
-
-        puppet.pull = slow_pull  # type: ignore[method-assign]
+        held, release = lose_first_delivery(puppet)
         try:
             async with serve_app(puppet.app(), graceful=0.1) as puppet_url:
                 assert (await puppet.register(hub.url, puppet_url)).json()["code"] == 0
@@ -384,17 +390,7 @@ async def test_a_second_manager_process_takes_over_a_killed_ones_undelivered_eve
         corp = await make_corp(http, sim_url, first.url + "/callback/{corpid}")
         world = World(sim_url, first.url, http, SimState(), None, **corp)
         puppet = world.puppet()
-        held, release = asyncio.Event(), asyncio.Event()
-        original = puppet.pull
-
-        async def slow_pull(token: str) -> None:
-            if not held.is_set():  # the first delivery hangs (the manager is mid-dispatch), then is lost
-                held.set()
-                await release.wait()
-                return
-            await original(token)
-
-        puppet.pull = slow_pull  # type: ignore[method-assign]
+        held, release = lose_first_delivery(puppet)
         try:
             async with serve_app(puppet.app(), graceful=0.1) as puppet_url:
                 assert (await puppet.register(first.url, puppet_url)).json()["code"] == 0

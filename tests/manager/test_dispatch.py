@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-from manager.admin import ReplayIn, replay
+import httpx
+from starlette.applications import Starlette
+
+from manager.admin import ReplayIn, admin_routes, replay
 from manager.mailbox import account_key
 from tests.manager.conftest import PUPPET_SECRET, add_puppet, make_manager
 from tests.support.recorder import Recorder
@@ -140,3 +143,29 @@ async def test_two_managers_serve_each_account_one_at_a_time(runtime: Runtime, p
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_delivery_progress_is_written_lazily_but_the_admin_view_is_current(
+    runtime: Runtime, puppet_server
+) -> None:
+    puppet, url = puppet_server
+    manager = make_manager(runtime, delivery_marks_per_sweep=0)  # the sweep writes no delivery marks
+    await manager.start()
+    key = account_key(CORP, "wkA")
+    try:
+        await add_puppet(manager, CORP, "wkA", url)
+        await manager.accept_decrypted(CORP, "wkA", "tok-1", "event-1")
+        await manager.dispatcher.wait_until(lambda outcomes: outcomes["delivered"] >= 1, timeout=10)
+        assert puppet.tokens() == ["tok-1"]
+        mailbox = await manager.mailboxes.get(key)
+        assert mailbox is not None and mailbox.delivered == ""  # a delivery writes nothing
+        app = Starlette(routes=admin_routes(manager, "admin-token"))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://hub") as http:
+            response = await http.get(
+                f"/admin/accounts/{CORP}/wkA/events", headers={"authorization": "Bearer admin-token"}
+            )
+        assert [(e["id"], e["state"]) for e in response.json()["events"]] == [("event-1", "delivered")]
+    finally:
+        await manager.stop()
+    mailbox = await manager.mailboxes.get(key)
+    assert mailbox is not None and mailbox.delivered.endswith("-event-1")  # written on stop
