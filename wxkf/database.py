@@ -302,7 +302,12 @@ def _server_executable() -> str:
 
 
 def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the child when we die, so a killed wxkf leaves no server behind.
+    """A preexec_fn asking Linux to SIGKILL the child when we die, so a killed wxkf leaves no server behind.
+
+    SIGKILL, not SIGTERM: SecantusDB's SIGTERM handler can deadlock on its own stop event when a signal
+    arrives while it is waiting (seen once: an orphaned server stuck in ``Event.set`` inside its handler,
+    for half an hour), and with its journal synced on commit a SIGKILL loses nothing acknowledged
+    (``tests/infra/test_database.py``). Our parent is gone uncleanly anyway when this fires.
 
     Best effort: the signal follows the *thread* that started the child, and other systems have no such call.
     """
@@ -316,9 +321,9 @@ def _die_with_parent() -> Callable[[], None] | None:
     parent = os.getpid()
 
     def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     return preexec
 
