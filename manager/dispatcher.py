@@ -90,11 +90,11 @@ class Dispatcher:
         probe: Callable[[Puppet], Awaitable[bool]],
         config: DispatchConfig,
         *,
-        ledger: Ledger | None = None,
+        ledger: Ledger,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._ledger = ledger if ledger is not None else Ledger()
+        self._ledger = ledger
         self._puppets = puppets
         self._deliver = deliver
         self._probe = probe

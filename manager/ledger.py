@@ -73,9 +73,7 @@ class Ledger:
         """An arrival key such that every event this process minted before it is settled."""
         for arrival in self._owed:
             return arrival
-        # nothing owed: "now", minted like an arrival so that every later event sorts after it
-        self._last_ns = max(int(now * 1e9), self._last_ns + 1)
-        return arrival_key_ns(self._last_ns, "")
+        return self.mint(now, "")  # nothing owed: "now", minted so that every later event sorts after it
 
     def __len__(self) -> int:
         return len(self._owed)

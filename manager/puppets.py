@@ -4,8 +4,8 @@ One document per account (``corpId/openKfId``), so a concurrent re-registration 
 rather than a race on a unique index. The corp secret and the per-puppet webhook secret are sealed.
 No ``find_one_and_update`` and no ``$or``: SecantusDB runs both as a collection scan, which made
 registration slow down with the fleet (:mod:`wxkf.database`). Reads on the dispatch path go through a
-short in-memory cache; registration and liveness changes
-made by this process invalidate it at once, other replicas' changes are seen within ``cache_ttl``.
+short in-memory cache; registration and liveness changes made by this process invalidate it at once,
+other replicas' changes are seen within ``cache_ttl``.
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 Every second each manager records, in its ``manager_replicas`` document, ``seen_at`` and the arrival
 before which everything it accepted is settled (:meth:`manager.ledger.Ledger.settled_before`). What it
-owed when it died is therefore in the log from that arrival on (indexed on ``replica, arrival``):
-usually a second or two of intake, never the whole backlog.
+owed when it died is therefore in the log from that arrival on (indexed on ``arrival``): usually a
+second or two of intake, never the whole backlog.
 
 * A restart under the same replica id recovers its own debts before it serves anything.
 * A replica silent for ``timeout`` seconds is claimed by a live one (one atomic point update on its
-  document), which recovers its debts, ends its leases (rather than waiting out their TTL) and deletes
-  the document; a replica without a document owes
-  nothing, so a slow replica that was taken over starts afresh with its next checkpoint.
+  document), which recovers its debts, ends its leases (they are not renewed, so nothing else would)
+  and deletes the document; a replica without a document owes nothing, so a slow replica that was
+  taken over starts afresh with its next checkpoint, and drops the leases it thought it held.
 
 Recovering means putting each account's newest owed event into its mailbox, due now: from there the
 normal sweep delivers it, under the account's lease, at least once.

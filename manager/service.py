@@ -140,9 +140,7 @@ class Manager:
         await self.puppets.ensure_indexes()
         await self.mailboxes.ensure_indexes()
         await self.recovery.ensure_indexes()
-        recovered = await self.recovery.recover_own()
-        if recovered:
-            log.info("re-queued undelivered events of %d accounts from before the restart", recovered)
+        await self.recovery.recover_own()  # logs what it re-queued
         await self.dispatcher.start()
         await self.dispatcher.sweep()
         self._tasks = [
