@@ -27,21 +27,25 @@ import argparse
 import asyncio
 import bisect
 import gc
+import os
 import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from bench import raw_http
 from bench.manager_support import (
     PuppetRecords,
+    SpeedSamples,
     Stack,
+    cpu_speed,
     cpu_usage,
     machine,
     percentile,
-    post_callback,
     print_report,
     register_all,
     run_benchmark,
@@ -58,8 +62,7 @@ class Sent:
     account: int
     seq: int  # position among this account's callbacks
     nonce: str
-    query: str
-    body: bytes
+    request: bytes  # the whole HTTP request, built ahead of time
     planned_ns: int = 0
     sent_ns: int = 0
     acked_ns: int = 0
@@ -68,26 +71,32 @@ class Sent:
 
 def prepare(run: Stack, rate: int, seconds: float, first_nonce: int, rng: random.Random) -> list[Sent]:
     """Every callback of one run, encrypted and signed ahead of time (the client must keep up)."""
+    hub = urlsplit(run.hub_url)
     counts: dict[int, int] = defaultdict(int)
     out = []
     for i in range(int(rate * seconds)):
         account = rng.randrange(len(run.corp.accounts))
         nonce = str(first_nonce + i)
         query, body = run.corp.callback(run.corp.accounts[account], nonce, f"bench{nonce}")
-        out.append(Sent(account, counts[account], nonce, query, body))
+        target = f"/callback/{run.corp.corp_id}?{query}"
+        request = raw_http.request_bytes("POST", target, hub.netloc, body, "text/xml")
+        out.append(Sent(account, counts[account], nonce, request))
         counts[account] += 1
     return out
 
 
-async def offer(http: aiohttp.ClientSession, run: Stack, callbacks: list[Sent], rate: int) -> None:
+async def offer(run: Stack, callbacks: list[Sent], rate: int) -> None:
     """Open loop: send callback i at start + i/rate, never waiting for answers."""
     tasks: list[asyncio.Task[None]] = []
+    hub = urlsplit(run.hub_url)
+    client = raw_http.Client(hub.hostname or "127.0.0.1", hub.port or 80)
 
     async def send(sent: Sent) -> None:
         sent.sent_ns = time.monotonic_ns()
         try:
-            sent.status = await post_callback(http, run, sent.query, sent.body)
-        except (aiohttp.ClientError, TimeoutError):
+            async with asyncio.timeout(30):
+                sent.status = await client.send(sent.request)
+        except (OSError, TimeoutError):
             sent.status = -1
         sent.acked_ns = time.monotonic_ns()
 
@@ -104,6 +113,7 @@ async def offer(http: aiohttp.ClientSession, run: Stack, callbacks: list[Sent], 
         if i < len(callbacks):
             await asyncio.sleep(max(0.0, (callbacks[i].planned_ns - time.monotonic_ns()) / 1e9))
     await asyncio.gather(*tasks)
+    client.close()
 
 
 async def wait_delivered(
@@ -125,8 +135,8 @@ async def wait_delivered(
     return not pending
 
 
-def latencies(callbacks: list[Sent], records: PuppetRecords) -> tuple[list[float], int, int]:
-    """Per-callback latency in ms (see module doc), uncovered callbacks, and deliveries of this run."""
+def latencies(callbacks: list[Sent], records: PuppetRecords) -> tuple[list[tuple[Sent, float]], int, int]:
+    """Latency in ms per covered callback (see module doc), uncovered callbacks, deliveries of this run."""
     by_nonce = {sent.nonce: sent for sent in callbacks}
     per_account: dict[int, list[tuple[int, int]]] = defaultdict(list)  # (seq, received_ns)
     deliveries = 0
@@ -152,8 +162,28 @@ def latencies(callbacks: list[Sent], records: PuppetRecords) -> tuple[list[float
         if j == len(seqs):
             uncovered += 1
             continue
-        values.append((suffix_min[j] - sent.planned_ns) / MS)
+        values.append((sent, (suffix_min[j] - sent.planned_ns) / MS))
     return values, uncovered, deliveries
+
+
+def speed_report(speed: SpeedSamples, covered: list[tuple[Sent, float]]) -> dict[str, Any]:
+    """How fast the host let the machine run, and the latency of callbacks sent while it ran fast
+    and while it ran slow (bench.cpu_speed)."""
+    works = sorted(ms for _, ms in speed.samples)
+    fast_values: list[float] = []
+    slow_values: list[float] = []
+    for sent, value in covered:
+        (slow_values if speed.slow_at(sent.planned_ns) else fast_values).append(value)
+    return {
+        "probe_work_ms": {
+            "fastest": speed.fastest(),
+            "p50": round(percentile(works, 50), 2) if works else None,
+            "slowest": works[-1] if works else None,
+        },
+        "slow_share": round(len(slow_values) / max(1, len(fast_values) + len(slow_values)), 3),
+        "callback_to_puppet_ms_while_fast": summary(fast_values),
+        "callback_to_puppet_ms_while_slow": summary(slow_values),
+    }
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -185,15 +215,17 @@ async def one_rate(
         "database": run.db_pid(),
         "puppets": run.puppets.pid,
         "simulator": run.sim.pid,
+        "load_generator": os.getpid(),
     }
     started = time.monotonic()
-    with cpu_usage(pids) as cpu:
-        await offer(http, run, callbacks, rate)
+    with cpu_usage(pids) as cpu, cpu_speed(run.workdir) as speed:
+        await offer(run, callbacks, rate)
         wall = time.monotonic() - started
     complete = await wait_delivered(http, records, callbacks, timeout=60)
     await records.fetch(http)
     measured = callbacks[int(rate * warmup) :]
-    values, uncovered, _ = latencies(measured, records)
+    covered, uncovered, _ = latencies(measured, records)
+    values = [value for _, value in covered]
     _, _, deliveries = latencies(callbacks, records)
     errors = sum(1 for sent in callbacks if sent.status != 200)
     return {
@@ -202,6 +234,7 @@ async def one_rate(
         "warmup_s": warmup,
         "duration_s": duration,
         "callback_to_puppet_ms": summary(values),
+        "cpu_speed": speed_report(speed, covered),
         "gateway_ack_ms": summary([(s.acked_ns - s.planned_ns) / MS for s in measured]),
         "client_send_lag_ms": summary([(s.sent_ns - s.planned_ns) / MS for s in measured]),
         "slowest_acks": slowest_seconds(

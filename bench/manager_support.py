@@ -202,7 +202,21 @@ class Stack:
         return f"http://127.0.0.1:{port}/p{index}"
 
     async def start_puppets(self) -> None:
+        """Start the fleet: on any free ports the first time, on the same ones again after a stop
+        (the registrations point there)."""
+        report = self.workdir / "puppet_ports.json"
+        report.unlink(missing_ok=True)
+        ports = ",".join(map(str, self.puppet_ports))
+        self.puppets.argv = [*self.puppets.argv[:3], "--ports", ports, "--report", str(report)]
         self.puppets.start()
+        async with asyncio.timeout(60):
+            while not report.exists():
+                if self.puppets.process is not None and self.puppets.process.poll() is not None:
+                    raise RuntimeError(
+                        f"the puppet fleet exited; see {self.puppets.log}:\n{self.puppets.tail()}"
+                    )
+                await asyncio.sleep(0.05)
+        self.puppet_ports = json.loads(report.read_text())
         await self.puppets.wait_http(f"http://127.0.0.1:{self.puppet_ports[0]}/_records?since=999999999")
 
     def stop_puppets(self) -> None:
@@ -224,7 +238,7 @@ async def stack(
     seed = workdir / "seed.json"
     seed.write_text(json.dumps(corp.seed()))
     sim_port, hub_port = free_ports(2)
-    ports = free_ports(puppet_ports)
+    ports = [0] * puppet_ports  # bound by the fleet itself (start_puppets)
     python = sys.executable
     sim = Child(
         "simulator",
@@ -245,7 +259,7 @@ async def stack(
     )
     puppets = Child(
         "puppets",
-        [python, "-m", "bench.manager_puppet", "--ports", ",".join(map(str, ports))],
+        [python, "-m", "bench.manager_puppet"],  # ports: start_puppets
         workdir / "puppets.log",
     )
     run = Stack(
@@ -263,8 +277,9 @@ async def stack(
         hub.start()
         await sim.wait_http(run.sim_url + "/sim/config")
         await hub.wait_http(run.hub_url + "/healthz")
-        if start_puppets:
-            await run.start_puppets()
+        await run.start_puppets()  # also learns the fleet's ports, which registration needs
+        if not start_puppets:
+            run.stop_puppets()
         yield run
     finally:
         for child in (puppets, hub, sim):
@@ -401,6 +416,42 @@ def cpu_usage(pids: dict[str, int | None]) -> Iterator[dict[str, float]]:
     yield used
     for name, pid in pids.items():
         used[name] = cpu_seconds(pid) - before[name]
+
+
+@dataclass(slots=True)
+class SpeedSamples:
+    """``(monotonic ns, CPU ms of bench.cpu_speed's fixed work)`` pairs, filled in on exit."""
+
+    samples: list[tuple[int, float]] = field(default_factory=list)
+
+    def fastest(self) -> float:
+        return min((ms for _, ms in self.samples), default=float("nan"))
+
+    def slow_at(self, ns: int, factor: float = 1.4) -> bool:
+        """Was the machine slow (the work took ``factor`` x its fastest) at the sample nearest ``ns``?"""
+        if not self.samples:
+            return False
+        nearest = min(self.samples, key=lambda sample: abs(sample[0] - ns))
+        return nearest[1] > factor * self.fastest()
+
+
+@contextlib.contextmanager
+def cpu_speed(workdir: Path) -> Iterator[SpeedSamples]:
+    """Run ``bench.cpu_speed`` beside the block: how fast the host let this machine run meanwhile."""
+    out = workdir / "cpu_speed.txt"
+    with out.open("wb") as sink:
+        probe = subprocess.Popen(
+            [sys.executable, "-m", "bench.cpu_speed"], stdout=sink, preexec_fn=_die_with_parent()
+        )
+    found = SpeedSamples()
+    try:
+        yield found
+    finally:
+        probe.terminate()
+        probe.wait(10)
+        for line in out.read_text().splitlines():
+            ns, ms = line.split()
+            found.samples.append((int(ns), float(ms)))
 
 
 def machine() -> dict[str, str]:
