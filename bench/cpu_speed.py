@@ -2,9 +2,9 @@
 
 ``python -m bench.cpu_speed`` prints ``<monotonic ns> <CPU ms the work took>`` per sample until it is
 terminated. The benchmarks run it beside the hub to tell the host's slow phases from the hub's own
-behaviour: on the 2-vCPU machines these numbers come from, the same work takes ~2.3 ms of CPU for a
-while and then ~4.5 ms (another tenant of the host, presumably), in stretches of tens of seconds,
-with nothing else running in the guest. Process CPU time is used, not wall time, so the probe does
+behaviour: on the 2-vCPU machine of docs/benchmarks.md the same work takes ~1.0-1.2 ms of CPU for a
+while and then ~2-3 ms (another tenant of the host, presumably), in stretches of tens of seconds,
+even with nothing else running in the guest. Process CPU time is used, not wall time, so the probe does
 not count the time it waits for a core behind the hub. It costs about 1 % of one core.
 """
 
