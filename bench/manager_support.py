@@ -13,6 +13,7 @@ forwards the original query to the puppet, so the puppet identifies each deliver
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import os
@@ -420,38 +421,48 @@ def cpu_usage(pids: dict[str, int | None]) -> Iterator[dict[str, float]]:
 
 @dataclass(slots=True)
 class SpeedSamples:
-    """``(monotonic ns, CPU ms of bench.cpu_speed's fixed work)`` pairs, filled in on exit."""
+    """``(monotonic ns, CPU ms of bench.cpu_speed's fixed work)`` pairs read from the probe's output."""
 
+    path: Path
     samples: list[tuple[int, float]] = field(default_factory=list)
 
+    def read(self) -> SpeedSamples:
+        """Everything the probe wrote so far (it writes whole lines and flushes each)."""
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        self.samples = [(int(ns), float(ms)) for ns, ms in (line.split() for line in lines if " " in line)]
+        return self
+
     def fastest(self) -> float:
+        """The machine's fast speed: the quickest sample of the whole benchmark, not of one rate, so
+        that a rate run entirely in a slow phase is still seen as slow."""
         return min((ms for _, ms in self.samples), default=float("nan"))
+
+    def between(self, start_ns: int, end_ns: int) -> list[float]:
+        return [ms for ns, ms in self.samples if start_ns <= ns <= end_ns]
 
     def slow_at(self, ns: int, factor: float = 1.4) -> bool:
         """Was the machine slow (the work took ``factor`` x its fastest) at the sample nearest ``ns``?"""
         if not self.samples:
             return False
-        nearest = min(self.samples, key=lambda sample: abs(sample[0] - ns))
+        i = bisect.bisect_left(self.samples, (ns, 0.0))
+        nearest = min(self.samples[max(0, i - 1) : i + 1], key=lambda sample: abs(sample[0] - ns))
         return nearest[1] > factor * self.fastest()
 
 
 @contextlib.contextmanager
 def cpu_speed(workdir: Path) -> Iterator[SpeedSamples]:
     """Run ``bench.cpu_speed`` beside the block: how fast the host let this machine run meanwhile."""
-    out = workdir / "cpu_speed.txt"
-    with out.open("wb") as sink:
+    found = SpeedSamples(workdir / "cpu_speed.txt")
+    with found.path.open("wb") as sink:
         probe = subprocess.Popen(
             [sys.executable, "-m", "bench.cpu_speed"], stdout=sink, preexec_fn=_die_with_parent()
         )
-    found = SpeedSamples()
     try:
         yield found
     finally:
         probe.terminate()
         probe.wait(10)
-        for line in out.read_text().splitlines():
-            ns, ms = line.split()
-            found.samples.append((int(ns), float(ms)))
+        found.read()
 
 
 def machine() -> dict[str, str]:
