@@ -5,11 +5,13 @@ rather than a race on a unique index. The corp secret and the per-puppet webhook
 No ``find_one_and_update`` and no ``$or``: SecantusDB runs both as a collection scan, which made
 registration slow down with the fleet (:mod:`wxkf.database`). Reads on the dispatch path go through a
 short in-memory cache; registration and liveness changes made by this process invalidate it at once,
-other replicas' changes are seen within ``cache_ttl``.
+other replicas' changes are seen within ``cache_ttl`` (and one lookup).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,9 +20,14 @@ from typing import Any
 from pymongo import ASCENDING
 
 from wxkf.database import Database, durable, up_to
+from wxkf.retry import JITTER
 from wxkf.secretbox import SecretBox
+from wxkf.single_flight import SingleFlight
+
+log = logging.getLogger(__name__)
 
 COLLECTION = "puppets"
+CACHE_LIMIT = 50_000  # entries; bounds memory under many accounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +78,9 @@ class PuppetRegistry:
         self._box = box
         self._clock = clock
         self._cache_ttl = cache_ttl
-        self._cache: dict[str, tuple[float, Puppet | None]] = {}
+        self._cache: dict[str, tuple[float, Puppet | None]] = {}  # key -> (refresh after, puppet)
+        self._epochs: dict[str, int] = {}  # key -> local changes so far (a stale lookup must not stick)
+        self._lookups: SingleFlight[Puppet | None] = SingleFlight()
 
     async def ensure_indexes(self) -> None:
         await self._collection.create_index([("open_kfid", ASCENDING)])
@@ -95,16 +104,44 @@ class PuppetRegistry:
         )
 
     async def get(self, key: str) -> Puppet | None:
-        now = self._clock()
+        """The puppet registered for ``key`` (None: none), from the cache when it is there.
+
+        An entry past its time is still answered from, and refreshed in the background, once. Entries
+        made together (a fleet's first callbacks) expire at jittered times. Both for the same reason:
+        at 500 callbacks/s, a fleet's entries expiring at once made a burst of lookups, several per
+        account, that stalled intake every ``cache_ttl``.
+        """
         hit = self._cache.get(key)
-        if hit and now - hit[0] < self._cache_ttl:
-            return hit[1]
+        if hit is None:
+            return await self.fresh(key)
+        refresh_after, puppet = hit
+        if self._clock() >= refresh_after:
+            self._lookups.start(key, lambda: self._load(key)).add_done_callback(_log_failed_refresh)
+        return puppet
+
+    async def fresh(self, key: str) -> Puppet | None:
+        """The puppet as stored now, not as cached (joins a refresh already under way)."""
+        return await self._lookups.run(key, lambda: self._load(key))
+
+    async def _load(self, key: str) -> Puppet | None:
+        epoch = self._epochs.get(key, 0)
         doc = await self._collection.find_one({"_id": key})
         puppet = self._decode(doc) if doc else None
-        self._cache[key] = (now, puppet)
-        if len(self._cache) > 50_000:  # bound memory under many accounts
-            self._cache.clear()
+        if self._epochs.get(key, 0) == epoch:  # nothing changed here meanwhile: still current
+            self._remember(key, puppet)
         return puppet
+
+    def _remember(self, key: str, puppet: Puppet | None) -> None:
+        if len(self._cache) >= CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = (self._clock() + self._cache_ttl * JITTER.uniform(0.5, 1.0), puppet)
+
+    def _forget(self, key: str) -> None:
+        """This process changed ``key``: drop its entry, and any lookup in flight with it."""
+        self._cache.pop(key, None)
+        if len(self._epochs) >= CACHE_LIMIT:
+            self._epochs.clear()
+        self._epochs[key] = self._epochs.get(key, 0) + 1
 
     async def by_kf_id(self, open_kfid: str) -> Puppet | None:
         doc = await self._collection.find_one({"open_kfid": open_kfid}, sort=[("registered_at", -1)])
@@ -158,14 +195,15 @@ class PuppetRegistry:
             webhook_secret=webhook_secret,
             corp_secret=corp_secret,
         )
-        self._cache[key] = (now, puppet)
+        self._forget(key)
+        self._remember(key, puppet)
         return puppet
 
     async def deregister(self, key: str) -> bool:
         result = await self._collection.update_one(
             {"_id": key}, {"$set": {"registered": False, "online": False, "probe_at": None}}
         )
-        self._cache.pop(key, None)
+        self._forget(key)
         return result.matched_count == 1
 
     async def mark_online(self, key: str) -> bool:
@@ -176,7 +214,7 @@ class PuppetRegistry:
         )
         if not came_back.matched_count:
             await self._collection.update_one({"_id": key, "registered": True}, {"$set": seen})
-        self._cache.pop(key, None)
+        self._forget(key)
         return came_back.matched_count == 1
 
     async def mark_offline(self, key: str, probe_at: float, failures: int) -> None:
@@ -184,7 +222,7 @@ class PuppetRegistry:
             {"_id": key, "registered": True},
             {"$set": {"online": False, "probe_at": probe_at, "probe_failures": failures}},
         )
-        self._cache.pop(key, None)
+        self._forget(key)
 
     async def due_for_probe(self, limit: int = 100) -> list[tuple[Puppet, int]]:
         """Offline registered puppets whose next probe is due, with their failure counts."""
@@ -196,3 +234,8 @@ class PuppetRegistry:
 
     async def all(self, limit: int = 1000) -> list[Puppet]:
         return [self._decode(doc) async for doc in self._collection.find({}, limit=limit)]
+
+
+def _log_failed_refresh(refresh: asyncio.Future[Puppet | None]) -> None:
+    if not refresh.cancelled() and (exc := refresh.exception()) is not None:
+        log.debug("background refresh of a puppet failed (the cached entry stays): %s", exc)

@@ -20,9 +20,14 @@ class SingleFlight(Generic[T]):
 
     async def run(self, key: str, start: Callable[[], Awaitable[T]]) -> T:
         """``await start()``, unless a call for ``key`` is already under way: then wait for that one."""
+        return await asyncio.shield(self.start(key, start))
+
+    def start(self, key: str, start: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        """Start ``start()`` unless a call for ``key`` is under way; either way, the shared call (for a
+        refresh nobody waits for: the caller should retrieve its exception, if any)."""
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.ensure_future(start())
             self._inflight[key] = task
             task.add_done_callback(lambda _: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
+        return task
