@@ -106,21 +106,23 @@ class PuppetRegistry:
     async def get(self, key: str) -> Puppet | None:
         """The puppet registered for ``key`` (None: none), from the cache when it is there.
 
-        An entry past its time is still answered from, and refreshed in the background, once. Entries
-        made together (a fleet's first callbacks) expire at jittered times. Both for the same reason:
-        at 500 callbacks/s, a fleet's entries expiring at once made a burst of lookups, several per
+        An entry past its time is still answered from (for up to one more ``cache_ttl``: an account
+        quiet for longer is looked up first), and refreshed in the background, once. Entries made
+        together (a fleet's first callbacks) expire at jittered times. Both for the same reason: at
+        500 callbacks/s, a fleet's entries expiring at once made a burst of lookups, several per
         account, that stalled intake every ``cache_ttl``.
         """
         hit = self._cache.get(key)
-        if hit is None:
+        now = self._clock()
+        if hit is None or now >= hit[0] + self._cache_ttl:
             return await self.fresh(key)
         refresh_after, puppet = hit
-        if self._clock() >= refresh_after:
+        if now >= refresh_after:
             self._lookups.start(key, lambda: self._load(key)).add_done_callback(_log_failed_refresh)
         return puppet
 
     async def fresh(self, key: str) -> Puppet | None:
-        """The puppet as stored now, not as cached (joins a refresh already under way)."""
+        """The puppet as stored, not as cached (joins a lookup already under way)."""
         return await self._lookups.run(key, lambda: self._load(key))
 
     async def _load(self, key: str) -> Puppet | None:

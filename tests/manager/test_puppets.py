@@ -62,6 +62,15 @@ async def test_an_expired_entry_answers_at_once_and_is_refreshed_behind_the_answ
     assert refreshed is not None and not refreshed.online
 
 
+async def test_an_entry_long_past_its_time_is_looked_up_first(db: Database) -> None:
+    clock = FakeClock()
+    here = await registered(db, clock, "wk1")
+    await PuppetRegistry(db, BOX, cache_ttl=TTL, clock=clock).deregister("corp/wk1")  # elsewhere
+    clock.advance(2 * TTL)  # a quiet account: its entry is too old to answer from
+    seen = await here.get("corp/wk1")
+    assert seen is not None and not seen.registered
+
+
 async def test_concurrent_misses_for_one_account_share_one_lookup(db: Database) -> None:
     clock = FakeClock()
     await registered(db, clock, "wk1")
