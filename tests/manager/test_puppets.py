@@ -93,3 +93,28 @@ async def test_entries_made_together_do_not_all_expire_together(db: Database) ->
     for key in keys:
         await registry.fresh(key)  # let the refreshes finish
     assert 0 < refreshed < len(keys)
+
+
+async def test_a_lookup_in_flight_does_not_undo_a_change_made_here(db: Database) -> None:
+    clock = FakeClock()
+    here = await registered(db, clock, "wk1")
+    clock.advance(TTL)  # the entry is due for a refresh
+    read, proceed = asyncio.Event(), asyncio.Event()
+    collection = here._collection
+    find_one = collection.find_one
+
+    async def held_back(*args: Any, **kwargs: Any) -> Any:
+        doc = await find_one(*args, **kwargs)  # reads the puppet while it is still online
+        read.set()
+        await proceed.wait()
+        return doc
+
+    collection.find_one = held_back  # type: ignore[method-assign]
+    assert (await here.get("corp/wk1")) is not None  # answers, and starts the refresh
+    await read.wait()
+    collection.find_one = find_one  # type: ignore[method-assign]
+    await here.mark_offline("corp/wk1", probe_at=clock() + 5, failures=1)  # a change made here
+    proceed.set()
+    await here.fresh("corp/wk1")  # joins the refresh, which read the old state
+    after = await here.get("corp/wk1")
+    assert after is not None and not after.online
