@@ -139,7 +139,8 @@ class PuppetRegistry:
         self._cache[key] = (self._clock() + self._cache_ttl * JITTER.uniform(0.5, 1.0), puppet)
 
     def _forget(self, key: str) -> None:
-        """This process changed ``key``: drop its entry, and any lookup in flight with it."""
+        """This process changed ``key``: drop its entry, and keep a lookup already in flight (which may
+        have read the old state) from storing what it read."""
         self._cache.pop(key, None)
         if len(self._epochs) >= CACHE_LIMIT:
             self._epochs.clear()

@@ -7,12 +7,14 @@ nothing else in the code base knows the difference.
 
 The embedded server always runs with ``--sync-on-commit``: without it an acknowledged write is lost when
 the machine (or the server, on SIGKILL) dies, and every acknowledgement we give WeCom rests on a write.
-It also runs ``--standalone``: as a single-node replica set (its default) it copies every written
-document into an oplog, which only change streams read and nothing here uses (~0.1 ms of its CPU per
-insert, docs/benchmarks.md). That costs throughput, measured on a laptop:
+That costs throughput, measured on a laptop:
 
 - single ``insert_one``: ~1,300/s; ``insert_many`` of 100 documents: ~19,000 documents/s — batch writes;
 - ``_id`` lookups: ~1,500/s; a find on an unindexed field scans the collection — index what you query.
+
+It also runs ``--standalone``: as a single-node replica set (its default) it copies every written
+document into an oplog, which only change streams read and nothing here uses (~0.1 ms of its CPU per
+insert, docs/benchmarks.md).
 
 SecantusDB (0.7.0b3) also turns some queries into collection scans that MongoDB would answer from an
 index, so the hot paths avoid them (measured over 10,000 documents, docs/benchmarks.md):
