@@ -171,20 +171,16 @@ def latencies(callbacks: list[Sent], records: PuppetRecords) -> tuple[list[tuple
 def speed_report(speed: SpeedSamples, covered: list[tuple[Sent, float]]) -> dict[str, Any]:
     """How fast the host let the machine run, and the latency of callbacks sent while it ran fast
     and while it ran slow (bench.cpu_speed)."""
-    speed.read()
-    works = sorted(speed.between(covered[0][0].planned_ns, covered[-1][0].planned_ns)) if covered else []
+    if not covered:
+        return {}
+    probe = speed.summary(covered[0][0].planned_ns, covered[-1][0].planned_ns)
     fast_values: list[float] = []
     slow_values: list[float] = []
     for sent, value in covered:
         (slow_values if speed.slow_at(sent.planned_ns) else fast_values).append(value)
     return {
-        "probe_work_ms": {
-            "fastest_of_the_benchmark": speed.fastest(),
-            "fastest": works[0] if works else None,
-            "p50": round(percentile(works, 50), 2) if works else None,
-            "slowest": works[-1] if works else None,
-        },
-        "slow_share": round(len(slow_values) / max(1, len(fast_values) + len(slow_values)), 3),
+        "probe_work_ms": probe,
+        "slow_share": round(len(slow_values) / len(covered), 3),
         "callback_to_puppet_ms_while_fast": summary(fast_values),
         "callback_to_puppet_ms_while_slow": summary(slow_values),
     }

@@ -25,6 +25,7 @@ import aiohttp
 from bench.manager_support import (
     PuppetRecords,
     Stack,
+    cpu_speed,
     machine,
     post_callback,
     proc_status,
@@ -73,16 +74,24 @@ async def one_callback_each(http: aiohttp.ClientSession, run: Stack, concurrency
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine(), "accounts": args.accounts}
-    async with stack(args.accounts, puppet_ports=4, keep=args.keep) as run, session() as http:
+    async with (
+        stack(args.accounts, puppet_ports=4, keep=args.keep) as run,
+        session() as http,
+    ):
         report["workdir"] = str(run.workdir)
         report["after_start"] = memory(run)
-        _, register_s = await register_all(http, run, concurrency=50)
-        report["register_s"] = round(register_s, 1)
-        report["registrations_per_s"] = round(args.accounts / register_s)
-        report["after_registration"] = memory(run)
-        dispatch_s = await one_callback_each(http, run)
-        report["one_callback_each_delivered_s"] = round(dispatch_s, 1)
-        report["after_dispatch"] = memory(run)
+        with cpu_speed(run.workdir) as speed:  # rates depend on how fast the host runs us meanwhile
+            started = time.monotonic_ns()
+            _, register_s = await register_all(http, run, concurrency=50)
+            registered = time.monotonic_ns()
+            report["register_s"] = round(register_s, 1)
+            report["registrations_per_s"] = round(args.accounts / register_s)
+            report["after_registration"] = memory(run)
+            dispatch_s = await one_callback_each(http, run)
+            report["one_callback_each_delivered_s"] = round(dispatch_s, 1)
+            report["after_dispatch"] = memory(run)
+            report["cpu_speed_while_registering"] = speed.summary(started, registered)
+            report["cpu_speed_while_dispatching"] = speed.summary(registered, time.monotonic_ns())
         await asyncio.sleep(args.idle)
         report[f"after_{args.idle:.0f}s_idle"] = memory(run)
     report["machine"]["load_average_after"] = machine()["load_average"]

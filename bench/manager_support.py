@@ -440,6 +440,18 @@ class SpeedSamples:
     def between(self, start_ns: int, end_ns: int) -> list[float]:
         return [ms for ns, ms in self.samples if start_ns <= ns <= end_ns]
 
+    def summary(self, start_ns: int, end_ns: int) -> dict[str, float | None]:
+        """The probe's figures between two monotonic times (reads the probe's output first)."""
+        works = sorted(self.read().between(start_ns, end_ns))
+        slow = sum(1 for ms in works if ms > 1.4 * self.fastest())
+        return {
+            "fastest_of_the_benchmark": self.fastest(),
+            "fastest": works[0] if works else None,
+            "p50": round(percentile(works, 50), 2) if works else None,
+            "slowest": works[-1] if works else None,
+            "slow_sample_share": round(slow / len(works), 3) if works else None,
+        }
+
     def slow_at(self, ns: int, factor: float = 1.4) -> bool:
         """Was the machine slow (the work took ``factor`` x its fastest) at the sample nearest ``ns``?"""
         if not self.samples:
