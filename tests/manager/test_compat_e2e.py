@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -327,6 +327,31 @@ def lose_first_delivery(puppet: NodePuppet) -> tuple[asyncio.Event, asyncio.Even
     return held, release
 
 
+async def five_messages_across_a_kill(
+    world: World,
+    register_at: str,
+    kill: Callable[[], None],
+    then: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """A puppet registers at ``register_at``; five customer messages; ``kill`` runs while the first
+    delivery is in flight, and that delivery is lost (:func:`lose_first_delivery`), then ``then``.
+    The puppet must still handle all five, in order, none twice."""
+    puppet = world.puppet()
+    held, release = lose_first_delivery(puppet)
+    async with serve_app(puppet.app(), graceful=0.1) as puppet_url:
+        assert (await puppet.register(register_at, puppet_url)).json()["code"] == 0
+        for n in range(5):
+            await world.customer_says(f"m{n}")
+        async with asyncio.timeout(10):
+            await held.wait()
+        kill()  # SIGKILL while a delivery is in flight
+        release.set()
+        if then is not None:
+            await then()
+        assert await puppet.wait_for_texts(5) == [f"m{n}" for n in range(5)]
+    assert len(puppet.handled) == len(set(puppet.handled))
+
+
 async def test_sigkill_of_the_manager_mid_dispatch_loses_nothing(
     settings: Settings, simulator: tuple[str, SimState], tmp_path: Path
 ) -> None:
@@ -343,21 +368,9 @@ async def test_sigkill_of_the_manager_mid_dispatch_loses_nothing(
     async with httpx.AsyncClient(timeout=30) as http:
         corp = await make_corp(http, sim_url, hub.url + "/callback/{corpid}")
         world = World(sim_url, hub.url, http, SimState(), None, **corp)
-        puppet = world.puppet()
-        held, release = lose_first_delivery(puppet)
         try:
-            async with serve_app(puppet.app(), graceful=0.1) as puppet_url:
-                assert (await puppet.register(hub.url, puppet_url)).json()["code"] == 0
-                for n in range(5):
-                    await world.customer_says(f"m{n}")
-                async with asyncio.timeout(10):
-                    await held.wait()
-                hub.kill()  # SIGKILL while a delivery is in flight
-                release.set()
-                await hub.start()  # same replica id: reclaims its leases and redelivers
-                texts = await puppet.wait_for_texts(5)
-            assert texts == [f"m{n}" for n in range(5)]
-            assert len(puppet.handled) == len(set(puppet.handled))
+            # restarted under the same replica id: it reclaims its leases and redelivers
+            await five_messages_across_a_kill(world, hub.url, hub.kill, then=hub.start)
         finally:
             hub.stop()
     log = (tmp_path / "hub.log").read_text()
@@ -389,20 +402,8 @@ async def test_a_second_manager_process_takes_over_a_killed_ones_undelivered_eve
     async with httpx.AsyncClient(timeout=30) as http:
         corp = await make_corp(http, sim_url, first.url + "/callback/{corpid}")
         world = World(sim_url, first.url, http, SimState(), None, **corp)
-        puppet = world.puppet()
-        held, release = lose_first_delivery(puppet)
         try:
-            async with serve_app(puppet.app(), graceful=0.1) as puppet_url:
-                assert (await puppet.register(first.url, puppet_url)).json()["code"] == 0
-                for n in range(5):
-                    await world.customer_says(f"m{n}")
-                async with asyncio.timeout(10):
-                    await held.wait()
-                first.kill()
-                release.set()
-                texts = await puppet.wait_for_texts(5)  # delivered by the second process
-            assert texts == [f"m{n}" for n in range(5)]
-            assert len(puppet.handled) == len(set(puppet.handled))
+            await five_messages_across_a_kill(world, first.url, first.kill)  # the second delivers
         finally:
             first.stop()
             second.stop()
