@@ -58,7 +58,6 @@ class Recovery:
         """At start, before any intake: re-queue what this replica owed when it last stopped."""
         doc = await self._replicas.find_one({"_id": self._owner})
         recovered = await self._recover(self._owner, doc["settled_before"]) if doc else 0
-        self._started = False
         await self.checkpoint()
         return recovered
 
