@@ -419,6 +419,9 @@ def cpu_usage(pids: dict[str, int | None]) -> Iterator[dict[str, float]]:
         used[name] = cpu_seconds(pid) - before[name]
 
 
+SLOW_FACTOR = 1.4  # the probe's work taking this many times its fastest: the host runs us slow
+
+
 @dataclass(slots=True)
 class SpeedSamples:
     """``(monotonic ns, CPU ms of bench.cpu_speed's fixed work)`` pairs read from the probe's output."""
@@ -443,7 +446,8 @@ class SpeedSamples:
     def summary(self, start_ns: int, end_ns: int) -> dict[str, float | None]:
         """The probe's figures between two monotonic times (reads the probe's output first)."""
         works = sorted(self.read().between(start_ns, end_ns))
-        slow = sum(1 for ms in works if ms > 1.4 * self.fastest())
+        threshold = self.slow_threshold()
+        slow = sum(1 for ms in works if ms > threshold)
         return {
             "fastest_of_the_benchmark": self.fastest(),
             "fastest": works[0] if works else None,
@@ -452,13 +456,17 @@ class SpeedSamples:
             "slow_sample_share": round(slow / len(works), 3) if works else None,
         }
 
-    def slow_at(self, ns: int, factor: float = 1.4) -> bool:
-        """Was the machine slow (the work took ``factor`` x its fastest) at the sample nearest ``ns``?"""
+    def slow_threshold(self) -> float:
+        """Work that took longer than this was done while the host ran the machine slow."""
+        return SLOW_FACTOR * self.fastest()
+
+    def slow_at(self, ns: int) -> bool:
+        """Was the machine slow at the sample nearest ``ns``?"""
         if not self.samples:
             return False
         i = bisect.bisect_left(self.samples, (ns, 0.0))
         nearest = min(self.samples[max(0, i - 1) : i + 1], key=lambda sample: abs(sample[0] - ns))
-        return nearest[1] > factor * self.fastest()
+        return nearest[1] > self.slow_threshold()
 
 
 @contextlib.contextmanager
