@@ -122,9 +122,9 @@ class Target:
 
 
 def wxkf_argv(command: str) -> list[str]:
-    """``wxkf <command>`` as installed beside this interpreter (what a user types), else ``-m wxkf``."""
+    """``wxkf <command>`` as installed beside this interpreter (what a user types), else ``-m hub``."""
     script = Path(sys.executable).with_name("wxkf")
-    return [str(script), command] if script.exists() else [sys.executable, "-m", "wxkf", command]
+    return [str(script), command] if script.exists() else [sys.executable, "-m", "hub", command]
 
 
 def embedded_uri(data_dir: Path) -> str:

@@ -9,7 +9,7 @@ account is sent so that every mailbox exists and every account has been dispatch
 puppets are path-addressed on a few ports of one process (``http://127.0.0.1:PORT/pN``).
 
 RSS (``VmRSS``) and peak RSS (``VmHWM``) are read from ``/proc/<pid>/status`` of the hub process
-(``python -m wxkf up``) and, separately, of the embedded SecantusDB server (its child): after start,
+(``python -m hub up``) and, separately, of the embedded SecantusDB server (its child): after start,
 after registration, after dispatch, and once the idle leases are released (``idle_release`` 15 s).
 """
 

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 
 from bench.raw_http import Handler
 from bench.raw_http import serve as serve_http
-from wxkf.cli import fast_event_loop
+from hub.cli import fast_event_loop
 
 Record = tuple[int, str, str, str]
 

@@ -1,6 +1,6 @@
 """What the manager benchmarks share: the processes they run, callbacks as WeCom sends them, and stats.
 
-Each benchmark runs the hub as users do, ``python -m wxkf up`` in embedded mode (a fresh
+Each benchmark runs the hub as users do, ``python -m hub up`` in embedded mode (a fresh
 ``WXKF_DATA_DIR``, no ``MONGO_URI``), with the WeCom simulator (``python -m simulator --seed``) as
 WeCom's API and a fleet of fast puppets (:mod:`bench.manager_puppet`), each in its own process so
 that their CPU is not charged to the hub. The benchmark process itself plays WeCom's callback side:
@@ -34,9 +34,9 @@ from urllib.parse import parse_qs, urlencode
 
 import aiohttp
 
+from hub.cli import fast_event_loop
 from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, new_aes_key
 from wecom.xml import callback_body
-from wxkf.cli import fast_event_loop
 from wxkf.database import _die_with_parent
 
 ADMIN_TOKEN = "bench-admin-" + secrets.token_hex(8)
@@ -248,7 +248,7 @@ async def stack(
     )
     hub = Child(
         "hub",
-        [python, "-m", "wxkf", "up"],
+        [python, "-m", "hub", "up"],
         workdir / "hub.log",
         env={
             "WXKF_DATA_DIR": str(workdir / "data"),

@@ -19,10 +19,10 @@ import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner, Result
 
-from manager.app import Hub
+from hub.cli import app
+from hub.up import Hub
 from tests.support.processes import is_running
 from tests.support.servers import serve_app
-from wxkf.cli import app
 from wxkf.runtime import ADMIN_TOKEN_FILE, open_runtime
 from wxkf.settings import Settings
 
@@ -62,7 +62,7 @@ def test_bad_setting_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_python_m_wxkf_runs_the_cli() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "wxkf", "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "hub", "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     assert "sim" in done.stdout
@@ -95,7 +95,7 @@ async def test_up_serves_the_admin_api_and_stops_cleanly_on_sigterm(tmp_path: Pa
     env = {**os.environ, "WXKF_DATA_DIR": str(data_dir), "HOST": "0.0.0.0", "PORT": "8080"}
     for name in ("MONGO_URI", "WXKF_ADMIN_TOKEN", "WXKF_SECRET_KEY"):
         env.pop(name, None)
-    args = ["-m", "wxkf", "up", "--host", "127.0.0.1", "--port", "0"]  # the options win over HOST, PORT
+    args = ["-m", "hub", "up", "--host", "127.0.0.1", "--port", "0"]  # the options win over HOST, PORT
     proc = await asyncio.create_subprocess_exec(
         sys.executable, *args, cwd=PROJECT_ROOT, env=env, stderr=asyncio.subprocess.PIPE
     )

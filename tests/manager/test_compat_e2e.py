@@ -17,7 +17,7 @@ import pytest
 from pydantic import AnyHttpUrl
 
 from gateway.inbox import COLLECTION as INBOX
-from manager.app import Hub
+from hub.up import Hub
 from manager.dispatcher import DispatchConfig
 from manager.mailbox import EVENTS as MANAGER_EVENTS
 from simulator import SimConfig, create_app

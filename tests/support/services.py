@@ -37,7 +37,7 @@ def free_port() -> int:
 
 @dataclass
 class ServiceProcess:
-    """``python -m wxkf <command>`` with the given environment; its log goes to ``log_path``."""
+    """``python -m hub <command>`` with the given environment; its log goes to ``log_path``."""
 
     command: str
     env: Mapping[str, str]
@@ -53,7 +53,7 @@ class ServiceProcess:
         env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1"}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; readiness is awaited below
-            [sys.executable, "-m", "wxkf", self.command], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "hub", self.command], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         await self._wait_ready(timeout)

@@ -3,7 +3,7 @@
 Every subcommand starts with :func:`startup` (settings, logging) and runs inside :func:`friendly_errors`,
 so a misconfiguration ends the process with one line naming the variable and exit status 2, not a
 traceback. The admin commands (``corp``, ``replay``) talk to a running server's admin API instead of
-opening the database (see :mod:`wxkf.admin_client`).
+opening the database (see :mod:`hub.admin_client`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from wxkf.logging import configure_logging
 from wxkf.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
-    from wxkf.admin_client import AdminClient
+    from hub.admin_client import AdminClient
 
 EXIT_FAILURE = 1
 EXIT_BAD_SETTINGS = 2
@@ -90,7 +90,7 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
 @contextmanager
 def friendly_errors() -> Iterator[None]:
     """Turn the failures we can explain (settings, database, admin API) into one line on stderr."""
-    from wxkf.admin_client import AdminError  # neither httpx nor pymongo is needed for --help
+    from hub.admin_client import AdminError  # neither httpx nor pymongo is needed for --help
     from wxkf.database import DatabaseError
 
     try:
@@ -138,7 +138,7 @@ def serve_service(run: ServiceRun, host: str | None, port: int | None) -> None:
 @app.command()
 def up(host: HostOption = None, port: PortOption = None) -> None:
     """Run the whole hub in one process: gateway, token service and manager on one port."""
-    from manager.app import run
+    from hub.up import run
 
     serve_service(run, host, port)
 
@@ -146,7 +146,7 @@ def up(host: HostOption = None, port: PortOption = None) -> None:
 @app.command("manager")
 def manager_command(host: HostOption = None, port: PortOption = None) -> None:
     """Run the manager (a replica of the same composition as `up`: its compat API needs the other two)."""
-    from manager.app import run
+    from hub.up import run
 
     serve_service(run, host, port)
 
@@ -193,7 +193,7 @@ def sim(
 
 def admin_client(server: str | None) -> AdminClient:
     """A client for ``--server`` (default: this machine's ``PORT``) with the admin token found locally."""
-    from wxkf.admin_client import AdminClient, default_server, find_admin_token
+    from hub.admin_client import AdminClient, default_server, find_admin_token
 
     settings = load_settings()
     return AdminClient(server or default_server(settings), find_admin_token(settings))
@@ -302,7 +302,7 @@ def corp_list(
 
 def only_app_of(client: AdminClient, corp_id: str) -> str:
     """The name of the corp's one app; with several, removing "the" app would be a guess."""
-    from wxkf.admin_client import AdminError
+    from hub.admin_client import AdminError
 
     apps = client.request("GET", "/admin/apps", params={"corp_id": corp_id})["apps"]
     if not apps:
