@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from manager.service import Manager, Registration, RegistrationRefused
+from manager.registration import Registration, RegistrationRefused
+from manager.service import Manager
 from token_service.routes import gettoken_endpoint
 from token_service.service import TokenUnavailable
 from wxkf.http import BadRequest, BodyTooLarge, bearer_matches, parse_json, read_body
@@ -71,7 +72,7 @@ def compat_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
             return refusal(exc.status, exc.message)
         if not body.kfId and not body.kfName:
             return refusal(400, "kfId or kfName is required")
-        if not manager.registration_token_ok(body.registrationToken or bearer(request)):
+        if not manager.registration.registration_token_ok(body.registrationToken or bearer(request)):
             return refusal(401, "registration token missing or wrong (WXKF_REGISTRATION_TOKEN is set)")
         registration = Registration(
             corp_id=body.corpId,
@@ -83,7 +84,7 @@ def compat_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
             encoding_aes_key=body.encodingAESKey,
         )
         try:
-            puppet, secret = await manager.register(registration)
+            puppet, secret = await manager.registration.register(registration)
         except RegistrationRefused as exc:
             log.warning("registration refused for corp %s: %s", body.corpId, exc.message)
             return refusal(exc.status, exc.message)
@@ -96,10 +97,12 @@ def compat_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
             body = await parse_json(request, DeregisterIn)
         except BadRequest as exc:
             return refusal(exc.status, exc.message)
-        puppet = await manager.authenticate_puppet(body.corpId, body.kfId, body.corpSecret or bearer(request))
+        puppet = await manager.registration.authenticate(
+            body.corpId, body.kfId, body.corpSecret or bearer(request)
+        )
         if puppet is None:
             return refusal(403, "deregistration needs the puppet's webhookSecret (bearer) or corpSecret")
-        await manager.deregister(body.corpId, puppet.open_kfid)
+        await manager.registration.deregister(body.corpId, puppet.open_kfid)
         return JSONResponse({"code": 0, "message": "success"})
 
     async def heartbeat(request: Request) -> Response:
@@ -107,7 +110,7 @@ def compat_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
             body = await parse_json(request, DeregisterIn)
         except BadRequest as exc:
             return refusal(exc.status, exc.message)
-        puppet = await manager.authenticate_puppet(body.corpId, body.kfId, bearer(request))
+        puppet = await manager.registration.authenticate(body.corpId, body.kfId, bearer(request))
         if puppet is None or not puppet.registered:
             return refusal(403, "unknown puppet or wrong bearer webhookSecret; register first")
         await manager.heartbeat(puppet)
@@ -120,7 +123,7 @@ def compat_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
         token = bearer(request)
         trusted = bool(token) and (
             bearer_matches(request, admin_token)
-            or await manager.authenticate_puppet(puppet.corp_id, puppet.open_kfid, token) is not None
+            or await manager.registration.authenticate(puppet.corp_id, puppet.open_kfid, token) is not None
         )
         return JSONResponse(puppet.public(show_endpoint=trusted))
 
@@ -133,7 +136,7 @@ def compat_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
         kf_id = query.pop("kfid", "") or request.headers.get("x-wxkf-kf-id", "")
         secret = query.pop("corpsecret", None) or bearer(request)
         query.pop("access_token", None)  # never relay a caller-supplied token
-        puppet = await manager.authenticate_puppet(corp_id, kf_id, secret)
+        puppet = await manager.registration.authenticate(corp_id, kf_id, secret)
         if puppet is None:
             return refusal(403, "prove the account: corpid + kfid with corpsecret or bearer webhookSecret")
         try:
