@@ -2,9 +2,16 @@
 
 Apps live in Mongo with their secrets sealed; every replica keeps the decrypted :class:`CorpApp`
 objects in memory because each callback needs one. Changes made through another replica are picked up
-by a periodic reload and by a rate-limited reload when a callback names an unknown app or fails
-verification (so a key rotation is effective at once, while a flood of bogus corp ids costs at most
-one reload per ``miss_reload_interval``).
+by a periodic full reload and, at once, by a *corp refresh* when a callback names a corp or app this
+replica does not know or fails verification (a rotated key): one indexed query for that corp's
+documents, decrypting only those.
+
+A corp refresh is what an unauthenticated caller can trigger, so it is bounded three ways: each corp
+is refreshed at most once per ``refresh_interval`` however many callbacks name it (a flood of bad
+signatures costs one small query per interval); a corp found unknown stays unknown for that long
+without a query (a negative cache); and at most ``refreshes_per_second`` corp refreshes run in all,
+so random corp ids cost at most that many indexed lookups a second. The memory of refreshes is
+bounded (``REFRESH_MEMORY`` corps, the oldest forgotten first).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +35,7 @@ log = logging.getLogger(__name__)
 COLLECTION = "corp_apps"
 DEFAULT_APP = "default"
 CORP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+REFRESH_MEMORY = 10_000  # corps whose last refresh time is remembered
 APP_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -66,15 +75,20 @@ class AppRegistry:
         db: Database,
         box: SecretBox,
         *,
-        miss_reload_interval: float = 1.0,
+        refresh_interval: float = 2.0,
+        refreshes_per_second: float = 20.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._collection = durable(db[COLLECTION])
         self._box = box
         self._clock = clock
         self._apps: dict[str, CorpApp] = {}
-        self._miss_reload_interval = miss_reload_interval
-        self._last_reload = float("-inf")
+        self._refresh_interval = refresh_interval
+        self._refreshed: OrderedDict[str, float] = OrderedDict()  # corp id -> when last refreshed
+        self._rate = refreshes_per_second
+        self._allowance = refreshes_per_second  # a token bucket of corp refreshes
+        self._allowance_at = clock()
+        self.refreshes = 0  # corp refreshes run (a measure of what callers made this replica do)
 
     async def ensure_indexes(self) -> None:
         await self._collection.create_index([("corp_id", ASCENDING)])
@@ -97,22 +111,45 @@ class AppRegistry:
         )
 
     async def reload(self) -> None:
-        apps = {}
-        async for doc in self._collection.find({}):
+        """Load every app (start-up, the periodic reload, after an admin change)."""
+        self._apps = {app.key: app for app in await self._load({})}
+
+    async def _load(self, query: dict[str, Any]) -> list[CorpApp]:
+        apps = []
+        async for doc in self._collection.find(query):
             try:
-                app = self._decode(doc)
+                apps.append(self._decode(doc))
             except Exception:  # one undecryptable record must not take every corp down
                 log.exception("corp app %s cannot be loaded (wrong WXKF_SECRET_KEY?)", doc.get("_id"))
-                continue
-            apps[app.key] = app
-        self._apps = apps
-        self._last_reload = self._clock()
+        return apps
 
-    async def reload_if_allowed(self) -> bool:
-        """Reload unless one happened within ``miss_reload_interval``; True if it reloaded."""
-        if self._clock() - self._last_reload < self._miss_reload_interval:
+    async def refresh(self, corp_id: str) -> bool:
+        """Re-read one corp's apps from the database, unless the bounds above say not now.
+
+        True if it re-read them. A corp id that cannot exist is never looked up.
+        """
+        if not CORP_ID.match(corp_id) or not self._may_refresh(corp_id):
             return False
-        await self.reload()
+        self.refreshes += 1
+        fresh = {app.key: app for app in await self._load({"corp_id": corp_id})}
+        apps = {key: app for key, app in self._apps.items() if app.corp_id != corp_id}
+        self._apps = apps | fresh
+        return True
+
+    def _may_refresh(self, corp_id: str) -> bool:
+        now = self._clock()
+        last = self._refreshed.get(corp_id)
+        if last is not None and now - last < self._refresh_interval:
+            return False
+        self._allowance = min(self._rate, self._allowance + (now - self._allowance_at) * self._rate)
+        self._allowance_at = now
+        if self._allowance < 1.0:
+            return False
+        self._allowance -= 1.0
+        self._refreshed[corp_id] = now
+        self._refreshed.move_to_end(corp_id)
+        while len(self._refreshed) > REFRESH_MEMORY:
+            self._refreshed.popitem(last=False)
         return True
 
     def lookup(self, corp_id: str, name: str | None) -> CorpApp | None:
@@ -125,10 +162,17 @@ class AppRegistry:
         return next((app for app in candidates if app.is_default), None)
 
     async def resolve(self, corp_id: str, name: str | None) -> CorpApp | None:
+        """:meth:`lookup`, refreshing the corp (within the bounds) when it is not known here."""
         app = self.lookup(corp_id, name)
-        if app is None and await self.reload_if_allowed():
+        if app is None and await self.refresh(corp_id):
             app = self.lookup(corp_id, name)
         return app
+
+    async def knows_corp(self, corp_id: str) -> bool:
+        """Whether ``corp_id`` has any app (refreshing it within the bounds if not known here)."""
+        if any(app.corp_id == corp_id for app in self._apps.values()):
+            return True
+        return await self.refresh(corp_id) and bool(self.apps(corp_id))
 
     def apps(self, corp_id: str | None = None) -> list[CorpApp]:
         found: Iterable[CorpApp] = self._apps.values()

@@ -26,22 +26,14 @@ from wecom.client import KfAccount, WeComClient
 from wecom.crypto import MsgCrypt
 from wecom.errors import WeComError
 from wxkf import webhooks
-from wxkf.endpoints import EndpointError, IPNetwork, validate_endpoint
+from wxkf.endpoints import IPNetwork, validate_endpoint
+from wxkf.http import Refusal
 from wxkf.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
 ACCOUNT_LIST_TTL = 60.0
 ACCOUNT_LIST_RECHECK = 5.0  # an unknown kfId refetches the listing at most this often
-
-
-class RegistrationRefused(Exception):
-    """Registration denied; ``status`` is the HTTP status and the message says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -113,15 +105,18 @@ class Registrar:
         return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
 
     async def register(self, reg: Registration) -> tuple[Puppet, str]:
-        """Verify by proof, store, un-park; returns the puppet and its new webhook secret."""
+        """Verify by proof, store, un-park; returns the puppet and its new webhook secret.
+
+        Raises :class:`~wxkf.http.Refusal` saying which part of the proof failed.
+        """
         try:
             MsgCrypt(reg.token, reg.encoding_aes_key, reg.corp_id)
         except ValueError as exc:
-            raise RegistrationRefused(400, f"token/encodingAESKey: {exc}") from None
+            raise Refusal(400, "bad_keys", f"token/encodingAESKey: {exc}") from None
         try:
             endpoint = await validate_endpoint(reg.endpoint, self._allowed_networks)
-        except EndpointError as exc:
-            raise RegistrationRefused(400, f"endpoint refused: {exc}") from None
+        except ValueError as exc:  # EndpointError, or any parse error it does not yet wrap
+            raise Refusal(400, "bad_endpoint", f"endpoint refused: {exc}") from None
         open_kfid, name = await self._prove_account(reg)
         app = self.apps.find_by_credentials(reg.corp_id, reg.token, reg.encoding_aes_key)
         if app is None:
@@ -169,16 +164,18 @@ class Registrar:
                 listing = await self._accounts(reg.corp_id, reg.corp_secret, ACCOUNT_LIST_RECHECK)
                 found = listing.find(reg.kf_id, reg.kf_name)
         except TokenUnavailable as exc:
-            raise RegistrationRefused(403, f"corpSecret refused by WeCom (errcode {exc.errcode})") from None
+            raise Refusal(
+                403, "secret_refused", f"corpSecret refused by WeCom (errcode {exc.errcode})"
+            ) from None
         except WeComError as exc:
-            raise RegistrationRefused(403, f"kf/account/list failed: errcode {exc.errcode}") from None
+            raise Refusal(403, "list_failed", f"kf/account/list failed: errcode {exc.errcode}") from None
         except httpx.HTTPError:
-            raise RegistrationRefused(503, "WeCom unreachable; retry later") from None
+            raise Refusal(503, "wecom_unreachable", "WeCom unreachable; retry later") from None
         if found is None:
             which = f"kfId {reg.kf_id}" if reg.kf_id else f"kfName {reg.kf_name!r}"
-            raise RegistrationRefused(403, f"{which} is not an account this corpSecret manages")
+            raise Refusal(403, "not_managed", f"{which} is not an account this corpSecret manages")
         if not found.manage_privilege:
-            raise RegistrationRefused(403, "this secret's app has no manage_privilege on that account")
+            raise Refusal(403, "no_privilege", "this secret's app has no manage_privilege on that account")
         return found.open_kfid, found.name
 
     async def deregister(self, corp_id: str, open_kfid: str) -> bool:

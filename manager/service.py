@@ -57,6 +57,7 @@ class Manager:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.db = db
         self.http = http
         self.tokens = tokens
         self.apps = apps

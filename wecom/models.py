@@ -101,14 +101,16 @@ def _create_time(fields: dict[str, str]) -> int | None:
 def parse_event(data: bytes | str) -> KfMsgOrEvent | RawEvent:
     """Parse a decrypted callback.
 
-    Only a ``kf_msg_or_event`` without ToUserName, Token or OpenKfId is an error (:class:`EventError`):
-    it cannot be routed. Anything else, known or not, comes back as a :class:`RawEvent`. XML problems
-    raise :class:`~wecom.xml.XMLError`.
+    Only a ``kf_msg_or_event`` without ToUserName, Token or OpenKfId, or with a MsgType other than
+    ``event``, is an error (:class:`EventError`): it cannot be routed. Anything else, known or not,
+    comes back as a :class:`RawEvent`. XML problems raise :class:`~wecom.xml.XMLError`.
     """
     fields = parse_xml(data)
     msg_type = fields.get("MsgType") or None
     event = fields.get("Event") or None
-    if msg_type == "event" and event == KF_MSG_OR_EVENT:
+    if event == KF_MSG_OR_EVENT and msg_type != "event":
+        raise EventError("bad_field", "MsgType", f"kf_msg_or_event with MsgType {msg_type!r}, not 'event'")
+    if event == KF_MSG_OR_EVENT:
         what = "kf_msg_or_event"
         return KfMsgOrEvent(
             to_user_name=_required(fields, "ToUserName", what),
