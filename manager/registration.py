@@ -9,10 +9,12 @@ became reachable (``on_registered``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 ACCOUNT_LIST_TTL = 60.0
 ACCOUNT_LIST_RECHECK = 5.0  # an unknown kfId refetches the listing at most this often
+ACCOUNT_LISTS_KEPT = 1_000  # listings remembered (one per corp app secret), least recent forgotten
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class Registrar:
         registration_token: str | None = None,
         allowed_networks: tuple[IPNetwork, ...] = (),
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.puppets = puppets
         self.apps = apps
@@ -95,7 +99,9 @@ class Registrar:
         self._registration_token = registration_token
         self._allowed_networks = allowed_networks
         self._clock = clock
-        self._account_lists: dict[str, AccountListing] = {}
+        self._sleep = sleep
+        self.listing_recheck = ACCOUNT_LIST_RECHECK
+        self._account_lists: OrderedDict[str, AccountListing] = OrderedDict()
         self._listing_fetches: SingleFlight[AccountListing] = SingleFlight()
 
     def registration_token_ok(self, presented: str | None) -> bool:
@@ -145,23 +151,35 @@ class Registrar:
         key = self.tokens.store.key_for(corp_id, secret)
         cached = self._account_lists.get(key)
         if cached is not None and self._clock() - cached.fetched_at < max_age:
+            self._account_lists.move_to_end(key)
             return cached
 
         async def fetch() -> AccountListing:
             client = WeComClient(self.http, self.api_base, self.tokens.provider(corp_id, secret))
             listing = AccountListing.of(self._clock(), await client.kf_accounts_all())
             self._account_lists[key] = listing
+            self._account_lists.move_to_end(key)
+            while len(self._account_lists) > ACCOUNT_LISTS_KEPT:
+                self._account_lists.popitem(last=False)
             return listing
 
         return await self._listing_fetches.run(key, fetch)
 
     async def _prove_account(self, reg: Registration) -> tuple[str, str]:
-        """The secret must fetch a token and list the account with manage_privilege."""
+        """The secret must fetch a token and list the account with manage_privilege.
+
+        An account missing from the remembered listing may have been created since: the listing is
+        fetched again, at most once per ``listing_recheck`` seconds, so a registration waits for the
+        next allowed fetch (less than ``listing_recheck``) rather than being refused.
+        """
         try:
             listing = await self._accounts(reg.corp_id, reg.corp_secret, ACCOUNT_LIST_TTL)
             found = listing.find(reg.kf_id, reg.kf_name)
-            if found is None:  # maybe created since the listing was fetched: look again, not too often
-                listing = await self._accounts(reg.corp_id, reg.corp_secret, ACCOUNT_LIST_RECHECK)
+            if found is None:
+                wait = listing.fetched_at + self.listing_recheck - self._clock()
+                if wait > 0:
+                    await self._sleep(wait)
+                listing = await self._accounts(reg.corp_id, reg.corp_secret, self.listing_recheck)
                 found = listing.find(reg.kf_id, reg.kf_name)
         except TokenUnavailable as exc:
             raise Refusal(
@@ -173,7 +191,12 @@ class Registrar:
             raise Refusal(503, "wecom_unreachable", "WeCom unreachable; retry later") from None
         if found is None:
             which = f"kfId {reg.kf_id}" if reg.kf_id else f"kfName {reg.kf_name!r}"
-            raise Refusal(403, "not_managed", f"{which} is not an account this corpSecret manages")
+            raise Refusal(
+                403,
+                "not_managed",
+                f"{which} is not an account this corpSecret manages (kf/account/list, fetched again "
+                "just now, does not list it)",
+            )
         if not found.manage_privilege:
             raise Refusal(403, "no_privilege", "this secret's app has no manage_privilege on that account")
         return found.open_kfid, found.name
