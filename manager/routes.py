@@ -1,4 +1,4 @@
-"""The Node manager's HTTP surface (docs/compat.md), with authentication added.
+"""The Node manager's HTTP surface (docs/architecture.md, "Compatible surface"), with authentication added.
 
 Request and response shapes are the Node ones, so existing puppets work unchanged. Refusals on the
 puppet-facing routes answer as the Node manager did: HTTP 200 with a non-zero ``code`` and a

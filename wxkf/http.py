@@ -50,7 +50,7 @@ Render = Callable[[Refusal], Response]
 
 def as_json(refusal: Refusal) -> Response:
     """Admin and service APIs: ``{"error": message, "reason": reason}`` with the refusal's status."""
-    return JSONResponse({"error": refusal.message, "reason": refusal.reason}, status_code=refusal.status)
+    return error(refusal.message, refusal.status, reason=refusal.reason)
 
 
 def as_text(refusal: Refusal) -> Response:

@@ -135,10 +135,21 @@ async def make_corp(http: httpx.AsyncClient, sim_url: str, callback_url: str | N
 
 
 @pytest.fixture
-async def world(settings: Settings, simulator: tuple[str, SimState]) -> AsyncIterator[World]:
+def hub_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Extra settings of the hub under test (parametrize it indirectly to change them)."""
+    return dict(getattr(request, "param", {}))
+
+
+@pytest.fixture
+async def world(
+    settings: Settings, simulator: tuple[str, SimState], hub_settings: dict[str, Any]
+) -> AsyncIterator[World]:
     sim_url, state = simulator
-    hub_settings = settings.model_copy(update={"wecom_api_base": AnyHttpUrl(sim_url + "/cgi-bin")})
-    async with open_runtime(hub_settings) as runtime, httpx.AsyncClient(timeout=30) as http:
+    changes = {"wecom_api_base": AnyHttpUrl(sim_url + "/cgi-bin"), **hub_settings}
+    async with (
+        open_runtime(settings.model_copy(update=changes)) as runtime,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
         object.__setattr__(runtime, "admin_token", ADMIN)
         hub = Hub(runtime, dispatch=fast_dispatch("hub-e2e"))
         await hub.start()
