@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import AnyHttpUrl, SecretStr
 
+from gateway.app import build_gateway, gateway_app
 from manager import registration as registration_module
 from manager.forwarded import UNREGISTERED_LIMIT
 from manager.mailbox import EVENTS as MANAGER_EVENTS
@@ -27,6 +28,8 @@ from tests.manager.test_compat_e2e import world as world
 from tests.support.servers import serve_app
 from tests.support.wecom_callbacks import CorpAppKeys, signed_post
 from wecom.xml import build_xml
+from wxkf.runtime import open_runtime
+from wxkf.settings import Settings
 
 GATEWAY_TOKEN = "gw-" + secrets.token_hex(16)
 
@@ -283,3 +286,37 @@ async def test_remembered_account_listings_are_bounded(world: World, monkeypatch
         puppet = World(world.sim_url, world.hub_url, world.http, world.state, world.hub, **corp).puppet()
         assert (await puppet.register(world.hub_url, "http://127.0.0.1:9")).json()["code"] == 0
     assert len(registrar._account_lists) == 2
+
+
+# -- item 1, both halves: wxkf gateway forwarding to a manager that requires its token ----------------
+@pytest.mark.parametrize("hub_settings", [{"wxkf_gateway_token": SecretStr(GATEWAY_TOKEN)}], indirect=True)
+async def test_split_mode_gateway_authenticates_to_the_manager_and_messages_flow(
+    world: World, settings: Settings
+) -> None:
+    gateway_settings = settings.model_copy(
+        update={
+            "manager_endpoint": AnyHttpUrl(world.hub_url),
+            "wxkf_gateway_token": SecretStr(GATEWAY_TOKEN),
+            "wxkf_replica_id": "gateway-split",
+        }
+    )
+    puppet = world.puppet()
+    async with open_runtime(gateway_settings) as runtime:
+        gateway = build_gateway(runtime)
+        await gateway.start()
+        try:
+            async with (
+                serve_app(gateway_app(gateway, None)) as gateway_url,
+                serve_app(puppet.app()) as puppet_url,
+            ):
+                await puppet.register(world.hub_url, puppet_url)  # the corp's app is stored now
+                patched = await world.http.patch(
+                    f"{world.sim_url}/sim/corps/{world.corpid}/apps/1000002",
+                    json={"callback_url": f"{gateway_url}/callback/{world.corpid}"},
+                )
+                assert patched.status_code == 200, patched.text
+                await world.customer_says("through the gateway")
+                assert await puppet.wait_for_texts(1) == ["through the gateway"]
+        finally:
+            await gateway.stop()
+    assert puppet.callbacks == ["decrypted"]
