@@ -27,6 +27,7 @@ from typing import Any
 from pymongo import ASCENDING
 
 from wecom.crypto import MsgCrypt
+from wecom.models import CORP_ID
 from wxkf.database import Database, durable
 from wxkf.secretbox import SecretBox
 
@@ -34,9 +35,8 @@ log = logging.getLogger(__name__)
 
 COLLECTION = "corp_apps"
 DEFAULT_APP = "default"
-CORP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REFRESH_MEMORY = 10_000  # corps whose last refresh time is remembered
-APP_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+APP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class RegistryError(ValueError):
@@ -128,7 +128,7 @@ class AppRegistry:
 
         True if it re-read them. A corp id that cannot exist is never looked up.
         """
-        if not CORP_ID.match(corp_id) or not self._may_refresh(corp_id):
+        if not CORP_ID.fullmatch(corp_id) or not self._may_refresh(corp_id):
             return False
         self.refreshes += 1
         fresh = {app.key: app for app in await self._load({"corp_id": corp_id})}
@@ -193,9 +193,9 @@ class AppRegistry:
     ) -> CorpApp:
         """Create or replace an app. The first app of a corp becomes its default."""
         name = name or DEFAULT_APP
-        if not CORP_ID.match(corp_id):
+        if not CORP_ID.fullmatch(corp_id):
             raise RegistryError("corp_id must be 1-64 characters of letters, digits, '_' or '-'")
-        if not APP_NAME.match(name):
+        if not APP_NAME.fullmatch(name):
             raise RegistryError("app name must be 1-64 characters of letters, digits, '.', '_' or '-'")
         if not token or len(token) > 128:
             raise RegistryError("token must be 1-128 characters")

@@ -19,19 +19,18 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from gateway.registry import CORP_ID, AppRegistry
+from gateway.registry import AppRegistry
 from manager.mailbox import MAILBOXES, MailboxStore, account_key
 from manager.puppets import COLLECTION as PUPPETS
 from manager.puppets import PuppetRegistry
+from wecom.models import CORP_ID, OPEN_KFID, SYNC_TOKEN
 from wxkf.database import Database
 from wxkf.endpoints import IPNetwork, parse_networks
 from wxkf.http import Refusal, bearer_matches, check_id
 from wxkf.settings import Settings
 from wxkf.single_flight import SingleFlight
 
-EVENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-OPEN_KFID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-SYNC_TOKEN = re.compile(r"^[\x21-\x7e]{1,512}$")  # printable ASCII, as WeCom's tokens are
+EVENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the hub's event ids (and a Node gateway's webhook-id)
 UNREGISTERED_LIMIT = 100  # accounts per corp without a puppet that forwarded events may create
 CORPS_REMEMBERED = 10_000
 

@@ -27,6 +27,7 @@ from token_service.service import TokenService, TokenUnavailable
 from wecom.client import KfAccount, WeComClient
 from wecom.crypto import MsgCrypt
 from wecom.errors import WeComError
+from wecom.models import CORP_ID, OPEN_KFID
 from wxkf import webhooks
 from wxkf.endpoints import IPNetwork, validate_endpoint
 from wxkf.http import Refusal
@@ -205,8 +206,9 @@ class Registrar:
         return await self.puppets.deregister(account_key(corp_id, open_kfid))
 
     async def authenticate(self, corp_id: str, open_kfid: str, secret: str | None) -> Puppet | None:
-        """The registered puppet if ``secret`` is its webhook secret or its corp secret."""
-        if not secret:
+        """The registered puppet if ``secret`` is its webhook secret or its corp secret. Ids of the
+        wrong shape are never looked up (each lookup of a new key costs a query and a cache entry)."""
+        if not secret or not CORP_ID.fullmatch(corp_id) or not OPEN_KFID.fullmatch(open_kfid):
             return None
         puppet = await self.puppets.get(account_key(corp_id, open_kfid))
         if puppet is None:

@@ -20,17 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.registry import CORP_ID
-from manager.forwarded import (
-    OPEN_KFID,
-    GatewayAuth,
-    UnregisteredAccounts,
-    check_forwarded,
-)
+from manager.forwarded import GatewayAuth, UnregisteredAccounts, check_forwarded
 from manager.registration import Registration
 from manager.service import Manager
 from token_service.routes import gettoken_endpoint
 from token_service.service import TokenUnavailable
+from wecom.models import CORP_ID, OPEN_KFID
 from wxkf.http import (
     Endpoint,
     Refusal,
