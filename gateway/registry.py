@@ -83,6 +83,7 @@ class AppRegistry:
         self._box = box
         self._clock = clock
         self._apps: dict[str, CorpApp] = {}
+        self._by_corp: dict[str, list[CorpApp]] = {}  # the same apps, by corp id
         self._refresh_interval = refresh_interval
         self._refreshed: OrderedDict[str, float] = OrderedDict()  # corp id -> when last refreshed
         self._rate = refreshes_per_second
@@ -112,7 +113,7 @@ class AppRegistry:
 
     async def reload(self) -> None:
         """Load every app (start-up, the periodic reload, after an admin change)."""
-        self._apps = {app.key: app for app in await self._load({})}
+        self._use({app.key: app for app in await self._load({})})
 
     async def _load(self, query: dict[str, Any]) -> list[CorpApp]:
         apps = []
@@ -133,8 +134,14 @@ class AppRegistry:
         self.refreshes += 1
         fresh = {app.key: app for app in await self._load({"corp_id": corp_id})}
         apps = {key: app for key, app in self._apps.items() if app.corp_id != corp_id}
-        self._apps = apps | fresh
+        self._use(apps | fresh)
         return True
+
+    def _use(self, apps: dict[str, CorpApp]) -> None:
+        by_corp: dict[str, list[CorpApp]] = {}
+        for app in apps.values():
+            by_corp.setdefault(app.corp_id, []).append(app)
+        self._apps, self._by_corp = apps, by_corp
 
     def _may_refresh(self, corp_id: str) -> bool:
         now = self._clock()
@@ -156,7 +163,7 @@ class AppRegistry:
         """The app a callback path names, from memory. ``name=None`` means the corp's default app."""
         if name is not None:
             return self._apps.get(f"{corp_id}/{name}")
-        candidates = [app for app in self._apps.values() if app.corp_id == corp_id]
+        candidates = self._by_corp.get(corp_id, ())
         if len(candidates) == 1:
             return candidates[0]
         return next((app for app in candidates if app.is_default), None)
@@ -170,14 +177,12 @@ class AppRegistry:
 
     async def knows_corp(self, corp_id: str) -> bool:
         """Whether ``corp_id`` has any app (refreshing it within the bounds if not known here)."""
-        if any(app.corp_id == corp_id for app in self._apps.values()):
+        if corp_id in self._by_corp:
             return True
-        return await self.refresh(corp_id) and bool(self.apps(corp_id))
+        return await self.refresh(corp_id) and corp_id in self._by_corp
 
     def apps(self, corp_id: str | None = None) -> list[CorpApp]:
-        found: Iterable[CorpApp] = self._apps.values()
-        if corp_id is not None:
-            found = (app for app in found if app.corp_id == corp_id)
+        found: Iterable[CorpApp] = self._apps.values() if corp_id is None else self._by_corp.get(corp_id, ())
         return sorted(found, key=lambda app: app.key)
 
     # -- writing ----------------------------------------------------------------------------
