@@ -14,8 +14,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.registry import RegistryError
 from gateway.service import Gateway
 from gateway.subscriptions import ANY, SubscriptionError
-from wxkf.endpoints import EndpointError
-from wxkf.http import BadRequest, admin_only, error, parse_json
+from wxkf.http import Refusal, admin_only, parse_json
 
 
 class AppIn(BaseModel):
@@ -51,13 +50,13 @@ def admin_routes(gateway: Gateway, admin_token: str | None) -> list[BaseRoute]:
                 body.corp_id, body.name, body.token, body.encoding_aes_key, body.secret, default=body.default
             )
         except RegistryError as exc:
-            raise BadRequest(str(exc)) from None
+            raise Refusal(400, "bad_app", str(exc)) from None
         return JSONResponse(app.public(), status_code=201)
 
     async def remove_app(request: Request) -> Response:
         corp_id = request.path_params["corp_id"]
         if not await registry.remove(corp_id, request.path_params["name"]):
-            return error("no such app", 404)
+            raise Refusal(404, "not_found", "no such app")
         result: dict[str, object] = {"removed": True}
         if registry.lookup(corp_id, None) is None and registry.apps(corp_id):
             result["warning"] = f"corp {corp_id} has no default app now: /callback/{corp_id} answers 404"
@@ -77,18 +76,20 @@ def admin_routes(gateway: Gateway, admin_token: str | None) -> list[BaseRoute]:
                 event_types=body.event_types,
                 allowed_networks=gateway.config.allowed_networks,
             )
-        except (SubscriptionError, EndpointError) as exc:
-            raise BadRequest(str(exc)) from None
+        except (SubscriptionError, ValueError) as exc:  # ValueError: EndpointError, or a parse error
+            raise Refusal(400, "bad_subscription", str(exc)) from None
         return JSONResponse({**created.public(), "secret": created.secret}, status_code=201)
 
     async def remove_subscription(request: Request) -> Response:
         removed = await subscriptions.remove(request.path_params["id"])
-        return JSONResponse({"removed": True}) if removed else error("no such subscription", 404)
+        if not removed:
+            raise Refusal(404, "not_found", "no such subscription")
+        return JSONResponse({"removed": True})
 
     async def show_event(request: Request) -> Response:
         doc = await gateway.inbox.get(request.path_params["id"])
         if doc is None:
-            return error("no such event", 404)
+            raise Refusal(404, "not_found", "no such event")
         for hidden in ("token", "body", "query"):
             doc.pop(hidden, None)
         return JSONResponse(doc)

@@ -34,7 +34,10 @@ def build_gateway(runtime: Runtime, manager_intake: ManagerIntake | None = None)
     endpoint = runtime.settings.manager_endpoint
     manager_sink = None
     if manager_intake is None and endpoint is not None:
-        manager_sink = HttpManagerSink(runtime.http, str(endpoint))
+        token = runtime.settings.wxkf_gateway_token
+        manager_sink = HttpManagerSink(
+            runtime.http, str(endpoint), token=token.get_secret_value() if token else None
+        )
     return Gateway(
         runtime.db,
         runtime.box,

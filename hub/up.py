@@ -18,6 +18,7 @@ from gateway.registry import AppRegistry
 from gateway.routes import callback_routes
 from manager.admin import admin_routes as manager_admin_routes
 from manager.dispatcher import DispatchConfig
+from manager.forwarded import GatewayAuth
 from manager.routes import compat_routes
 from manager.service import Manager, ManagerConfig
 from token_service.app import build_token_service
@@ -85,7 +86,7 @@ class Hub:
         return Starlette(
             routes=[
                 # the manager's /callback/decrypted/{corpId} must precede /callback/{corpId}/{app}
-                *compat_routes(self.manager, admin_token),
+                *compat_routes(self.manager, admin_token, GatewayAuth.from_settings(self.runtime.settings)),
                 *callback_routes(self.gateway),
                 *token_routes(self.tokens),
                 *gateway_admin_routes(self.gateway, admin_token),

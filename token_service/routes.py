@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from token_service.service import TokenService, TokenUnavailable
-from wxkf.http import BadRequest, parse_json
+from wxkf.http import Refusal, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def token_routes(service: TokenService) -> list[BaseRoute]:
     async def invalidate(request: Request) -> Response:
         try:
             body = await parse_json(request, InvalidateIn)
-        except BadRequest as exc:
+        except Refusal as exc:
             return JSONResponse({"errcode": 40058, "errmsg": exc.message}, status_code=exc.status)
         try:
             issued = await service.invalidate(body.corpid, body.corpsecret, body.access_token)

@@ -147,7 +147,7 @@ class TokenService:
     def _usable(self, record: TokenRecord, now: float, stale: str | None) -> bool:
         if record.token is None or record.valid_for(now) <= self.policy.min_remaining:
             return False
-        if stale is not None and hmac.compare_digest(record.token, stale):
+        if stale is not None and hmac.compare_digest(record.token.encode(), stale.encode()):
             # Reported invalid: refresh, unless we did so moments ago (then the report is a straggler).
             return now - record.refreshed_at < self.policy.invalidate_interval
         return True
@@ -172,7 +172,7 @@ class TokenService:
                 raise TokenUnavailable(
                     INVALID_CREDENTIAL, "invalid credential (corpsecret rejected by WeCom)"
                 )
-            if not hmac.compare_digest(record.secret, secret):
+            if not hmac.compare_digest(record.secret.encode(), secret.encode()):
                 raise TokenUnavailable(INVALID_CREDENTIAL, "invalid credential")
             if self._usable(record, now, stale):
                 return self._issue(record, now)

@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     manager_endpoint: AnyHttpUrl | None = Field(
         default=None, description="where `wxkf gateway` forwards kf events (a manager's base URL)"
     )
+    wxkf_gateway_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token `wxkf gateway` sends to MANAGER_ENDPOINT; /callback/decrypted requires it",
+    )
+    wxkf_gateway_networks: str | None = Field(
+        default=None, description="comma-separated CIDRs /callback/decrypted accepts callers from"
+    )
     wxkf_allowed_networks: str | None = Field(
         default=None, description="comma-separated CIDRs that delivery targets must lie in (default: any)"
     )
@@ -84,7 +91,7 @@ class Settings(BaseSettings):
         parse_delays(value)
         return value
 
-    @field_validator("wxkf_allowed_networks")
+    @field_validator("wxkf_allowed_networks", "wxkf_gateway_networks")
     @classmethod
     def _networks(cls, value: str | None) -> str | None:
         parse_networks(value)
