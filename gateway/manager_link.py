@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from gateway.intake import CallbackEvent
-from wxkf.delivery import post
+from wxkf.delivery import DeliveryClient
 
 MANAGER_TARGET = "manager"
 
@@ -31,7 +29,7 @@ ManagerIntake = Callable[[CallbackEvent], Awaitable[bool]]
 
 @dataclass(frozen=True, slots=True)
 class HttpManagerSink:
-    http: httpx.AsyncClient
+    http: DeliveryClient
     endpoint: str
     timeout: float = 10.0
 
@@ -40,5 +38,6 @@ class HttpManagerSink:
             {"token": doc["token"], "openKfId": doc["open_kf_id"], "eventId": doc["_id"]}
         ).encode()
         url = f"{self.endpoint.rstrip('/')}/callback/decrypted/{quote(doc['corp_id'], safe='')}"
-        headers = {"content-type": "application/json", "webhook-id": doc["_id"]}
-        await post(self.http, url, content=body, headers=headers, timeout=self.timeout)
+        await self.http.post(
+            url, body, content_type="application/json", event_id=doc["_id"], timeout=self.timeout
+        )

@@ -26,8 +26,8 @@ from wecom.crypto import MsgCrypt
 from wecom.errors import WeComError
 from wxkf import retention, webhooks
 from wxkf.database import Database
+from wxkf.delivery import DEFAULT_CONNECTIONS_PER_HOST, DeliveryClient
 from wxkf.endpoints import EndpointError, IPNetwork, validate_endpoint
-from wxkf.outbound import Outbound
 from wxkf.secretbox import SecretBox
 from wxkf.single_flight import SingleFlight
 from wxkf.tasks import run_every, stop_tasks
@@ -86,6 +86,7 @@ class ManagerConfig:
     owner: str
     dispatch: DispatchConfig
     delivery_timeout: float = 10.0
+    delivery_connections_per_host: int = DEFAULT_CONNECTIONS_PER_HOST
     registration_token: str | None = field(default=None, repr=False)
     allowed_networks: tuple[IPNetwork, ...] = ()
     retention: float = 7 * 86400.0
@@ -122,7 +123,11 @@ class Manager:
         self._listing_fetches: SingleFlight[AccountListing] = SingleFlight()
         timeout = config.delivery_timeout
 
-        self.puppet_http = Outbound(config.allowed_networks, timeout=timeout)
+        self.puppet_http = DeliveryClient(
+            config.allowed_networks,
+            connections_per_host=config.delivery_connections_per_host,
+            timeout=timeout,
+        )
 
         async def deliver(puppet: Puppet, latest: Latest) -> None:
             await delivery.deliver(self.puppet_http, puppet, latest, timeout)
