@@ -26,6 +26,8 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
+from yarl import URL
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[Iterable[IPAddress]]]
@@ -43,6 +45,7 @@ ALWAYS_REFUSED: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("240.0.0.0/4"),
 )
 _LABEL = re.compile(r"^[a-z0-9_-]{1,63}$")
+_NETLOC = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?$")
 _PATH = re.compile(r"^(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*$")
 
 
@@ -112,6 +115,8 @@ def check_url_shape(url: str) -> tuple[str, int]:
         raise EndpointError("endpoint URL has no host")
     if "@" in parts.netloc:
         raise EndpointError("endpoint URL must not carry credentials")
+    if not _NETLOC.match(parts.netloc):
+        raise EndpointError("endpoint host must be a DNS name or an IP address, with an optional port")
     if port == 0:
         raise EndpointError("endpoint URL has an invalid port")
     if not _PATH.match(parts.path):
@@ -121,7 +126,21 @@ def check_url_shape(url: str) -> tuple[str, int]:
             raise EndpointError("endpoint URL has an invalid IPv6 address")
     elif literal_address(hostname) is None:
         hostname = check_host_name(hostname)
-    return hostname, port or (443 if parts.scheme == "https" else 80)
+    port = port or (443 if parts.scheme == "https" else 80)
+    _check_delivery_reads_it(url, hostname, port)
+    return hostname, port
+
+
+def _check_delivery_reads_it(url: str, host: str, port: int) -> None:
+    """The delivery path parses the URL with yarl: it must see the same host and port (e.g. an
+    ``xn--`` label that is not valid punycode fails there)."""
+    try:
+        parsed = URL(url, encoded=True)
+        seen = ((parsed.host or "").lower(), parsed.port)
+    except (UnicodeError, ValueError, TypeError):
+        seen = ("", None)
+    if seen != (host.strip("[]").lower(), port):
+        raise EndpointError("endpoint host is not a valid DNS name or IP address")
 
 
 async def resolve(host: str, port: int) -> list[IPAddress]:
@@ -149,4 +168,5 @@ async def validate_endpoint(
         raise EndpointError(f"{host!r} resolves to no address")
     for address in addresses:
         check_address(address, allowed)
-    return url.rstrip("/")
+    scheme, rest = url.split(":", 1)
+    return scheme.lower() + ":" + rest.rstrip("/")
