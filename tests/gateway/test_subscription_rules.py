@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -19,6 +17,7 @@ from starlette.routing import Route
 from gateway.intake import open_callback
 from gateway.service import Gateway
 from tests.gateway.conftest import make_gateway
+from tests.support.bystander import bystander
 from tests.support.recorder import Recorder
 from tests.support.servers import serve_app
 from tests.support.wecom_callbacks import CorpAppKeys, signed_post
@@ -64,23 +63,6 @@ async def contact_change(gateway: Gateway, keys: CorpAppKeys) -> None:
     query, body = signed_post(keys, plaintext)
     event = await open_callback(gateway.registry, keys.corp_id, None, dict(parse_qsl(query)), query, body)
     assert await gateway.accept(event)
-
-
-@asynccontextmanager
-async def bystander(host: str) -> AsyncIterator[tuple[str, list[bytes]]]:
-    """A bare TCP listener on ``host`` recording what every connection to it sent."""
-    seen: list[bytes] = []
-
-    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append(await reader.read(65536))
-        writer.close()
-
-    server = await asyncio.start_server(connected, host, 0)
-    try:
-        yield f"http://{host}:{server.sockets[0].getsockname()[1]}", seen
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_subscription_outside_todays_allowed_networks_receives_nothing(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 from starlette.applications import Starlette
@@ -14,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from tests.support.bystander import bystander
 from tests.support.servers import serve_app
 from tests.support.services import free_port
 from wxkf import webhooks
@@ -31,26 +30,6 @@ def receiver(status: int, received: list[bytes]) -> Starlette:
         return PlainTextResponse("success" if status < 300 else "nope", status_code=status)
 
     return Starlette(routes=[Route("/callback", callback, methods=["GET", "POST"])])
-
-
-@asynccontextmanager
-async def bystander(host: str) -> AsyncIterator[tuple[str, list[bytes]]]:
-    """A bare TCP listener on ``host`` recording every connection made to it (what it was sent)."""
-    seen: list[bytes] = []
-
-    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append(await reader.read(65536))
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nsuccess")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(connected, host, 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://{host}:{port}", seen
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_2xx_is_delivered_by_host_name_and_anything_else_says_why() -> None:
