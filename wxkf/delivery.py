@@ -28,9 +28,8 @@ puppet process serving many accounts gets as many concurrent deliveries as it ha
 delivering, up to that bound.
 
 **Why aiohttp, not httpx.** A puppet delivery is the hub's hottest outbound request, one per
-callback. Under httpx it was 57 % of the hub's CPU at 200 callbacks/s (request building, httpcore's
-pool and anyio cancel shields); aiohttp's client costs a fraction of that per request
-(docs/benchmarks.md), and its pool is keyed by host, so one session serves a whole fleet.
+callback. httpx's request building, pool and cancel shields cost several times aiohttp's per request
+(docs/benchmarks.md), and aiohttp's pool is keyed by host, so one session serves a whole fleet.
 """
 
 from __future__ import annotations
