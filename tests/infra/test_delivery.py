@@ -169,3 +169,35 @@ async def test_waiting_for_a_connection_to_a_busy_host_does_not_count_against_th
         )
     assert results == [None] * 6
     assert most == 1  # the bound holds: one connection to this host at a time
+
+
+async def test_the_per_host_queue_keeps_no_entry_for_a_host_nobody_is_waiting_for() -> None:
+    """Bounded state: a queue entry lives only while a request holds or awaits a slot, including a
+    request cancelled while it waited."""
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def held(request: Request) -> Response:
+        await request.body()
+        arrived.set()
+        await release.wait()
+        return PlainTextResponse("success")
+
+    app = Starlette(routes=[Route("/callback", held, methods=["POST"])])
+    async with DeliveryClient(connections_per_host=1) as client, serve_app(app) as url:
+        first = asyncio.create_task(client.post(url + "/callback", b"1", content_type="text/plain"))
+        await arrived.wait()
+        queued = asyncio.create_task(client.post(url + "/callback", b"2", content_type="text/plain"))
+        await asyncio.sleep(0)  # one turn of the loop: it runs until it waits for the slot
+        assert [host.users for host in client._slots._hosts.values()] == [2]  # one holds, one waits
+        queued.cancel()
+        release.set()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert len(client._slots) == 0
+        by_name = url.replace("127.0.0.1", "localhost")
+        await asyncio.gather(
+            *(client.post(u + "/callback", b"x", content_type="t/p") for u in (url, by_name))
+        )
+        assert len(client._slots) == 0
