@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from gateway.intake import CallbackEvent
-from wxkf.delivery import post
+from wxkf.delivery import DeliveryClient
 
 MANAGER_TARGET = "manager"
 
@@ -35,7 +33,7 @@ class HttpManagerSink:
     """Forwards to a manager's ``/callback/decrypted/{corpId}``, authenticated with ``token``
     (``WXKF_GATEWAY_TOKEN``, sent as a bearer token) when one is set."""
 
-    http: httpx.AsyncClient
+    http: DeliveryClient
     endpoint: str
     timeout: float = 10.0
     token: str | None = field(default=None, repr=False)
@@ -45,7 +43,12 @@ class HttpManagerSink:
             {"token": doc["token"], "openKfId": doc["open_kf_id"], "eventId": doc["_id"]}
         ).encode()
         url = f"{self.endpoint.rstrip('/')}/callback/decrypted/{quote(doc['corp_id'], safe='')}"
-        headers = {"content-type": "application/json", "webhook-id": doc["_id"]}
-        if self.token:
-            headers["authorization"] = f"Bearer {self.token}"
-        await post(self.http, url, content=body, headers=headers, timeout=self.timeout)
+        headers = {"authorization": f"Bearer {self.token}"} if self.token else None
+        await self.http.post(
+            url,
+            body,
+            content_type="application/json",
+            event_id=doc["_id"],
+            headers=headers,
+            timeout=self.timeout,
+        )

@@ -23,6 +23,7 @@ from gateway.registry import AppRegistry
 from gateway.subscriptions import TARGET_PREFIX, Subscriptions, SubscriptionSink
 from wxkf import retention
 from wxkf.database import Database
+from wxkf.delivery import DeliveryClient
 from wxkf.endpoints import IPNetwork
 from wxkf.retry import RetrySchedule
 from wxkf.secretbox import SecretBox
@@ -54,10 +55,13 @@ class Gateway:
         *,
         manager_sink: Sink | None = None,
         manager_intake: ManagerIntake | None = None,
+        deliveries: DeliveryClient | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.http = http
+        # every forward (manager, subscriptions) under the endpoint rules; closed by stop()
+        self.deliveries = deliveries or DeliveryClient(config.allowed_networks)
         self.registry = AppRegistry(db, box, clock=clock)
         self.subscriptions = Subscriptions(db, box, clock=clock)
         self.inbox = Inbox(db, config.replica_id, clock=clock, keep_for=config.retention)
@@ -97,6 +101,7 @@ class Gateway:
     async def stop(self) -> None:
         await stop_tasks(self._tasks)
         await self.forwarder.close()
+        await self.deliveries.aclose()
 
     # -- intake -----------------------------------------------------------------------------
     def targets_for(self, event: CallbackEvent) -> list[str]:
@@ -132,7 +137,7 @@ class Gateway:
             return self.manager_sink
         if target.startswith(TARGET_PREFIX):
             subscription = self.subscriptions.get(target.removeprefix(TARGET_PREFIX))
-            return SubscriptionSink(self.http, subscription) if subscription else None
+            return SubscriptionSink(self.deliveries, subscription) if subscription else None
         return None
 
     def _count_result(self, target: str, result: str) -> None:

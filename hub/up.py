@@ -45,6 +45,7 @@ def build_manager(
         dispatch=dispatch or DispatchConfig(owner=owner, schedule=schedule),
         registration_token=registration_token.get_secret_value() if registration_token else None,
         allowed_networks=parse_networks(settings.wxkf_allowed_networks),
+        delivery_connections_per_host=settings.wxkf_delivery_connections_per_host,
         retention=settings.wxkf_retention_days * 86400,
         replica_timeout=settings.wxkf_replica_timeout,
     )

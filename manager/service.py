@@ -23,8 +23,8 @@ from manager.registration import Registrar
 from token_service.service import TokenService
 from wxkf import retention
 from wxkf.database import Database
+from wxkf.delivery import DEFAULT_CONNECTIONS_PER_HOST, DeliveryClient
 from wxkf.endpoints import IPNetwork
-from wxkf.outbound import Outbound
 from wxkf.secretbox import SecretBox
 from wxkf.tasks import run_every, stop_tasks
 
@@ -36,6 +36,7 @@ class ManagerConfig:
     owner: str
     dispatch: DispatchConfig
     delivery_timeout: float = 10.0
+    delivery_connections_per_host: int = DEFAULT_CONNECTIONS_PER_HOST
     registration_token: str | None = field(default=None, repr=False)
     allowed_networks: tuple[IPNetwork, ...] = ()
     retention: float = 7 * 86400.0
@@ -71,7 +72,11 @@ class Manager:
         self._clock = clock
         timeout = config.delivery_timeout
 
-        self.puppet_http = Outbound(config.allowed_networks, timeout=timeout)
+        self.puppet_http = DeliveryClient(
+            config.allowed_networks,
+            connections_per_host=config.delivery_connections_per_host,
+            timeout=timeout,
+        )
 
         async def deliver(puppet: Puppet, latest: Latest) -> None:
             await delivery.deliver(self.puppet_http, puppet, latest, timeout)

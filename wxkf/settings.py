@@ -52,7 +52,14 @@ class Settings(BaseSettings):
         default=None, description="comma-separated CIDRs /callback/decrypted accepts callers from"
     )
     wxkf_allowed_networks: str | None = Field(
-        default=None, description="comma-separated CIDRs that delivery targets must lie in (default: any)"
+        default=None,
+        description="comma-separated CIDRs delivery targets must lie in (default: any but reserved ones)",
+    )
+    wxkf_delivery_connections_per_host: int = Field(
+        default=256,
+        ge=1,
+        le=10_000,
+        description="concurrent deliveries per puppet host (scheme, host, port); more wait their turn",
     )
     wxkf_max_body: int = Field(
         default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="max callback body"
