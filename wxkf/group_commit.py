@@ -5,6 +5,12 @@ the embedded server: ~1,300 single inserts/s versus ~19,000 documents/s in batch
 still get a per-document answer: each awaits its own future, resolved when the batch containing its
 document is durable. There is no timer: while one batch is being written, new documents queue up and
 form the next batch, so an idle system writes immediately and a busy one batches more.
+
+A write-concern error (``writeConcernErrors`` in a :class:`~pymongo.errors.BulkWriteError`, e.g. a
+primary stepping down before the batch reached a majority) fails every operation of the batch: none of
+them is known to be durable, so no caller may acknowledge anything on the strength of it. Only the
+per-document ``writeErrors`` of a batch that met its write concern are told apart (a duplicate ``_id``
+is ``False``, anything else an error for that document alone).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 
 from pymongo import InsertOne, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, WriteConcernError
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +59,12 @@ class GroupCommit:
             await self._flush(batch)
 
     async def _flush(self, batch: list[tuple[Operation, asyncio.Future[bool]]]) -> None:
-        outcome: list[bool | BaseException] = [True] * len(batch)
+        outcome: list[bool | BaseException]
         try:
             await self._collection.bulk_write([operation for operation, _ in batch], ordered=False)
+            outcome = [True] * len(batch)
         except BulkWriteError as exc:
-            for error in exc.details.get("writeErrors", []):
-                index = error["index"]
-                if error.get("code") == DUPLICATE_KEY:
-                    outcome[index] = False
-                else:
-                    outcome[index] = RuntimeError(f"write failed: {error.get('errmsg')}")
+            outcome = batch_outcome(exc, len(batch))
         except Exception as exc:  # the whole batch failed: every caller gets the error
             log.warning("group commit of %d operations failed: %s", len(batch), exc)
             outcome = [exc] * len(batch)
@@ -75,3 +77,22 @@ class GroupCommit:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+def batch_outcome(exc: BulkWriteError, size: int) -> list[bool | BaseException]:
+    """What each of a failed batch's ``size`` operations gets: True, False (duplicate) or an error."""
+    concern = exc.details.get("writeConcernErrors") or []
+    if concern:  # nothing in this batch is known to be durable
+        first = concern[0]
+        log.warning("group commit of %d operations missed its write concern: %s", size, first.get("errmsg"))
+        failure = WriteConcernError(
+            first.get("errmsg", "write concern not satisfied"), first.get("code"), first
+        )
+        return [failure] * size
+    outcome: list[bool | BaseException] = [True] * size
+    for error in exc.details.get("writeErrors", []):
+        if error.get("code") == DUPLICATE_KEY:
+            outcome[error["index"]] = False
+        else:
+            outcome[error["index"]] = RuntimeError(f"write failed: {error.get('errmsg')}")
+    return outcome
