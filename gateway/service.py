@@ -44,6 +44,7 @@ class GatewayConfig:
     registry_reload_interval: float = 30.0
     allowed_networks: tuple[IPNetwork, ...] = ()
     retention: float = DEFAULT_RETENTION
+    manager_probe_interval: float = 30.0  # the longest wait between forwards to a failing manager
 
 
 class Gateway:
@@ -73,6 +74,7 @@ class Gateway:
             clock=clock,
             on_result=self._count_result,
             persistent=frozenset({MANAGER_TARGET}),
+            persistent_probe_interval=config.manager_probe_interval,
         )
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
@@ -154,6 +156,16 @@ class Gateway:
             return SubscriptionSink(self.http, subscription) if subscription else None
         return None
 
+    async def replay(self, event_id: str) -> list[str] | None:
+        """Forward a dead-lettered event again to the targets that gave up on it; returns their names,
+        or None if the event has none."""
+        doc = await self.inbox.replay(event_id)
+        if doc is None:
+            return None
+        self.forwarder.submit(doc)
+        metrics.BACKLOG.set(self.forwarder.backlog)
+        return [name for name, state in doc["targets"].items() if state["state"] == PENDING]
+
     def _count_result(self, target: str, result: str) -> None:
         kind = MANAGER_TARGET if target == MANAGER_TARGET else "subscription"
         metrics.FORWARDS.labels(kind, result).inc()
@@ -170,3 +182,4 @@ class Gateway:
     async def _reload(self) -> None:
         await self.registry.reload()
         await self.subscriptions.reload()
+        self.forwarder.prune()  # workers of deleted subscriptions end
