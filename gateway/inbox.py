@@ -20,7 +20,7 @@ from typing import Any
 from pymongo import ASCENDING
 
 from gateway.intake import CallbackEvent
-from wxkf import retention
+from wxkf import paging, retention
 from wxkf.database import Database, chunks, durable, up_to
 from wxkf.group_commit import GroupCommit
 
@@ -33,7 +33,6 @@ DONE = "done"
 DEAD = "dead"
 UNROUTED = "unrouted"
 DEFAULT_RETENTION = 7 * 86400.0
-KEY_MAX = "~"  # above every dead-letter key (digits, "-", an event id): the range's upper end
 
 
 def new_document(
@@ -147,7 +146,7 @@ class Inbox:
     async def dead_letters(self, after: str = "", limit: int = 100) -> list[dict[str, Any]]:
         """Dead-lettered events in the order they were given up on, from just after ``after`` (a ``key``)."""
         cursor = self._dead_letters.find(
-            {"key": {"$gt": after, "$lte": KEY_MAX}}, projection={"expire_at": 0}, limit=limit
+            {"key": paging.after(after)}, projection={"expire_at": 0}, limit=limit
         ).sort("key", ASCENDING)
         return [doc async for doc in cursor]
 

@@ -15,10 +15,17 @@ from wxkf.http import BadRequest
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+STRING_MAX = "\U0010ffff"  # above every string key: the explicit upper end of :func:`after`
+CURSOR = re.compile(r"^[\x21-\x7e]{1,200}$")  # printable ASCII, as every key the listings give out
+
+
+def after(cursor: str) -> dict[str, str]:
+    """A range query ``> cursor`` on a string key, with both ends (see :func:`wxkf.database.up_to`)."""
+    return {"$gt": cursor, "$lt": STRING_MAX}
 
 
 def page_params(
-    request: Request, cursor: re.Pattern[str], *, default: int = DEFAULT_LIMIT, most: int = MAX_LIMIT
+    request: Request, cursor: re.Pattern[str] = CURSOR, *, default: int = DEFAULT_LIMIT, most: int = MAX_LIMIT
 ) -> tuple[str, int]:
     """``(after, limit)`` from the query; a :class:`~wxkf.http.BadRequest` says what is wrong."""
     after = request.query_params.get("after", "")
