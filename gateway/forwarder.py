@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from gateway.inbox import DEAD, DONE, Inbox
 from wxkf.delivery import DeliveryError
-from wxkf.retry import RetrySchedule
+from wxkf.retry import JITTER, RetrySchedule
 from wxkf.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,8 @@ class Forwarder:
         """Seconds to wait after ``target.failures`` failed waves in a row."""
         delay = self._schedule.delay_after(min(target.failures, len(self._schedule.delays))) or 0.0
         if target.name in self._persistent:  # never given up on: keep probing it often enough
-            delay = min(delay, self._persistent_probe_interval)
+            # jittered below the cap, so replicas that lost the manager together do not probe in step
+            delay = min(delay, self._persistent_probe_interval * JITTER.uniform(0.8, 1.0))
         return delay
 
     async def _attempt_all(self, name: str, wave: list[dict[str, Any]]) -> list[DeliveryError | None]:
