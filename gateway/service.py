@@ -30,8 +30,6 @@ from wxkf.tasks import run_every, stop_tasks
 
 log = logging.getLogger(__name__)
 
-UNSURE_LIMIT = 10_000
-
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -78,7 +76,6 @@ class Gateway:
         )
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
-        self._unsure: dict[str, None] = {}  # ids whose store raised, oldest first (bounded)
 
     async def start(self) -> None:
         await self.registry.ensure_indexes()
@@ -125,27 +122,11 @@ class Gateway:
             if not targets:
                 return handed_over
         doc = new_document(event, targets, self.inbox.owner, self._clock(), self.config.retention)
-        try:
-            stored = await self.inbox.store(doc)
-        except BaseException:  # the write may still be on disk (a missed write concern): see _resume
-            self._unsure[event.id] = None
-            while len(self._unsure) > UNSURE_LIMIT:
-                del self._unsure[next(iter(self._unsure))]
-            raise
+        stored = await self.inbox.store(doc)
         if stored:
             self.forwarder.submit(doc)
-        elif event.id in self._unsure:
-            del self._unsure[event.id]
-            await self._resume(event.id)
-        metrics.BACKLOG.set(self.forwarder.backlog)
+            metrics.BACKLOG.set(self.forwarder.backlog)
         return stored
-
-    async def _resume(self, event_id: str) -> None:
-        """WeCom's retry of a callback whose store failed here, yet left its document (a write that
-        missed its write concern and was not rolled back): queue that document, since nobody did."""
-        existing = await self.inbox.get(event_id)
-        if existing is not None and existing["state"] == PENDING and existing["owner"] == self.inbox.owner:
-            self.forwarder.submit(existing)
 
     # -- forwarding -------------------------------------------------------------------------
     def _sink_for(self, target: str) -> Sink | None:

@@ -10,7 +10,9 @@ A write-concern error (``writeConcernErrors`` in a :class:`~pymongo.errors.BulkW
 primary stepping down before the batch reached a majority) fails every operation of the batch: none of
 them is known to be durable, so no caller may acknowledge anything on the strength of it. Only the
 per-document ``writeErrors`` of a batch that met its write concern are told apart (a duplicate ``_id``
-is ``False``, anything else an error for that document alone).
+is ``False``, anything else an error for that document alone). An insert whose caller got an error
+(or was cancelled) may still have left its document; the retry of that insert is then answered True,
+as the first store, since no caller has acted on it yet.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pymongo.errors import BulkWriteError, WriteConcernError
 log = logging.getLogger(__name__)
 
 DUPLICATE_KEY = 11000
+UNSURE_LIMIT = 10_000
 
 Operation = InsertOne[dict[str, Any]] | UpdateOne | UpdateMany
 
@@ -38,11 +41,30 @@ class GroupCommit:
         self._max_batch = max_batch
         self._pending: list[tuple[Operation, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._unsure: dict[Any, None] = {}  # ids whose insert raised here, oldest first
         self.batches = 0
         self.operations = 0
 
     async def insert(self, doc: dict[str, Any]) -> bool:
-        return await self.write(InsertOne(doc))
+        """Insert durably; False if a document with this ``_id`` was already stored (a retry).
+
+        True also when an earlier insert of this ``_id`` here raised (a missed write concern, or its
+        caller was cancelled) yet left the document: that caller acknowledged nothing, so this retry is
+        the first one that may, and must act on it as new. (The ids of such inserts are remembered,
+        the newest ``UNSURE_LIMIT``.)
+        """
+        key = doc["_id"]
+        try:
+            stored = await self.write(InsertOne(doc))
+        except BaseException:
+            self._unsure[key] = None
+            while len(self._unsure) > UNSURE_LIMIT:
+                del self._unsure[next(iter(self._unsure))]
+            raise
+        if key in self._unsure:
+            del self._unsure[key]
+            return True
+        return stored
 
     async def write(self, operation: Operation) -> bool:
         """Queue one operation and wait until the batch holding it is durable."""

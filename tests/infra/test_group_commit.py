@@ -4,6 +4,7 @@ write concern."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from pymongo.errors import WriteConcernError
@@ -35,11 +36,42 @@ async def test_a_write_concern_error_fails_every_write_of_the_batch(db: Database
     assert "stepped down" in str(results[0])
 
 
-async def test_the_next_batch_after_a_write_concern_error_succeeds(db: Database) -> None:
+async def test_a_retry_after_a_write_concern_error_counts_as_the_first_store(db: Database) -> None:
     collection = durable(db["gc"])
     writer = GroupCommit(MissesWriteConcern(collection))  # type: ignore[arg-type]
     with pytest.raises(WriteConcernError):
         await writer.insert({"_id": "a"})
-    # the retry finds the document the failed batch left: a duplicate, not an error
-    assert await writer.insert({"_id": "a"}) is False
+    # the retry finds the document the failed batch left; its caller acknowledged nothing, so this
+    # one must act on it as new (queue it, deliver it), not drop it as someone else's duplicate
+    assert await writer.insert({"_id": "a"}) is True
+    assert await writer.insert({"_id": "a"}) is False  # from now on, a real duplicate
     assert await writer.insert({"_id": "b"}) is True
+
+
+class HeldWrites:
+    """The real collection; each ``bulk_write`` waits for ``release`` once it has begun (``entered``)."""
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def bulk_write(self, requests: list[Any], **kwargs: Any) -> Any:
+        self.entered.set()
+        await self.release.wait()
+        return await self._collection.bulk_write(requests, **kwargs)
+
+
+async def test_a_retry_after_a_cancelled_insert_counts_as_the_first_store(db: Database) -> None:
+    collection = durable(db["gc"])
+    held = HeldWrites(collection)
+    writer = GroupCommit(held)  # type: ignore[arg-type]
+    first = asyncio.create_task(writer.insert({"_id": "a"}))
+    async with asyncio.timeout(10):
+        await held.entered.wait()
+    first.cancel()  # its caller went away (e.g. WeCom hung up) while the batch was being written
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    held.release.set()
+    assert await writer.insert({"_id": "a"}) is True  # WeCom's retry: the first that may acknowledge
+    assert await collection.count_documents({}) == 1
