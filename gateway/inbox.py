@@ -93,6 +93,18 @@ class Inbox:
         """Persist durably (group-committed). False if this event id was already stored (a retry)."""
         return await self._writer.insert(doc)
 
+    async def unsure(self, older_than: float) -> list[dict[str, Any]]:
+        """This replica's unfinished documents whose store raised (WeCom got a 503) at least
+        ``older_than`` seconds ago yet are on disk (a missed write concern that was not rolled back):
+        nobody has queued them. Each failed store is looked at once."""
+        found = []
+        for event_id in self._writer.unsure(older_than):
+            doc = await self.get(event_id)
+            self._writer.forget(event_id)
+            if doc is not None and doc["state"] == PENDING and doc["owner"] == self.owner:
+                found.append(doc)
+        return found
+
     async def get(self, event_id: str) -> dict[str, Any] | None:
         return await self._collection.find_one({"_id": event_id})
 

@@ -155,6 +155,11 @@ class Gateway:
     # -- liveness and takeover --------------------------------------------------------------
     async def _liveness(self) -> None:
         await self.inbox.heartbeat()
+        # stores that failed a while ago but left their document (WeCom's retry may have gone to
+        # another replica, which found a duplicate): queue them here, where they are owned
+        for doc in await self.inbox.unsure(older_than=self.config.heartbeat_interval):
+            log.warning("queueing event %s: its store failed, yet it was stored", doc["_id"])
+            self.forwarder.submit(doc)
         for owner in await self.inbox.dead_replicas(self.config.replica_timeout):
             taken = await self.forwarder.recover(owner)
             await self.inbox.forget_replica(owner)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from pymongo import InsertOne, UpdateMany, UpdateOne
@@ -41,7 +42,7 @@ class GroupCommit:
         self._max_batch = max_batch
         self._pending: list[tuple[Operation, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._unsure: dict[Any, None] = {}  # ids whose insert raised here, oldest first
+        self._unsure: dict[Any, float] = {}  # id -> when its insert raised here, oldest first
         self.batches = 0
         self.operations = 0
 
@@ -57,7 +58,7 @@ class GroupCommit:
         try:
             stored = await self.write(InsertOne(doc))
         except BaseException:
-            self._unsure[key] = None
+            self._unsure[key] = time.monotonic()
             while len(self._unsure) > UNSURE_LIMIT:
                 del self._unsure[next(iter(self._unsure))]
             raise
@@ -65,6 +66,16 @@ class GroupCommit:
             del self._unsure[key]
             return True
         return stored
+
+    def unsure(self, older_than: float = 0.0) -> list[Any]:
+        """Ids of inserts that raised here at least ``older_than`` seconds ago and were not retried
+        since: their documents may or may not be stored. The caller looks, then :meth:`forget` s them."""
+        cutoff = time.monotonic() - older_than
+        return [key for key, failed_at in self._unsure.items() if failed_at <= cutoff]
+
+    def forget(self, key: Any) -> None:
+        """Someone has looked after the document of an insert that raised: retries are duplicates."""
+        self._unsure.pop(key, None)
 
     async def write(self, operation: Operation) -> bool:
         """Queue one operation and wait until the batch holding it is durable."""
