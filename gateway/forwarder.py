@@ -152,7 +152,7 @@ class Forwarder:
             [self._finisher] if self._finisher else []
         )
         await stop_tasks(tasks)
-        await self._flush_finished()
+        await self.flush()
 
     # -- workers ----------------------------------------------------------------------------
     def _target(self, name: str) -> _Target:
@@ -287,20 +287,15 @@ class Forwarder:
             await self._finish_wake.wait()
             self._finish_wake.clear()
             try:
-                await self._flush_finished()
+                await self.flush()
             except Exception:
                 log.exception("recording finished forwards failed; will retry")
                 await asyncio.sleep(1.0)
                 self._finish_wake.set()
 
     async def flush(self) -> None:
-        """Return once every finished forward so far is recorded in the inbox."""
-        await self._flush_finished()
-
-    async def _flush_finished(self) -> None:
-        """Batch the state updates: one update_many for every event that is completely done.
-
-        One flush at a time, so a caller of :meth:`flush` also waits for the one in progress."""
+        """Record every forward finished so far in the inbox (batched: one update_many for every event
+        that is completely done). One flush at a time, so a caller also waits for one in progress."""
         async with self._flush_lock:
             await self._flush_batch()
 
