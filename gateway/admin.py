@@ -42,6 +42,11 @@ class SubscriptionIn(BaseModel):
     event_types: list[str] = Field(default_factory=lambda: [ANY], max_length=50)
 
 
+class ReplayDeadIn(BaseModel):
+    target: str | None = Field(default=None, min_length=1, max_length=80)  # "manager" or "sub:<id>"
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
 def admin_routes(
     gateway: Gateway, admin_token: str | None, event_stores: Sequence[EventStore] = ()
 ) -> list[BaseRoute]:
@@ -123,6 +128,11 @@ def admin_routes(
             return error("no dead-lettered event with that id", 404)
         return JSONResponse({"replayed": True, "targets": forwarding})
 
+    async def replay_dead_letters(request: Request) -> Response:
+        body = await parse_json(request, ReplayDeadIn, empty={})
+        replayed, more = await gateway.replay_dead_letters(body.target, body.limit)
+        return JSONResponse({"replayed": replayed, "more": more})
+
     guard = lambda endpoint: admin_only(admin_token, endpoint)  # noqa: E731
     return [
         Route("/admin/apps", guard(list_apps), methods=["GET"]),
@@ -134,4 +144,5 @@ def admin_routes(
         Route("/admin/events/{id}", guard(show_event), methods=["GET"]),
         Route("/admin/events/{id}/replay", guard(replay_event), methods=["POST"]),
         Route("/admin/dead-letters", guard(dead_letters), methods=["GET"]),
+        Route("/admin/dead-letters/replay", guard(replay_dead_letters), methods=["POST"]),
     ]

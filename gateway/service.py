@@ -147,6 +147,22 @@ class Gateway:
         metrics.BACKLOG.set(self.forwarder.backlog)
         return [name for name, state in doc["targets"].items() if state["state"] == PENDING]
 
+    async def replay_dead_letters(self, target: str | None, limit: int) -> tuple[int, bool]:
+        """Replay the oldest ``limit`` dead letters (those ``target`` gave up on, if given); returns how
+        many were replayed and whether more are left."""
+        replayed = 0
+        after = ""
+        while page := await self.inbox.dead_letters(after, 100):
+            for dead in page:
+                after = dead["key"]
+                if target is not None and target not in dead["targets"]:
+                    continue
+                if replayed == limit:
+                    return replayed, True
+                if await self.replay(dead["_id"]) is not None:
+                    replayed += 1
+        return replayed, False
+
     def _count_result(self, target: str, result: str) -> None:
         kind = MANAGER_TARGET if target == MANAGER_TARGET else "subscription"
         metrics.FORWARDS.labels(kind, result).inc()

@@ -275,3 +275,26 @@ async def test_dead_letters_page_in_the_order_they_were_given_up(setup: Setup) -
             break
         after = page["next"]
     assert sorted(seen) == sorted(ids) and len(seen) == 5
+
+
+async def test_every_dead_letter_of_a_refusing_manager_is_replayed_at_once_after_the_fix(
+    setup: Setup,
+) -> None:
+    setup.receiver.answer = lambda token: 403  # e.g. the manager wants a gateway token we do not send
+    for n in range(5):
+        await setup.callback(f"refused-{n}")
+    async with asyncio.timeout(10):
+        await setup.gateway.forwarder.wait_idle()
+    await setup.gateway.forwarder.flush()
+    setup.receiver.answer = lambda token: 200
+    some = await setup.admin.post("/admin/dead-letters/replay", json={"limit": 2}, headers=AUTH)
+    assert some.json() == {"replayed": 2, "more": True}
+    other = await setup.admin.post("/admin/dead-letters/replay", json={"target": "sub:none"}, headers=AUTH)
+    assert other.json() == {"replayed": 0, "more": False}  # nothing dead for that target
+    rest = await setup.admin.post("/admin/dead-letters/replay", json={"target": "manager"}, headers=AUTH)
+    assert rest.json() == {"replayed": 3, "more": False}
+    await setup.receiver.wait(lambda: len(setup.receiver.acknowledged) == 5)
+    assert sorted(setup.receiver.acknowledged) == sorted(f"refused-{n}" for n in range(5))
+    for bad in ({"limit": 0}, {"limit": 1001}, {"target": ""}, {"target": "x" * 81}, [1]):
+        refused = await setup.admin.post("/admin/dead-letters/replay", json=bad, headers=AUTH)
+        assert refused.status_code == 400, bad
