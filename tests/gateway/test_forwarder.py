@@ -5,6 +5,7 @@ write costs neither the events nor the worker, and a failing manager is probed a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -20,9 +21,8 @@ from starlette.routing import Route
 
 from gateway.app import gateway_app
 from gateway.inbox import DEAD, DONE
-from gateway.manager_link import HttpManagerSink
-from gateway.service import Gateway, GatewayConfig
-from tests.gateway.conftest import ADMIN, FAST_RETRIES
+from gateway.service import Gateway
+from tests.gateway.conftest import ADMIN, make_gateway
 from tests.gateway.test_gateway import opened
 from tests.support.servers import serve_app
 from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml
@@ -93,7 +93,8 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
 
 @pytest.fixture
 def config(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """GatewayConfig fields for ``setup`` (parametrize it ``indirect=True`` to change them)."""
+    """GatewayConfig fields for ``setup`` (parametrize it ``indirect=True`` to change them); a
+    ``schedule`` replaces the forwarder's retry schedule."""
     return {"manager_probe_interval": 0.05, **getattr(request, "param", {})}
 
 
@@ -101,13 +102,10 @@ def config(request: pytest.FixtureRequest) -> dict[str, Any]:
 async def setup(runtime: Runtime, receiver: tuple[Receiver, str], config: dict[str, Any]) -> Any:
     """A started gateway forwarding kf events to ``receiver``, with its admin API on a real socket."""
     recv, url = receiver
-    gateway = Gateway(
-        runtime.db,
-        runtime.box,
-        runtime.http,
-        GatewayConfig(replica_id="gw-test", **{"schedule": FAST_RETRIES, **config}),
-        manager_sink=HttpManagerSink(runtime.http, url),
-    )
+    schedule = config.pop("schedule", None)
+    gateway = make_gateway(runtime, url, **config)
+    if schedule is not None:
+        gateway.forwarder._schedule = schedule
     keys = CorpAppKeys.random()
     await gateway.start()
     await gateway.registry.add(keys.corp_id, None, keys.token, keys.aes_key)
@@ -191,7 +189,8 @@ async def test_a_permanent_refusal_is_dead_lettered_and_blocks_nothing(setup: Se
 
 @pytest.mark.parametrize("status", [500, 503, 408, 425, 429, HANG])
 async def test_transient_failures_are_retried_until_acknowledged(setup: Setup, status: int) -> None:
-    setup.gateway.manager_sink = HttpManagerSink(setup.gateway.http, setup.url, timeout=0.2)
+    assert setup.gateway.manager_sink is not None
+    setup.gateway.manager_sink = dataclasses.replace(setup.gateway.manager_sink, timeout=0.2)
     failures = 2
     answers = iter([status] * failures)
     setup.receiver.answer = lambda token: next(answers, 200)
