@@ -144,7 +144,7 @@ async def test_a_failed_database_write_costs_neither_the_events_nor_the_worker(s
     for n in range(3):
         await setup.callback(f"early-{n}")
     await setup.receiver.wait(lambda: len(setup.receiver.attempts) >= 4)  # a wave, then a probe
-    assert flaky.failed >= 2  # recording those failed attempts failed each time
+    assert flaky.failed >= 1  # recording the first wave's failed attempts failed
     flaky.failing = False
     setup.receiver.answer = lambda token: 200
     await setup.callback("late")
