@@ -176,7 +176,10 @@ class Gateway:
         for doc in await self.inbox.unsure(older_than=self.config.heartbeat_interval):
             log.warning("queueing event %s: its store failed, yet it was stored", doc["_id"])
             self.forwarder.submit(doc)
-        for owner in await self.inbox.dead_replicas(self.config.replica_timeout):
+        dead = await self.inbox.dead_replicas(self.config.replica_timeout)
+        if dead:  # their events may be for subscriptions made there since this replica's last reload
+            await self.subscriptions.reload()
+        for owner in dead:
             taken = await self.forwarder.recover(owner)
             await self.inbox.forget_replica(owner)
             log.warning("took over %d unforwarded events of dead replica %s", taken, owner)

@@ -20,10 +20,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.app import gateway_app
-from gateway.inbox import DEAD, DONE
-from gateway.service import Gateway
+from gateway.inbox import DEAD, DONE, new_document
+from gateway.service import Gateway, GatewayConfig
 from tests.gateway.conftest import ADMIN, make_gateway
 from tests.gateway.test_gateway import opened
+from tests.support.clock import FakeClock
 from tests.support.servers import serve_app
 from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml
 from wecom.xml import build_xml
@@ -297,3 +298,32 @@ async def test_every_dead_letter_of_a_refusing_manager_is_replayed_at_once_after
     for bad in ({"limit": 0}, {"limit": 1001}, {"target": ""}, {"target": "x" * 81}, [1]):
         refused = await setup.admin.post("/admin/dead-letters/replay", json=bad, headers=AUTH)
         assert refused.status_code == 400, bad
+
+
+async def test_a_taken_over_event_for_a_subscription_made_on_the_dead_replica_is_delivered(
+    runtime: Runtime, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    clock = FakeClock()
+    keys = CorpAppKeys.random()
+    live = Gateway(runtime.db, runtime.box, runtime.http, GatewayConfig(replica_id="gw-live"), clock=clock)
+    await live.start()  # its subscriptions are loaded now, before the other replica makes one
+    dead = Gateway(runtime.db, runtime.box, runtime.http, GatewayConfig(replica_id="gw-dead"), clock=clock)
+    await dead.start()
+    try:
+        await dead.registry.add(keys.corp_id, None, keys.token, keys.aes_key)
+        await dead.subscriptions.add(url + "/events", event_types=["change_contact"])
+        plaintext = build_xml({"ToUserName": keys.corp_id, "MsgType": "event", "Event": "change_contact"})
+        event = await opened(dead.registry, keys, plaintext)
+        targets = dead.targets_for(event)
+        await dead.inbox.store(new_document(event, targets, "gw-dead", clock()))  # stored, never sent
+    finally:
+        await dead.stop()
+    try:
+        clock.advance(120)  # gw-dead's heartbeat is stale
+        await live._liveness()
+        await recv.wait(lambda: len(recv.acknowledged) == 1)
+        await live.forwarder.flush()
+        assert await live.inbox.dead_letters() == []
+    finally:
+        await live.stop()
