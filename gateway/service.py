@@ -138,8 +138,8 @@ class Gateway:
         return None
 
     async def replay(self, event_id: str) -> list[str] | None:
-        """Forward a dead-lettered event again to the targets that gave up on it; returns their names,
-        or None if the event has none."""
+        """Forward a dead-lettered event again to the targets that gave up on it; returns the names of
+        the event's targets now pending (those, and any still being forwarded), or None if it has none."""
         doc = await self.inbox.replay(event_id)
         if doc is None:
             return None
