@@ -90,7 +90,9 @@ class Hub:
                 *compat_routes(self.manager, admin_token, GatewayAuth.from_settings(self.runtime.settings)),
                 *callback_routes(self.gateway),
                 *token_routes(self.tokens),
-                *gateway_admin_routes(self.gateway, admin_token),
+                *gateway_admin_routes(
+                    self.gateway, admin_token, [("manager_events", self.manager.mailboxes.event)]
+                ),
                 *manager_admin_routes(self.manager, admin_token),
                 *common_routes(),
             ]

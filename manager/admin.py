@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 from manager.mailbox import Mailbox, account_key
 from manager.service import Manager
 from wxkf.http import Refusal, admin_only, parse_json
+from wxkf.paging import page_params
 
 
 class ReplayIn(BaseModel):
@@ -80,7 +81,8 @@ def admin_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
         mailbox = await manager.mailboxes.get(key)
         if mailbox is None:
             raise Refusal(404, "not_found", "no such account")
-        docs = await manager.mailboxes.events(key)
+        after, limit = page_params(request)
+        docs = await manager.mailboxes.events(key, after, limit)
         delivered = max(mailbox.delivered, manager.dispatcher.delivered_through(key))
         view = [
             {
@@ -95,7 +97,8 @@ def admin_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
             }
             for doc in docs
         ]
-        return JSONResponse({"account": key, "events": view})
+        next_page = docs[-1]["arrival"] if len(docs) == limit else None
+        return JSONResponse({"account": key, "events": view, "next": next_page})
 
     async def replay_route(request: Request) -> Response:
         body = await parse_json(request, ReplayIn)
