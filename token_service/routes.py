@@ -1,7 +1,14 @@
-"""HTTP face of the token service, in WeCom's own response shape so existing clients can point at it."""
+"""HTTP face of the token service, in WeCom's own response shape so existing clients can point at it.
+
+Every answer is HTTP 200 with WeCom's ``{errcode, errmsg}``, refusals included, as WeCom answers: the
+clients this serves (the Node puppet, SDKs) read ``errcode`` and treat a non-2xx status as a crash. A
+caller over its budget of upstream calls for unproven credentials gets 45009, WeCom's own "api freq
+out of limit", with a ``Retry-After`` header. Only a malformed ``/token/invalidate`` body gets a 400.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from pydantic import BaseModel, Field
@@ -9,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from token_service.service import TokenService, TokenUnavailable
+from token_service.service import OverBudget, TokenService, TokenUnavailable
 from wxkf.http import BadRequest, parse_json
 
 log = logging.getLogger(__name__)
@@ -28,6 +35,28 @@ def wecom_error(errcode: int, errmsg: str) -> JSONResponse:
     return JSONResponse({"errcode": errcode, "errmsg": errmsg})
 
 
+def refused(exc: TokenUnavailable) -> JSONResponse:
+    response = wecom_error(exc.errcode, exc.errmsg)
+    if isinstance(exc, OverBudget):
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return response
+
+
+def caller_of(request: Request) -> str:
+    """Who upstream calls are charged to: the client's IPv4 address, or its IPv6 /64 (one host
+    commonly holds a whole /64, so single IPv6 addresses would be free to pick)."""
+    host = request.client.host if request.client is not None else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 def gettoken_endpoint(service: TokenService):  # type: ignore[no-untyped-def]
     """``GET ?corpid&corpsecret`` -> ``{errcode, errmsg, access_token, expires_in}``."""
 
@@ -41,10 +70,10 @@ def gettoken_endpoint(service: TokenService):  # type: ignore[no-untyped-def]
         if len(corp_id) > 64 or len(secret) > 256:
             return wecom_error(40013, "invalid corpid or corpsecret")
         try:
-            issued = await service.get(corp_id, secret)
+            issued = await service.get(corp_id, secret, caller=caller_of(request))
         except TokenUnavailable as exc:
-            log.warning("no token for corp %s: errcode %s", corp_id, exc.errcode)
-            return wecom_error(exc.errcode, exc.errmsg)
+            log.debug("no token for corp %s: errcode %s", corp_id, exc.errcode)
+            return refused(exc)
         now = service.clock()
         return JSONResponse(
             {"errcode": 0, "errmsg": "ok", "access_token": issued.token, "expires_in": issued.expires_in(now)}
@@ -60,9 +89,11 @@ def token_routes(service: TokenService) -> list[BaseRoute]:
         except BadRequest as exc:
             return JSONResponse({"errcode": 40058, "errmsg": exc.message}, status_code=exc.status)
         try:
-            issued = await service.invalidate(body.corpid, body.corpsecret, body.access_token)
+            issued = await service.invalidate(
+                body.corpid, body.corpsecret, body.access_token, caller=caller_of(request)
+            )
         except TokenUnavailable as exc:
-            return wecom_error(exc.errcode, exc.errmsg)
+            return refused(exc)
         now = service.clock()
         return JSONResponse(
             {"errcode": 0, "errmsg": "ok", "access_token": issued.token, "expires_in": issued.expires_in(now)}
