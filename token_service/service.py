@@ -16,8 +16,9 @@ What WeCom does, and so what this does:
 * Across replicas, a lease on the app's document lets exactly one replica renew; the others read its
   result. A background pass wakes at the earliest ``renew_at`` so that callers rarely wait.
 * In one process, concurrent callers share one resolution; a short memory cache serves the hot path.
-* Invalidation reports (40001/40014/42001 seen by a client) force at most one refresh per app per
-  ``invalidate_interval``, and only if the reported token is still the current one.
+* Invalidation reports (40001/40014/42001 seen by a client) force a refresh only if the reported token
+  is still the current one (N clients reporting one revoked token cost one call), and at most one per
+  app per ``invalidate_interval`` (counted from the last forced refresh, not the last renewal).
 * When upstream fails, the still-valid token keeps being served and retries back off exponentially.
 
 Against strangers (the HTTP routes need no authentication): a (corpid, secret) pair is *proven* once
@@ -227,7 +228,7 @@ class TokenService:
             return False
         if stale is not None and hmac.compare_digest(record.token, stale):
             # Reported invalid: refresh, unless we did so moments ago (then the report is a straggler).
-            return now - record.refreshed_at < self.policy.invalidate_interval
+            return now - record.forced_at < self.policy.invalidate_interval
         return True
 
     def _issue(self, record: TokenRecord, now: float) -> IssuedToken:
@@ -256,7 +257,7 @@ class TokenService:
                 # past serving, but gettoken would answer this same token until renew_at
                 wake_at = min(record.renew_at, now + 10 * self.policy.poll_interval)
             elif await self.store.try_lease(record, self.owner, now, self.policy.lease_ttl):
-                return await self._renew_under_lease(record)
+                return await self._renew_under_lease(record, forced=stale is not None)
             if now >= deadline:
                 if record.valid_for(now) > 0:
                     return self._issue(record, now)
@@ -345,7 +346,7 @@ class TokenService:
         return self._issue(record, self.clock())
 
     # -- proven pairs -----------------------------------------------------------------------
-    async def _renew_under_lease(self, record: TokenRecord) -> IssuedToken:
+    async def _renew_under_lease(self, record: TokenRecord, *, forced: bool = False) -> IssuedToken:
         """Call upstream once while holding the lease; persist the outcome and release the lease."""
         try:
             issue = await self._call_upstream(record.corp_id, record.secret)
@@ -353,7 +354,7 @@ class TokenService:
             return await self._record_failure(record, exc.errcode, exc.errmsg)
         except Exception as exc:  # transport errors: unreachable, timeout, bad JSON
             return await self._record_failure(record, SYSTEM_BUSY, f"upstream unreachable: {exc}")
-        await self.store.save_token(record.key, issue)
+        await self.store.save_token(record.key, issue, forced=forced)
         valid = issue.expires_at - issue.fetched_at
         if record.token is not None and hmac.compare_digest(issue.token, record.token):
             log.info(

@@ -40,6 +40,7 @@ class TokenRecord:
     expires_at: float = 0.0
     renew_at: float = 0.0
     refreshed_at: float = 0.0
+    forced_at: float = 0.0  # the last refresh an invalidation report asked for
     generation: int = 0
     failure_errcode: int | None = None
     failure_errmsg: str | None = None
@@ -92,6 +93,7 @@ class TokenStore:
             expires_at=expires_at,
             renew_at=float(doc.get("renew_at", expires_at)),
             refreshed_at=float(doc.get("refreshed_at", 0.0)),
+            forced_at=float(doc.get("forced_at", 0.0)),
             generation=int(doc.get("generation", 0)),
             failure_errcode=doc.get("failure_errcode"),
             failure_errmsg=doc.get("failure_errmsg"),
@@ -162,12 +164,13 @@ class TokenStore:
             {"_id": key, "lease_owner": owner}, {"$set": {"lease_until": 0.0, "lease_owner": None}}
         )
 
-    async def save_token(self, key: str, issue: Issue) -> None:
+    async def save_token(self, key: str, issue: Issue, *, forced: bool = False) -> None:
         """Store a renewal's answer (a new token, or the current one with fresh timings), clear the
-        failure state and release the lease in one write."""
-        await self._collection.update_one(
-            {"_id": key}, {"$set": self._token_fields(key, issue), "$inc": {"generation": 1}}
-        )
+        failure state and release the lease in one write. ``forced``: an invalidation asked for it."""
+        fields = self._token_fields(key, issue)
+        if forced:
+            fields["forced_at"] = issue.fetched_at
+        await self._collection.update_one({"_id": key}, {"$set": fields, "$inc": {"generation": 1}})
 
     async def save_failure(
         self, key: str, owner: str, errcode: int, errmsg: str, retry_at: float, failures: int

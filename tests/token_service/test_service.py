@@ -195,11 +195,28 @@ async def test_invalidate_storm_costs_one_refresh_and_stragglers_none(db, box, u
 async def test_invalidate_is_rate_limited_per_app(db, box, upstream, clock):
     service = make_service(db, box, upstream, clock, invalidate_interval=60)
     token = (await service.get(CORP, SECRET)).token
-    await service.invalidate(CORP, SECRET, token)  # refreshed 0 s ago: a straggler, ignored
-    assert upstream.calls == 1
-    clock.advance(61)
-    await service.invalidate(CORP, SECRET, token)
+    upstream.revoke()
+    token = (await service.invalidate(CORP, SECRET, token)).token  # the first report is believed
     assert upstream.calls == 2
+    clock.advance(30)
+    assert (await service.invalidate(CORP, SECRET, token)).token == token  # 30 s later: ignored
+    assert upstream.calls == 2
+    clock.advance(31)
+    await service.invalidate(CORP, SECRET, token)
+    assert upstream.calls == 3
+
+
+async def test_a_renewal_does_not_hold_back_an_invalidation(db, box, upstream, clock):
+    """The interval counts from the last forced refresh: a token revoked moments after its renewal
+    is refreshed at the first report (with short tokens, a renewal is always "moments ago")."""
+    service = make_service(db, box, upstream, clock, invalidate_interval=60)
+    await service.get(CORP, SECRET)
+    clock.advance(RENEW_AT)
+    renewed = (await service.get(CORP, SECRET)).token
+    clock.advance(5)
+    upstream.revoke()
+    assert (await service.invalidate(CORP, SECRET, renewed)).token != renewed
+    assert upstream.calls == 3
 
 
 async def test_upstream_down_keeps_serving_the_valid_token_and_backs_off(db, box, upstream, clock):
