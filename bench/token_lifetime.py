@@ -1,7 +1,9 @@
 """Token lifetimes across replicas (issue 10, item 15): upstream ``gettoken`` calls per token lifetime.
 
 ``python -m bench.token_lifetime [--replicas 3] [--ttl 8] [--lifetimes 6] [--invalidations 2]``
-``[--clients 4]``; about ``(lifetimes + 1) x (ttl + 2)`` seconds (70 s with the defaults).
+``[--clients 4] [--source DIR]``; about ``(lifetimes + invalidations) x (ttl + 2)`` seconds (80 s
+with the defaults). ``--source`` runs the token services from another source tree (``git archive`` of
+an older commit) for a before/after comparison.
 
 Setup, as an operator would run replicas:
 
@@ -170,8 +172,9 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(workdir: Path, replicas: int, ttl: int) -> AsyncIterator[Stack]:
-    """Simulator (short tokens, reuse on), one database, ``replicas`` token services; stopped on exit."""
+async def stack(workdir: Path, replicas: int, ttl: int, source: Path | None = None) -> AsyncIterator[Stack]:
+    """Simulator (short tokens, reuse on), one database, ``replicas`` token services (run from
+    ``source``, another checkout, if given); all stopped on exit."""
     sim_port, *ports = free_ports(1 + replicas)
     secret = "life-" + secrets.token_hex(16)
     seed = workdir / "seed.json"
@@ -199,6 +202,7 @@ async def stack(workdir: Path, replicas: int, ttl: int) -> AsyncIterator[Stack]:
                     "WXKF_DATA_DIR": str(workdir / f"replica-{i}"),
                     "HOST": "127.0.0.1",
                     "PORT": str(port),
+                    **({"PYTHONPATH": str(source)} if source is not None else {}),
                 },
             )
             for i, port in enumerate(ports)
@@ -223,9 +227,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "lifetimes": args.lifetimes,
         "invalidations": args.invalidations,
         "clients_per_replica": args.clients,
+        "token_service_source": str(args.source or "this checkout"),
     }
     try:
-        async with stack(workdir, args.replicas, args.ttl) as run, aiohttp.ClientSession() as http:
+        async with (
+            stack(workdir, args.replicas, args.ttl, args.source) as run,
+            aiohttp.ClientSession() as http,
+        ):
             # the first token, asked of every replica at once: nothing is stored before WeCom answers,
             # so each replica may make one call for a pair it has never seen
             first = await asyncio.gather(
@@ -252,6 +260,12 @@ def main() -> None:
     parser.add_argument("--lifetimes", type=int, default=6, help="renewals to watch")
     parser.add_argument("--invalidations", type=int, default=2, help="forced invalidations on the way")
     parser.add_argument("--clients", type=int, default=4, help="client loops per replica")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="run the token services from this source tree (before/after)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, database)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args()

@@ -14,7 +14,9 @@ Setup, as an operator would run two replicas:
 Each round creates a fresh app in the simulator (so no replica has a token for it, in memory or in
 the database), then ``--clients`` aiohttp sessions, half on each replica, open their connections and
 wait at a barrier; released together, they send ``--requests`` ``GET /cgi-bin/gettoken`` in all.
-Goal: exactly one upstream call per round, and every answer the same token.
+Goal: at most one upstream call per replica per round, and every answer the same token. (Nothing is
+stored for a pair before WeCom has issued a token for it, so replicas cannot share the very first
+call; WeCom answers the second with the same token. Renewals are shared: bench/token_lifetime.py.)
 
 Then the cached path: wrk against one replica, and against both at once (one wrk each).
 """
@@ -268,7 +270,11 @@ def main() -> None:
     print_report("token storm", report)
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    failed = [r for r in report["rounds"] if r["upstream_gettoken_calls"] != 1 or not r["all_same_token"]]
+    failed = [
+        r
+        for r in report["rounds"]
+        if not 1 <= r["upstream_gettoken_calls"] <= report["settings"]["replicas"] or not r["all_same_token"]
+    ]
     sys.exit(1 if failed else 0)
 
 

@@ -139,25 +139,24 @@ class TokenStore:
         return record
 
     async def try_lease(self, seen: TokenRecord, owner: str, now: float, ttl: float) -> bool:
-        """Take the refresh lease if it is free or expired (or already ours).
+        """Take the refresh lease if it is free or expired.
 
         The lease is granted only while the document is still the version the caller read
         (same ``generation`` and ``failures``): a replica that read the record just before
         another replica stored a fresh token or a failure must re-read, not call upstream again.
+        A live lease is refused to its own holder too: the background renewal and a caller in the
+        same process must not both call upstream.
         """
-        version = {
-            "_id": seen.key,
-            "generation": seen.generation,
-            "failures": seen.failures or {"$in": [0, None]},
-        }
-        take = {"$set": {"lease_owner": owner, "lease_until": now + ttl}}
-        # Two point updates rather than one ``$or`` findAndModify, which SecantusDB runs as a collection
-        # scan (wxkf.database). Each is atomic on the document, so the version check holds for both.
-        for holder in ({"lease_owner": owner}, {"lease_until": {"$lt": now}}):
-            result = await self._collection.update_one({**version, **holder}, take)
-            if result.matched_count:
-                return True
-        return False
+        result = await self._collection.update_one(
+            {
+                "_id": seen.key,
+                "generation": seen.generation,
+                "failures": seen.failures or {"$in": [0, None]},
+                "lease_until": {"$lt": now},
+            },
+            {"$set": {"lease_owner": owner, "lease_until": now + ttl}},
+        )
+        return result.matched_count == 1
 
     async def release(self, key: str, owner: str) -> None:
         await self._collection.update_one(

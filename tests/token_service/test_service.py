@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Any
 
 import pytest
 
@@ -52,6 +53,34 @@ async def test_replicas_proving_a_pair_at_once_store_one_document(db, box, upstr
     assert upstream.calls <= 2
     assert len(tokens) == 1
     assert await documents(db) == 1
+
+
+async def test_the_background_renewal_and_a_caller_in_one_process_share_one_call(db, box, upstream, clock):
+    service = make_service(db, box, upstream, clock)
+    old = (await service.get(CORP, SECRET)).token
+    clock.advance(RENEW_AT)
+    upstream.gate = asyncio.Event()
+    upstream.entered.clear()
+    leases: list[bool] = []
+    both_tried = asyncio.Event()
+    take_lease = service.store.try_lease
+
+    async def recorded_lease(*args: Any) -> bool:
+        leases.append(await take_lease(*args))
+        if len(leases) == 2:
+            both_tried.set()
+        return leases[-1]
+
+    service.store.try_lease = recorded_lease
+    background = asyncio.create_task(service.renew_due())
+    await upstream.entered.wait()  # the pass holds the lease and is inside gettoken
+    caller = asyncio.create_task(service.get(CORP, SECRET))
+    await asyncio.wait_for(both_tried.wait(), timeout=10)  # the caller asked for the lease too
+    assert leases == [True, False]
+    upstream.gate.set()
+    assert (await background).renewed == 1
+    assert (await caller).token != old
+    assert upstream.calls == 2
 
 
 async def test_replica_that_read_before_anothers_renewal_does_not_call_upstream_again(
