@@ -2,6 +2,8 @@
 
 ``python -m bench.token_storm [--rounds 5] [--requests 1000] [--clients 20] [--wrk-duration 30]``;
 ``--quick`` is a smoke run (2 rounds, 5 s of wrk). Needs ``wrk`` (``apt-get install wrk``).
+``--source DIR`` runs the token services from another source tree (``git archive`` of an older commit),
+to compare before and after side by side.
 
 Setup, as an operator would run two replicas:
 
@@ -63,8 +65,9 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(workdir: Path) -> AsyncIterator[Stack]:
-    """Simulator, one database, two token-service replicas on it; all stopped on exit."""
+async def stack(workdir: Path, source: Path | None = None) -> AsyncIterator[Stack]:
+    """Simulator, one database, two token-service replicas on it (run from ``source``, another
+    checkout, if given); all stopped on exit."""
     sim_port, *ports = free_ports(3)
     seed = workdir / "seed.json"
     seed.write_text(json.dumps({"config": {"gettoken_rate": None}, "corps": [{"corpid": CORP_ID}]}))
@@ -89,6 +92,7 @@ async def stack(workdir: Path) -> AsyncIterator[Stack]:
                     "WXKF_DATA_DIR": str(workdir / f"replica-{i}"),
                     "HOST": "127.0.0.1",
                     "PORT": str(port),
+                    **({"PYTHONPATH": str(source)} if source is not None else {}),
                 },
             )
             for i, port in enumerate(ports)
@@ -238,9 +242,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "replicas": 2,
         "wrk_connections": args.wrk_connections,
         "wrk_duration_s": args.wrk_duration,
+        "token_service_source": str(args.source or "this checkout"),
     }
     try:
-        async with stack(workdir) as run, aiohttp.ClientSession() as http:
+        async with stack(workdir, args.source) as run, aiohttp.ClientSession() as http:
             for _ in range(args.rounds):
                 result = await storm_round(http, run, args.requests, args.clients)
                 report["rounds"].append(result)
@@ -261,6 +266,9 @@ def main() -> None:
     parser.add_argument("--wrk-duration", type=float, default=30.0)
     parser.add_argument("--wrk-connections", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 5 s of wrk")
+    parser.add_argument(
+        "--source", type=Path, default=None, help="run the token services from this tree (before/after)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, database)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args()

@@ -8,7 +8,6 @@ out of limit", with a ``Retry-After`` header. Only a malformed ``/token/invalida
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from pydantic import BaseModel, Field
@@ -43,18 +42,8 @@ def refused(exc: TokenUnavailable) -> JSONResponse:
 
 
 def caller_of(request: Request) -> str:
-    """Who upstream calls are charged to: the client's IPv4 address, or its IPv6 /64 (one host
-    commonly holds a whole /64, so single IPv6 addresses would be free to pick)."""
-    host = request.client.host if request.client is not None else ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host or "unknown"
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
+    """The client address (what upstream calls for unproven pairs are charged to)."""
+    return request.client.host if request.client is not None else ""
 
 
 def gettoken_endpoint(service: TokenService):  # type: ignore[no-untyped-def]

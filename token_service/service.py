@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import secrets
 import time
@@ -76,6 +77,20 @@ class OverBudget(TokenUnavailable):
     def __init__(self, errmsg: str, retry_after: float) -> None:
         super().__init__(RATE_LIMITED, errmsg)
         self.retry_after = retry_after
+
+
+def budget_key(address: str) -> str:
+    """Who a caller's upstream calls are charged to: its IPv4 address, or its IPv6 /64 (one host
+    commonly holds a whole /64, so single IPv6 addresses would be free to pick)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +325,7 @@ class TokenService:
     def _charge(self, corp_id: str, caller: str | None) -> None:
         if caller is None:
             return
+        caller = budget_key(caller)
         budgets = ((self._by_caller, caller), (self._by_corp, corp_id), (self._in_total, ""))
         wait = max(budget.wait_for(key) for budget, key in budgets)
         if wait > 0:

@@ -113,3 +113,12 @@ async def test_a_proven_secret_that_wecom_stops_accepting_is_forgotten(db, box, 
     calls = upstream.calls
     assert await attempt(service, CORP, SECRET, ATTACKER) == 40001  # cached refusal
     assert upstream.calls == calls
+
+
+async def test_ipv6_callers_are_budgeted_per_64_not_per_address(db, box, upstream, clock):
+    service = make_service(db, box, upstream, clock)
+    callers = [f"2001:db8:1:2::{i:x}" for i in range(1, 31)]  # one host picks a new address each time
+    answers = [await attempt(service, CORP, secrets.token_hex(16), caller) for caller in callers]
+    assert upstream.calls == 10
+    assert answers.count(45009) == 20
+    assert await attempt(service, CORP, secrets.token_hex(16), "2001:db8:1:3::1") == 40001  # another /64
