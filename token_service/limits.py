@@ -87,8 +87,9 @@ class _Bucket:
 class Budget:
     """A token bucket per key: ``burst`` calls at once, then ``rate`` calls per second.
 
-    ``take(key)`` spends one call and returns 0.0, or returns how many seconds until one is available
-    (and spends nothing). At most ``size`` keys are tracked.
+    ``wait_for(key)`` says how long until a call is allowed, ``spend(key)`` spends one; checking
+    several budgets before spending in any keeps a refusal by one from costing the others. At most
+    ``size`` keys are tracked, and only keys that spent a call.
     """
 
     def __init__(self, burst: float, rate: float, size: int, clock: Callable[[], float]) -> None:
@@ -102,21 +103,22 @@ class Budget:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def _refilled(self, key: str) -> _Bucket:
-        now = self._clock()
+    def _refilled(self, key: str) -> _Bucket | None:
         bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = _Bucket(self.burst, now)
-            self._buckets.put(key, bucket)
-        else:
+        if bucket is not None:
+            now = self._clock()
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated_at) * self.rate)
             bucket.updated_at = now
         return bucket
 
     def wait_for(self, key: str) -> float:
-        """Seconds until ``key`` may spend a call (0.0: now)."""
+        """Seconds until ``key`` may spend a call (0.0: now). Tracks nothing new: an unknown key is full."""
         bucket = self._refilled(key)
-        return 0.0 if bucket.tokens >= 1 else (1 - bucket.tokens) / self.rate
+        return 0.0 if bucket is None or bucket.tokens >= 1 else (1 - bucket.tokens) / self.rate
 
     def spend(self, key: str) -> None:
-        self._refilled(key).tokens -= 1
+        bucket = self._refilled(key)
+        if bucket is None:
+            self._buckets.put(key, _Bucket(self.burst - 1, self._clock()))
+        else:
+            bucket.tokens -= 1
