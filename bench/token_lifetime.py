@@ -23,17 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
-import os
-import secrets
 import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -41,11 +37,10 @@ from typing import Any
 
 import aiohttp
 
-from bench.gateway_load import spread, wxkf_argv
-from bench.manager_support import Child, free_ports, machine, print_report
-from wxkf.database import EmbeddedMongo
+from bench.gateway_load import spread
+from bench.manager_support import machine, print_report
+from bench.token_storm import CORP_ID, new_app, stack
 
-CORP_ID = "wwtokenlife"
 TOKEN_REJECTED = frozenset({40001, 40014, 42001})
 
 
@@ -103,6 +98,11 @@ class TokenLoad:
             async with self.http.post(url + "/token/invalidate", json=body) as response:
                 await response.read()
             self.invalidations += 1
+
+
+async def touch(http: aiohttp.ClientSession, url: str, params: dict[str, str]) -> None:
+    async with http.get(url, params=params) as response:
+        await response.read()
 
 
 async def gettoken_counts(http: aiohttp.ClientSession, sim_url: str) -> dict[str, int]:
@@ -164,60 +164,6 @@ async def measure_lifetimes(
     }
 
 
-@dataclass
-class Stack:
-    sim_url: str
-    urls: list[str]
-    secret: str
-
-
-@asynccontextmanager
-async def stack(workdir: Path, replicas: int, ttl: int, source: Path | None = None) -> AsyncIterator[Stack]:
-    """Simulator (short tokens, reuse on), one database, ``replicas`` token services (run from
-    ``source``, another checkout, if given); all stopped on exit."""
-    sim_port, *ports = free_ports(1 + replicas)
-    secret = "life-" + secrets.token_hex(16)
-    seed = workdir / "seed.json"
-    config = {"token_ttl": ttl, "token_reuse": True, "gettoken_rate": None}
-    seed.write_text(
-        json.dumps({"config": config, "corps": [{"corpid": CORP_ID, "apps": [{"secret": secret}]}]})
-    )
-    sim = Child(
-        "simulator",
-        [*wxkf_argv("sim"), "--port", str(sim_port), "--seed", str(seed)],
-        workdir / "simulator.log",
-    )
-    async with AsyncExitStack() as cleanup:
-        uri = await cleanup.enter_async_context(EmbeddedMongo(workdir / "db"))
-        secret_key = base64.b64encode(os.urandom(32)).decode()
-        children = [sim] + [
-            Child(
-                f"token-service-{i}",
-                wxkf_argv("token-service"),
-                workdir / f"token-service-{i}.log",
-                env={
-                    "MONGO_URI": uri,
-                    "WXKF_SECRET_KEY": secret_key,
-                    "WECOM_API_BASE": f"http://127.0.0.1:{sim_port}/cgi-bin",
-                    "WXKF_DATA_DIR": str(workdir / f"replica-{i}"),
-                    "HOST": "127.0.0.1",
-                    "PORT": str(port),
-                    **({"PYTHONPATH": str(source)} if source is not None else {}),
-                },
-            )
-            for i, port in enumerate(ports)
-        ]
-        for child in children:
-            child.start()
-            cleanup.callback(child.stop)
-        sim_url = f"http://127.0.0.1:{sim_port}"
-        urls = [f"http://127.0.0.1:{port}" for port in ports]
-        await sim.wait_http(sim_url + "/sim/config")
-        for child, url in zip(children[1:], urls, strict=True):
-            await child.wait_http(url + "/healthz")
-        yield Stack(sim_url, urls, secret)
-
-
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="wxkf-bench-lifetime-"))
     report: dict[str, Any] = {"machine": machine(), "workdir": str(workdir)}
@@ -229,23 +175,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "clients_per_replica": args.clients,
         "token_service_source": str(args.source or "this checkout"),
     }
+    config = {"token_ttl": args.ttl, "token_reuse": True}
     try:
-        async with (
-            stack(workdir, args.replicas, args.ttl, args.source) as run,
-            aiohttp.ClientSession() as http,
-        ):
+        running = stack(workdir, replicas=args.replicas, config=config, source=args.source)
+        async with running as run, aiohttp.ClientSession() as http:
+            _, secret = await new_app(http, run)
             # the first token, asked of every replica at once: nothing is stored before WeCom answers,
             # so each replica may make one call for a pair it has never seen
-            first = await asyncio.gather(
-                *(
-                    http.get(url + "/cgi-bin/gettoken", params={"corpid": CORP_ID, "corpsecret": run.secret})
-                    for url in run.urls
-                )
-            )
-            for response in first:
-                await response.read()
+            creds = {"corpid": CORP_ID, "corpsecret": secret}
+            await asyncio.gather(*(touch(http, url + "/cgi-bin/gettoken", creds) for url in run.urls))
             report["first_token"] = await gettoken_counts(http, run.sim_url)
-            load = TokenLoad(http, run.sim_url, run.urls, CORP_ID, run.secret, args.clients)
+            load = TokenLoad(http, run.sim_url, run.urls, CORP_ID, secret, args.clients)
             report["lifetimes"] = await measure_lifetimes(load, args.lifetimes, args.invalidations, args.ttl)
     finally:
         if not args.keep:

@@ -65,12 +65,16 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(workdir: Path, source: Path | None = None) -> AsyncIterator[Stack]:
-    """Simulator, one database, two token-service replicas on it (run from ``source``, another
-    checkout, if given); all stopped on exit."""
-    sim_port, *ports = free_ports(3)
+async def stack(
+    workdir: Path, *, replicas: int = 2, config: dict[str, Any] | None = None, source: Path | None = None
+) -> AsyncIterator[Stack]:
+    """Simulator (gettoken rate limit off, ``config`` on top) with the corp ``CORP_ID``, one database,
+    ``replicas`` token services on it (run from ``source``, another checkout, if given); all stopped
+    on exit."""
+    sim_port, *ports = free_ports(1 + replicas)
     seed = workdir / "seed.json"
-    seed.write_text(json.dumps({"config": {"gettoken_rate": None}, "corps": [{"corpid": CORP_ID}]}))
+    sim_config = {"gettoken_rate": None, **(config or {})}
+    seed.write_text(json.dumps({"config": sim_config, "corps": [{"corpid": CORP_ID}]}))
     sim = Child(
         "simulator",
         [*wxkf_argv("sim"), "--port", str(sim_port), "--seed", str(seed)],
@@ -80,7 +84,7 @@ async def stack(workdir: Path, source: Path | None = None) -> AsyncIterator[Stac
         db = EmbeddedMongo(workdir / "db")
         uri = await cleanup.enter_async_context(db)
         secret_key = base64.b64encode(os.urandom(32)).decode()
-        replicas = [
+        services = [
             Child(
                 f"token-service-{i}",
                 wxkf_argv("token-service"),
@@ -97,15 +101,15 @@ async def stack(workdir: Path, source: Path | None = None) -> AsyncIterator[Stac
             )
             for i, port in enumerate(ports)
         ]
-        for child in (sim, *replicas):
+        for child in (sim, *services):
             child.start()
             cleanup.callback(child.stop)
         sim_url = f"http://127.0.0.1:{sim_port}"
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         await sim.wait_http(sim_url + "/sim/config")
-        for child, url in zip(replicas, urls, strict=True):
+        for child, url in zip(services, urls, strict=True):
             await child.wait_http(url + "/healthz")
-        yield Stack(sim, sim_url, replicas, urls, db)
+        yield Stack(sim, sim_url, services, urls, db)
 
 
 async def new_app(http: aiohttp.ClientSession, run: Stack) -> tuple[int, str]:
@@ -245,7 +249,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "token_service_source": str(args.source or "this checkout"),
     }
     try:
-        async with stack(workdir, args.source) as run, aiohttp.ClientSession() as http:
+        async with stack(workdir, source=args.source) as run, aiohttp.ClientSession() as http:
             for _ in range(args.rounds):
                 result = await storm_round(http, run, args.requests, args.clients)
                 report["rounds"].append(result)
