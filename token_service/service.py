@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from token_service.limits import Budget, LruMap, RefusalCache
+from token_service.metrics import REFUSED_LOCALLY, UPSTREAM_CALLS
 from token_service.store import Issue, TokenRecord, TokenStore
 from wecom.errors import WeComError
 from wecom.tokens import AccessToken
@@ -294,13 +295,22 @@ class TokenService:
             f"next attempt in {int(record.retry_at - now)} s",
         )
 
-    async def _call_upstream(self, corp_id: str, secret: str) -> Issue:
+    async def _call_upstream(self, corp_id: str, secret: str, reason: str, current: str | None) -> Issue:
         """One ``gettoken``, timed: served until ``expires_in`` after the request left (minus nothing
         more: ``serve_margin`` applies when serving), renewed ``renew_grace`` after ``expires_in``
         from when the answer arrived (the latest WeCom's copy can expire)."""
         started = self.clock()
         self.upstream_calls += 1
-        fresh = await self.fetch(corp_id, secret)
+        try:
+            fresh = await self.fetch(corp_id, secret)
+        except WeComError:
+            UPSTREAM_CALLS.labels(reason, "refused").inc()
+            raise
+        except Exception:
+            UPSTREAM_CALLS.labels(reason, "unreachable").inc()
+            raise
+        same = current is not None and hmac.compare_digest(fresh.token, current)
+        UPSTREAM_CALLS.labels(reason, "same" if same else "new").inc()
         now = self.clock()
         latency = max(0.0, now - started)
         valid_for = fresh.expires_at - now
@@ -316,6 +326,7 @@ class TokenService:
         for refused_key in (key, f"corp {corp_id}"):
             refusal = self._refusals.get(refused_key)
             if refusal is not None:
+                REFUSED_LOCALLY.labels("cached_refusal").inc()
                 raise TokenUnavailable(refusal.errcode, refusal.errmsg)
 
     def _remember_refusal(self, corp_id: str, key: str, errcode: int, errmsg: str) -> None:
@@ -329,6 +340,7 @@ class TokenService:
         budgets = ((self._by_caller, caller), (self._by_corp, corp_id), (self._in_total, ""))
         wait = max(budget.wait_for(key) for budget, key in budgets)
         if wait > 0:
+            REFUSED_LOCALLY.labels("over_budget").inc()
             now = self.clock()
             last = self._warned.get(caller)
             if last is None or now - last >= 60.0:
@@ -348,7 +360,7 @@ class TokenService:
         """First ``gettoken`` for a pair nobody stored: charged to the caller, stored only on success."""
         self._charge(corp_id, caller)
         try:
-            issue = await self._call_upstream(corp_id, secret)
+            issue = await self._call_upstream(corp_id, secret, "first", None)
         except WeComError as exc:
             log.warning("gettoken refused unproven credentials for corp %s: errcode %s", corp_id, exc.errcode)
             self._remember_refusal(corp_id, key, exc.errcode, exc.errmsg)
@@ -365,7 +377,8 @@ class TokenService:
     async def _renew_under_lease(self, record: TokenRecord, *, forced: bool = False) -> IssuedToken:
         """Call upstream once while holding the lease; persist the outcome and release the lease."""
         try:
-            issue = await self._call_upstream(record.corp_id, record.secret)
+            reason = "forced" if forced else "renewal"
+            issue = await self._call_upstream(record.corp_id, record.secret, reason, record.token)
         except WeComError as exc:
             return await self._record_failure(record, exc.errcode, exc.errmsg)
         except Exception as exc:  # transport errors: unreachable, timeout, bad JSON

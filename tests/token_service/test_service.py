@@ -7,10 +7,17 @@ import base64
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.token_service.fakes import CORP, SECRET, documents, make_service
 from token_service.service import TokenUnavailable
 from token_service.store import COLLECTION
+
+
+def upstream_calls_metric(reason: str, result: str) -> float:
+    labels = {"reason": reason, "result": result}
+    return REGISTRY.get_sample_value("wxkf_token_upstream_calls_total", labels) or 0.0
+
 
 RENEW_AT = 7200 + 1.0  # renew_grace (1 s) after a 7200 s token expires
 
@@ -162,8 +169,10 @@ async def test_renewal_that_gets_the_same_token_back_waits_for_its_new_expiry(db
     token = (await service.get(CORP, SECRET)).token
     issued_at = upstream.call_times[0]
     clock.now = issued_at + RENEW_AT
+    wasted = upstream_calls_metric("renewal", "same")
     assert (await service.renew_due()).renewed == 1
     assert upstream.reused == 1
+    assert upstream_calls_metric("renewal", "same") == wasted + 1  # visible to the operator
     assert (await service.get(CORP, SECRET)).token == token  # valid 29 s more
     for seconds in (5, 10, 20, 27.5):
         clock.now = issued_at + RENEW_AT + seconds
