@@ -9,6 +9,7 @@ out of limit", with a ``Retry-After`` header. Only a malformed ``/token/invalida
 from __future__ import annotations
 
 import logging
+import re
 
 from pydantic import BaseModel, Field
 from starlette.requests import Request
@@ -22,6 +23,13 @@ log = logging.getLogger(__name__)
 
 MISSING_CORPID = 41002
 MISSING_SECRET = 41004
+INVALID_CORPID = 40013
+INVALID_CREDENTIAL = 40001
+
+# What WeCom issues (corpids "ww" + hex, secrets base64url), with room to spare; anything else is
+# refused locally with WeCom's own errcode, never sent upstream, and never reaches a log line raw.
+CORPID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+SECRET = re.compile(r"[\x21-\x7e]{1,256}")
 
 
 class InvalidateIn(BaseModel):
@@ -41,6 +49,15 @@ def refused(exc: TokenUnavailable) -> JSONResponse:
     return response
 
 
+def malformed(corp_id: str, secret: str) -> JSONResponse | None:
+    """WeCom's answer to credentials that cannot be valid, or None if they may be."""
+    if not CORPID.fullmatch(corp_id):
+        return wecom_error(INVALID_CORPID, "invalid corpid: letters, digits, '-' and '_', at most 64")
+    if not SECRET.fullmatch(secret):
+        return wecom_error(INVALID_CREDENTIAL, "invalid credential: corpsecret malformed")
+    return None
+
+
 def caller_of(request: Request) -> str:
     """The client address (what upstream calls for unproven pairs are charged to)."""
     return request.client.host if request.client is not None else ""
@@ -56,8 +73,9 @@ def gettoken_endpoint(service: TokenService):  # type: ignore[no-untyped-def]
             return wecom_error(MISSING_CORPID, "missing corpid")
         if not secret:
             return wecom_error(MISSING_SECRET, "missing corpsecret")
-        if len(corp_id) > 64 or len(secret) > 256:
-            return wecom_error(40013, "invalid corpid or corpsecret")
+        refusal = malformed(corp_id, secret)
+        if refusal is not None:
+            return refusal
         try:
             issued = await service.get(corp_id, secret, caller=caller_of(request))
         except TokenUnavailable as exc:
@@ -77,6 +95,9 @@ def token_routes(service: TokenService) -> list[BaseRoute]:
             body = await parse_json(request, InvalidateIn)
         except BadRequest as exc:
             return JSONResponse({"errcode": 40058, "errmsg": exc.message}, status_code=exc.status)
+        refusal = malformed(body.corpid, body.corpsecret)
+        if refusal is not None:
+            return refusal
         try:
             issued = await service.invalidate(
                 body.corpid, body.corpsecret, body.access_token, caller=caller_of(request)

@@ -129,3 +129,17 @@ async def test_random_credentials_cost_bounded_upstream_calls_and_leave_nothing(
     await http.post(f"{sim_url}/sim/tokens/invalidate", json={"access_token": proven})
     renewed = (await http.post(f"{url}/token/invalidate", json={**creds, "access_token": proven})).json()
     assert renewed["errcode"] == 0 and renewed["access_token"] != proven
+
+
+async def test_malformed_credentials_are_refused_locally(service) -> None:
+    url, sim_url, http, creds, _ = service
+    before = (await http.get(f"{sim_url}/sim/tokens")).json()["requests"]
+    for corpid, errcode in (("ww1\nFAKE log line", 40013), ("ww 1", 40013), ("w" * 65, 40013)):
+        answer = await http.get(f"{url}/cgi-bin/gettoken", params={"corpid": corpid, "corpsecret": "s"})
+        assert (answer.status_code, answer.json()["errcode"]) == (200, errcode)
+    for secret in ("has space", "tab\tinside", "é", "x" * 257):
+        answer = await http.get(f"{url}/cgi-bin/gettoken", params={**creds, "corpsecret": secret})
+        assert answer.json()["errcode"] == 40001
+    body = {**creds, "corpid": "ww\r\n", "access_token": "t"}
+    assert (await http.post(f"{url}/token/invalidate", json=body)).json()["errcode"] == 40013
+    assert (await http.get(f"{sim_url}/sim/tokens")).json()["requests"] == before
