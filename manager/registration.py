@@ -23,7 +23,7 @@ import httpx
 from gateway.registry import AppRegistry
 from manager.mailbox import account_key
 from manager.puppets import Puppet, PuppetRegistry
-from token_service.service import TokenService, TokenUnavailable
+from token_service.service import OverBudget, TokenService, TokenUnavailable
 from wecom.client import KfAccount, WeComClient
 from wecom.crypto import MsgCrypt
 from wecom.errors import WeComError
@@ -72,6 +72,9 @@ class Registration:
     endpoint: str
     token: str = field(repr=False)
     encoding_aes_key: str = field(repr=False)
+    caller: str | None = None
+    """The client address: proving a corpSecret the token service has never seen work costs an
+    upstream ``gettoken``, charged to this caller's budget (``None``: an in-process caller)."""
 
 
 class Registrar:
@@ -174,6 +177,9 @@ class Registrar:
         next allowed fetch (less than ``listing_recheck``) rather than being refused.
         """
         try:
+            # the secret proves itself under the caller's budget first (random secrets cost the
+            # attacker, not WeCom's gettoken limit); the listing then finds the pair proven
+            await self.tokens.get(reg.corp_id, reg.corp_secret, caller=reg.caller)
             listing = await self._accounts(reg.corp_id, reg.corp_secret, ACCOUNT_LIST_TTL)
             found = listing.find(reg.kf_id, reg.kf_name)
             if found is None:
@@ -182,6 +188,8 @@ class Registrar:
                     await self._sleep(wait)
                 listing = await self._accounts(reg.corp_id, reg.corp_secret, self.listing_recheck)
                 found = listing.find(reg.kf_id, reg.kf_name)
+        except OverBudget as exc:
+            raise Refusal(429, "over_budget", exc.errmsg) from None
         except TokenUnavailable as exc:
             raise Refusal(
                 403, "secret_refused", f"corpSecret refused by WeCom (errcode {exc.errcode})"

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 from manager.forwarded import GatewayAuth, UnregisteredAccounts, check_forwarded
 from manager.registration import Registration
 from manager.service import Manager
-from token_service.routes import gettoken_endpoint
+from token_service.routes import caller_of, gettoken_endpoint
 from token_service.service import TokenUnavailable
 from wecom.models import CORP_ID, OPEN_KFID
 from wxkf.http import (
@@ -126,6 +126,7 @@ def compat_routes(
                 endpoint=body.endpoint,
                 token=body.token,
                 encoding_aes_key=body.encodingAESKey,
+                caller=caller_of(request),
             )
         )
         return JSONResponse(

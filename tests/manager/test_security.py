@@ -320,3 +320,25 @@ async def test_split_mode_gateway_authenticates_to_the_manager_and_messages_flow
         finally:
             await gateway.stop()
     assert puppet.callbacks == ["decrypted"]
+
+
+async def test_registrations_with_random_secrets_cost_a_bounded_number_of_gettoken_calls(
+    world: World,
+) -> None:
+    """/register proves a corpSecret with an upstream gettoken: random secrets from one caller are
+    charged to its budget, so they cannot spend WeCom's gettoken limit for the legitimate refreshes."""
+    assert (await world.puppet().register(world.hub_url, "http://127.0.0.1:9")).json()["code"] == 0
+    before = (await world.http.get(f"{world.sim_url}/sim/tokens")).json()["requests"]
+    answers = []
+    for _ in range(40):
+        puppet = world.puppet(secret="random-" + secrets.token_hex(12))
+        answers.append(await puppet.register(world.hub_url, "http://127.0.0.1:9"))
+    after = (await world.http.get(f"{world.sim_url}/sim/tokens")).json()["requests"]
+    burst = manager_of(world).tokens.policy.caller_burst
+    assert after - before <= burst + 2, (before, after)
+    codes = [answer.json()["code"] for answer in answers]
+    assert all(answer.status_code == 200 for answer in answers)
+    assert codes.count(429) >= 40 - burst - 2, codes
+    assert "retry in" in next(a.json()["message"] for a in answers if a.json()["code"] == 429)
+    # the legitimate puppet of the same host still registers: its proven secret is never charged
+    assert (await world.puppet().register(world.hub_url, "http://127.0.0.1:9")).json()["code"] == 0
