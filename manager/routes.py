@@ -30,6 +30,7 @@ from wxkf.http import (
     Endpoint,
     Refusal,
     as_compat,
+    as_compat_wecom,
     as_text,
     bearer_matches,
     check_id,
@@ -230,6 +231,6 @@ def compat_routes(
         Route(PREFIX + "/heartbeat", compat(heartbeat), methods=["POST"]),
         Route(PREFIX + "/getToken", gettoken_endpoint(manager.tokens), methods=["GET"]),
         Route(PREFIX + "/puppetWxkfInfo/{kf_id}", compat(info), methods=["GET"]),
-        Route(PROXY_ROUTE + "{path:path}", compat(proxy), methods=["GET", "POST"]),
+        Route(PROXY_ROUTE + "{path:path}", refusing(proxy, as_compat_wecom), methods=["GET", "POST"]),
         Route("/callback/decrypted/{corp_id}", refusing(decrypted, as_text), methods=["POST"]),
     ]

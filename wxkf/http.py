@@ -64,6 +64,14 @@ def as_compat(refusal: Refusal) -> Response:
     return JSONResponse({"code": refusal.status, "message": refusal.message})
 
 
+def as_compat_wecom(refusal: Refusal) -> Response:
+    """:func:`as_compat` plus WeCom's own error fields, for a route whose successful answers are WeCom's
+    (the request proxy): a client that checks ``errcode`` sees a non-zero one and ``errmsg`` says why.
+    Both codes are the refusal's HTTP status, which is never one of WeCom's errcodes."""
+    body = {"code": refusal.status, "message": refusal.message}
+    return JSONResponse({**body, "errcode": refusal.status, "errmsg": refusal.message})
+
+
 def refused(request: Request, refusal: Refusal, render: Render = as_json) -> Response:
     """The one place a refusal becomes an answer: logged as a warning, rendered by ``render``."""
     log.warning(
