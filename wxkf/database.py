@@ -171,16 +171,23 @@ class DatabaseState:
     embedded: EmbeddedMongo | None = None
     failure: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
-    def problem(self) -> str | None:
-        """None while the database looks usable; else a line saying what is wrong (no secrets, no
-        addresses: it is shown to unauthenticated callers)."""
+    def known_problem(self) -> str | None:
+        """What the embedded server's supervisor knows to be wrong (it gave up, or is restarting a
+        server that exited or fails reads), else None. A line without secrets or addresses: it is
+        shown to unauthenticated callers."""
         if self.failure.done():
             return self.failure.result()
-        if self.embedded is not None and self.embedded.problem is not None:
+        if self.embedded is not None:
             return self.embedded.problem
-        if not self.client.topology_description.has_writable_server():
-            return "no writable database server reachable"
         return None
+
+    def problem(self) -> str | None:
+        """:meth:`known_problem`, else whether the driver's last look (heartbeats, failed operations)
+        found no server to write to."""
+        known = self.known_problem()
+        if known is None and not self.client.topology_description.has_writable_server():
+            return "no writable database server seen by the driver"
+        return known
 
 
 @asynccontextmanager
@@ -251,7 +258,6 @@ class EmbeddedMongo:
         self.unresponsive_after = unresponsive_after
         self.uri: str | None = None
         self.problem: str | None = None
-        self.restarts = 0
         self.failure: asyncio.Future[str] | None = None
         self._port: int | None = None
         self._lock_fd: int | None = None
@@ -393,7 +399,6 @@ class EmbeddedMongo:
                     log.error("restart %d of %d %s", attempts, len(self.restart_delays), reason)
                     continue
                 break
-            self.restarts += 1
             self.problem = None
             up_since = time.monotonic()
             log.warning(

@@ -51,7 +51,7 @@ class Readiness:
 
     async def problem(self) -> str | None:
         """None when ready; else why not (no addresses or secrets: anyone may read it)."""
-        known = self.state.problem()
+        known = self.state.known_problem()  # the driver's view may lag a restart: probe instead
         if known is not None:
             return known
         if self._last is not None and time.monotonic() - self._last[0] < READY_CACHE:
