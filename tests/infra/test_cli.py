@@ -251,7 +251,7 @@ async def test_up_stops_in_bounded_time_with_a_hung_database(up_process: UpProce
     os.kill(hung, signal.SIGSTOP)
     try:
         up_process.proc.send_signal(signal.SIGTERM)
-        assert await up_process.exit_status(timeout=60.0) == 0, up_process.log
+        assert await up_process.exit_status(timeout=30.0) == 0, up_process.log
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(hung, signal.SIGCONT)

@@ -14,7 +14,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from tests.support.processes import is_running, wait_for_exit
+from tests.support.processes import is_running, stopped, wait_for_exit
 from wxkf.database import (
     Database,
     DatabaseError,
@@ -210,16 +210,6 @@ async def write_when_back(uri: str, doc: Document) -> None:
     async with _client(uri) as client:
         with pymongo.timeout(RECOVERY_TIMEOUT):
             await durable(client.wxkf.items).insert_one(doc)
-
-
-@contextmanager
-def stopped(pid: int) -> Iterator[None]:
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
 
 
 async def test_supervised_server_is_restarted_on_its_port_after_sigkill(tmp_path: Path) -> None:

@@ -13,8 +13,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import httpx
 import pytest
 
 from hub.up import Hub
+from tests.support.processes import stopped
 from tests.support.servers import serve_app
 from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, signed_post
 from wxkf import health
@@ -89,16 +89,6 @@ async def live_hub(tmp_path: Path) -> AsyncIterator[LiveHub]:
                 yield LiveHub(runtime, http, keys)
         finally:
             await hub.stop()
-
-
-@contextmanager
-def stopped(pid: int) -> Iterator[None]:
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
 
 
 async def until(hub: LiveHub, path: str, accept: object) -> httpx.Response:

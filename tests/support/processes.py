@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import select
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 
 def wait_for_exit(pid: int, timeout: float) -> bool:
@@ -30,3 +33,14 @@ def is_running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state not in {"Z", "X"}
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """``pid`` SIGSTOPped (alive, answering nothing: a hung process) for the block, then SIGCONTed."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
