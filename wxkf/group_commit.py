@@ -5,14 +5,21 @@ the embedded server: ~1,300 single inserts/s versus ~19,000 documents/s in batch
 still get a per-document answer: each awaits its own future, resolved when the batch containing its
 document is durable. There is no timer: while one batch is being written, new documents queue up and
 form the next batch, so an idle system writes immediately and a busy one batches more.
+
+A batch's deadline is its oldest write's: queued time + the client's ``timeoutMS`` (``WXKF_DB_TIMEOUT``).
+Without that, a write queued behind a batch that hangs waited for that batch's deadline and then its own:
+twice the timeout, past WeCom's 5 s when the database hangs (bench/database_outage.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+import pymongo
 from pymongo import InsertOne, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
@@ -32,6 +39,7 @@ class GroupCommit:
         self._max_batch = max_batch
         self._pending: list[tuple[Operation, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._pending_since = 0.0  # when the oldest pending write was queued
         self.batches = 0
         self.operations = 0
 
@@ -41,6 +49,8 @@ class GroupCommit:
     async def write(self, operation: Operation) -> bool:
         """Queue one operation and wait until the batch holding it is durable."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            self._pending_since = time.monotonic()
         self._pending.append((operation, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_all())
@@ -50,7 +60,15 @@ class GroupCommit:
         while self._pending:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
-            await self._flush(batch)
+            since, self._pending_since = self._pending_since, time.monotonic()
+            with self._deadline(since):
+                await self._flush(batch)
+
+    def _deadline(self, since: float) -> AbstractContextManager[object]:
+        timeout = self._collection.database.client.options.timeout
+        if timeout is None:
+            return nullcontext()
+        return pymongo.timeout(max(since + timeout - time.monotonic(), 0.001))
 
     async def _flush(self, batch: list[tuple[Operation, asyncio.Future[bool]]]) -> None:
         outcome: list[bool | BaseException] = [True] * len(batch)
