@@ -97,8 +97,9 @@ async def run(rate: float, phase_seconds: float, source: Path) -> None:
             )
             added.raise_for_status()
 
-            def child() -> int:
-                return int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+            def child() -> int | None:
+                found = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+                return int(found[0]) if found else None
 
             async def one(phase: Phase) -> None:
                 xml = kf_event_xml(keys.corp_id, "wkBENCH", secrets.token_hex(4))
@@ -125,20 +126,24 @@ async def run(rate: float, phase_seconds: float, source: Path) -> None:
             phases.append(baseline)
 
             killed = Phase("kill -9 of the database", time.monotonic())
-            os.kill(child(), signal.SIGKILL)
+            first = child()
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
             await send(killed, phase_seconds)
             phases.append(killed)
 
             hung_pid = child()
-            hung = Phase("SIGSTOP of the database", time.monotonic())
-            os.kill(hung_pid, signal.SIGSTOP)
-            await send(hung, phase_seconds)
-            with suppress(ProcessLookupError):
-                os.kill(hung_pid, signal.SIGCONT)
-            phases.append(hung)
+            if hung_pid is not None:  # else it was never restarted
+                hung = Phase("SIGSTOP of the database", time.monotonic())
+                os.kill(hung_pid, signal.SIGSTOP)
+                await send(hung, phase_seconds)
+                with suppress(ProcessLookupError):
+                    os.kill(hung_pid, signal.SIGCONT)
+                phases.append(hung)
 
         stop_pid = child()
-        os.kill(stop_pid, signal.SIGSTOP)
+        if stop_pid is not None:
+            os.kill(stop_pid, signal.SIGSTOP)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         try:
@@ -147,15 +152,18 @@ async def run(rate: float, phase_seconds: float, source: Path) -> None:
         except TimeoutError:
             proc.kill()
             stopped = "no exit within 180 s (killed)"
-        with suppress(ProcessLookupError):
-            os.kill(stop_pid, signal.SIGCONT)
+        if stop_pid is not None:
+            with suppress(ProcessLookupError):
+                os.kill(stop_pid, signal.SIGCONT)
 
+    if stop_pid is None:
+        print("the killed database was never restarted: no SIGSTOP phase; SIGTERM with it dead")
     print(f"source: {source}, {rate:g} callbacks/s, {phase_seconds:g} s per phase")
     print("| phase | sent | 200 | 503 | other | no answer | slowest | answers > 5 s | success again after |")
     print("|---|---|---|---|---|---|---|---|---|")
     for phase in phases:
         print(phase.line())
-    print(f"SIGTERM with the database SIGSTOPped: {stopped}")
+    print(f"SIGTERM with the database {'SIGSTOPped' if stop_pid else 'dead'}: {stopped}")
     print("hub log lines about the database:")
     for line in log:
         if "wxkf.database" in line:

@@ -13,13 +13,16 @@ from gateway import metrics
 from gateway.intake import Rejected, open_callback, verify_url
 from gateway.service import Gateway
 from wxkf.http import BodyTooLarge, read_body
+from wxkf.logging import warn_limited
 
 log = logging.getLogger(__name__)
 
 
 def reject(request: Request, exc: Rejected) -> Response:
     metrics.REJECTED.labels(exc.reason).inc()
-    log.warning("refused %s %s: %s (%s)", request.method, request.url.path, exc.message, exc.reason)
+    warn_limited(
+        log, exc.reason, "refused %s %s: %s (%s)", request.method, request.url.path, exc.message, exc.reason
+    )
     return PlainTextResponse(f"{exc.reason}: {exc.message}", status_code=exc.status)
 
 
