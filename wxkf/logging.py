@@ -155,6 +155,10 @@ class WarningLimiter:
         if not window.report_scheduled:
             window.report_scheduled = self._schedule_report(logger, key, window.started + self.interval - now)
 
+    def reset(self) -> None:
+        """Forget every key (a test starts from a fresh budget; suppressed counts are dropped)."""
+        self._windows.clear()
+
     def flush(self) -> None:
         """Report every key whose interval has ended with warnings suppressed."""
         now = self.clock()
