@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from rich.console import Console
+from rich.markup import escape
 from starlette.applications import Starlette
 
 from gateway.admin import admin_routes as gateway_admin_routes
@@ -149,14 +150,15 @@ def next_steps(runtime: Runtime) -> Callable[[str], None]:
 
     settings = runtime.settings
 
-    def show(url: str) -> None:
+    def show(address: str) -> None:
+        url = escape(address)
         if settings.wxkf_admin_token is not None:
             token = "WXKF_ADMIN_TOKEN (from the environment)"
         elif settings.mongo_uri is None:
-            token = str(settings.wxkf_data_dir / ADMIN_TOKEN_FILE)
+            token = escape(str(settings.wxkf_data_dir / ADMIN_TOKEN_FILE))
         else:
             token = "none: admin API disabled until WXKF_ADMIN_TOKEN is set"
-        server = "" if url.endswith(f":{settings.port}") and settings.port else f" --server {url}"
+        server = "" if address.endswith(f":{settings.port}") and settings.port else f" --server {url}"
         lines = [
             f"[bold green]wxkf-hub is up[/] on {url}  (liveness {url}/healthz, readiness {url}/readyz)",
             "  WeCom callback URL:   https://<this host's public address>/callback/<CORP_ID>",

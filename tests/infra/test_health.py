@@ -174,3 +174,21 @@ async def test_readiness_probes_are_shared_not_multiplied(live_hub: LiveHub) -> 
     answers = await asyncio.gather(*(readiness.problem() for _ in range(50)))
     assert answers == [None] * 50
     assert reads == 1
+
+
+async def test_liveness_fails_once_the_database_cannot_come_back(live_hub: LiveHub, tmp_path: Path) -> None:
+    """The one state in which restarting the process is the answer: its embedded database could not
+    be restarted (``wxkf up`` then exits 1; the route says so until it has)."""
+    embedded = live_hub.embedded
+    embedded.restart_delays = (0.05, 0.05)
+    storage = tmp_path / "data" / "db"
+    storage.rename(storage.with_name("db.moved"))
+    storage.write_text("not a directory")
+    os.kill(live_hub.database_pid, signal.SIGKILL)
+    assert embedded.failure is not None
+    await asyncio.wait_for(asyncio.shield(embedded.failure), CONDITION_TIMEOUT)
+    live = await live_hub.http.get("/healthz")
+    assert live.status_code == 503
+    assert live.json()["status"] == "failing"
+    assert live.json()["database"].startswith("embedded database could not be restarted")
+    assert (await live_hub.http.get("/readyz")).status_code == 503
