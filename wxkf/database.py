@@ -150,7 +150,8 @@ def client_options(settings: Settings) -> dict[str, Any]:
 
     ``timeoutMS`` (``WXKF_DB_TIMEOUT``) bounds each operation as a whole: server selection, the wait
     for a pooled connection, the network round trips and (as ``maxTimeMS``) the server's own work. It
-    is per operation: iterating a cursor gives each batch its own deadline.
+    is per operation: iterating a cursor gives each batch its own deadline, but ``to_list()`` is one
+    operation under one deadline, so iterate a large result instead.
     """
     wanted = {
         "timeoutMS": int(settings.wxkf_db_timeout * 1000),
