@@ -17,6 +17,7 @@ COPY gateway ./gateway
 COPY token_service ./token_service
 COPY manager ./manager
 COPY puppets ./puppets
+COPY hub ./hub
 RUN pip install .
 
 RUN useradd --system --uid 10001 --home-dir /data wxkf \

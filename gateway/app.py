@@ -63,6 +63,8 @@ async def run(settings: Settings) -> None:
         gateway = build_gateway(runtime)
         try:
             await gateway.start()
-            await serve(gateway_app(gateway, runtime.admin_token), settings.host, settings.port)
+            await serve(
+                gateway_app(gateway, runtime.admin_token), settings.host, settings.port, runtime=runtime
+            )
         finally:
             await gateway.stop()

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 EXIT_FAILURE = 1
 EXIT_BAD_SETTINGS = 2
 EXIT_INTERRUPTED = 130
+# `wxkf sim` binds this port unless given --port: not PORT (8080, the hub's), so the two run side by side.
+SIM_PORT = 8081
 
 ServiceRun = Callable[[Settings], Coroutine[Any, Any, None]]
 
@@ -170,7 +172,9 @@ def token_service_command(host: HostOption = None, port: PortOption = None) -> N
 @app.command()
 def sim(
     host: HostOption = None,
-    port: PortOption = None,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to bind (not PORT: that is the hub's).")
+    ] = SIM_PORT,
     seed: Annotated[
         Path | None,
         typer.Option(exists=True, dir_okay=False, help="Initial state to load (see docs/simulator.md)."),
@@ -181,9 +185,8 @@ def sim(
         settings = startup()
         from simulator import SeedError, serve
 
-        settings = bind_overrides(settings, host, port)
         try:
-            serve(settings.host, settings.port, seed)
+            serve(host or settings.host, port, seed)
         except SeedError as exc:
             fail(f"--seed {seed}: {exc}")
 

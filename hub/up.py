@@ -8,7 +8,11 @@ kf events to the manager in-process instead of over HTTP.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 
+from rich.console import Console
+from rich.markup import escape
 from starlette.applications import Starlette
 
 from gateway.admin import admin_routes as gateway_admin_routes
@@ -27,10 +31,17 @@ from token_service.service import TokenService
 from wxkf.endpoints import parse_networks
 from wxkf.http import common_routes
 from wxkf.retry import RetrySchedule, parse_delays
-from wxkf.runtime import Runtime, open_runtime
+from wxkf.runtime import ADMIN_TOKEN_FILE, Runtime, open_runtime
 from wxkf.server import serve
 from wxkf.settings import Settings
 from wxkf.tasks import stop_tasks
+
+log = logging.getLogger(__name__)
+
+# Each service's stop (the manager's: its final checkpoint and lease release) gets this long; one that
+# raises or overruns is logged and the next still runs. With uvicorn's graceful shutdown and the
+# database's stop, a SIGTERM ends the process within about 25 s whatever state the database is in.
+STOP_STEP_TIMEOUT = 5.0
 
 
 def build_manager(
@@ -75,11 +86,21 @@ class Hub:
         self._refresher = asyncio.create_task(self.tokens.run_refresher())
 
     async def stop(self) -> None:
+        """Stop every service in reverse dependency order, each within ``STOP_STEP_TIMEOUT``."""
         assert self.manager is not None
-        if self._refresher is not None:
-            await stop_tasks([self._refresher])
-        await self.gateway.stop()
-        await self.manager.stop()
+        refresher = self._refresher
+
+        async def stop_refresher() -> None:
+            if refresher is not None:
+                await stop_tasks([refresher])
+
+        await stop_each(
+            [
+                ("token refresher", stop_refresher),
+                ("gateway", self.gateway.stop),
+                ("manager", self.manager.stop),
+            ]
+        )
 
     def app(self) -> Starlette:
         assert self.manager is not None
@@ -99,11 +120,60 @@ class Hub:
         )
 
 
+async def stop_each(
+    steps: list[tuple[str, Callable[[], Awaitable[None]]]], timeout: float = STOP_STEP_TIMEOUT
+) -> None:
+    """Run every step in order, each bounded by ``timeout``; a failure or overrun is logged, not raised,
+    so one service's broken stop cannot skip the next one's."""
+    for name, step in steps:
+        try:
+            async with asyncio.timeout(timeout):
+                await step()
+        except TimeoutError:
+            log.error("stopping the %s took longer than %gs; abandoned", name, timeout)
+        except Exception:
+            log.exception("stopping the %s failed", name)
+
+
 async def run(settings: Settings) -> None:
     async with open_runtime(settings) as runtime:
         hub = Hub(runtime)
         try:
             await hub.start()
-            await serve(hub.app(), settings.host, settings.port)
+            await serve(
+                hub.app(), settings.host, settings.port, runtime=runtime, on_started=next_steps(runtime)
+            )
         finally:
             await hub.stop()
+
+
+def next_steps(runtime: Runtime) -> Callable[[str], None]:
+    """What to print once the hub listens on ``url``: where WeCom sends callbacks, how to add a corp
+    app, where the admin token is, how to try it all against the simulator."""
+    from hub.cli import SIM_PORT  # the CLI imports this module lazily; no cycle at import time
+
+    settings = runtime.settings
+
+    def show(address: str) -> None:
+        url = escape(address)
+        if settings.wxkf_admin_token is not None:
+            token = "WXKF_ADMIN_TOKEN (from the environment)"
+        elif settings.mongo_uri is None:
+            token = escape(str(settings.wxkf_data_dir / ADMIN_TOKEN_FILE))
+        else:
+            token = "none: admin API disabled until WXKF_ADMIN_TOKEN is set"
+        server = "" if address.endswith(f":{settings.port}") and settings.port else f" --server {url}"
+        lines = [
+            f"[bold green]wxkf-hub is up[/] on {url}  (liveness {url}/healthz, readiness {url}/readyz)",
+            "  WeCom callback URL:   https://<this host's public address>/callback/<CORP_ID>",
+            f"  add a corp app:       wxkf corp add <CORP_ID> --token <TOKEN> --aes-key <AES_KEY>"
+            f" --secret-stdin{server}",
+            f"  admin token:          {token}",
+            f"  no WeCom corp yet?    wxkf sim  (port {SIM_PORT}), then restart this with"
+            f" WECOM_API_BASE=http://127.0.0.1:{SIM_PORT}/cgi-bin",
+        ]
+        console = Console(stderr=True, highlight=False, soft_wrap=True)
+        for line in lines:
+            console.print(line)
+
+    return show

@@ -17,8 +17,15 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from wxkf.database import Database, Document, EmbeddedMongo
+from wxkf.logging import LIMITER
 from wxkf.runtime import Runtime, open_runtime
 from wxkf.settings import Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def fresh_warning_budget() -> None:
+    """Each test's refusals are logged from a fresh rate-limit budget (wxkf.logging.warn_limited)."""
+    LIMITER.reset()
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,6 @@ async def run(settings: Settings) -> None:
         refresher = asyncio.create_task(service.run_refresher())
         try:
             await service.store.ensure_indexes()
-            await serve(token_app(service), settings.host, settings.port)
+            await serve(token_app(service), settings.host, settings.port, runtime=runtime)
         finally:
             await stop_tasks([refresher])

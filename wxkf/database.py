@@ -27,6 +27,12 @@ index, so the hot paths avoid them (measured over 10,000 documents, docs/benchma
 
 Only one process may own a data dir: :class:`EmbeddedMongo` holds an exclusive lock on
 ``<data_dir>/wxkf.lock`` while it runs and refuses to start (:class:`DataDirLocked`) otherwise.
+
+The database is a failure domain of its own (docs/architecture.md, "The database as a failure domain"):
+every operation has a deadline (``WXKF_DB_TIMEOUT``, :func:`client_options`), so a dead or hung server
+costs a caller seconds, not minutes; and :func:`open_database` supervises the embedded server
+(:class:`EmbeddedMongo` with ``supervise=True``), restarting it when it exits or stops serving reads, and
+resolving :attr:`DatabaseState.failure` when it cannot come back, so the process exits non-zero.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import fcntl
+import logging
 import math
 import os
 import re
@@ -44,10 +51,12 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 from pymongo import AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
@@ -70,6 +79,29 @@ CONFIG_FILE = "secantusd.toml"
 
 _LISTENING = re.compile(r"secantus listening on ([0-9.]+):(\d+)")
 _DURABLE = WriteConcern(w="majority", j=True)
+
+# How long the driver waits for a usable server (a primary, for writes) before an operation fails. A
+# replica set elects a new primary in about 2 s after a clean step-down, but 10-12 s after a crash
+# (electionTimeoutMillis); WeCom waits 5 s for our answer, so waiting out a crash is not possible and a
+# quick 503 (WeCom retries) is the better answer. 2 s covers a clean step-down and leaves time to answer.
+SERVER_SELECTION_TIMEOUT = 2.0
+# A TCP connection to a healthy server on a LAN takes milliseconds; the driver's default is 20 s.
+CONNECT_TIMEOUT = 2.0
+# How often the driver checks each server when all is well (default 10 s): /healthz reads its view.
+HEARTBEAT_INTERVAL = 2.0
+
+# The embedded server's supervision: the waits before each restart attempt in a row (about 20 s in all;
+# then the process gives up and exits non-zero), how often it is probed, how long a probe may take, how
+# long it may fail probes before it is restarted, and how long it must then run before a new failure
+# counts as a new incident rather than the same one.
+RESTART_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 4.0, 8.0)
+PROBE_INTERVAL = 1.0
+PROBE_TIMEOUT = 2.0
+UNRESPONSIVE_AFTER = 10.0
+STABLE_AFTER = 60.0
+PROBE_DB = "wxkf_probe"
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseError(RuntimeError):
@@ -113,24 +145,83 @@ def durable(collection: AsyncCollection[_D]) -> AsyncCollection[_D]:
     return collection.with_options(write_concern=_DURABLE)
 
 
+def client_options(settings: Settings) -> dict[str, Any]:
+    """The driver's timeouts, unless ``MONGO_URI`` sets them itself (its query string wins).
+
+    ``timeoutMS`` (``WXKF_DB_TIMEOUT``) bounds each operation as a whole: server selection, the wait
+    for a pooled connection, the network round trips and (as ``maxTimeMS``) the server's own work. It
+    is per operation: iterating a cursor gives each batch its own deadline, but ``to_list()`` is one
+    operation under one deadline, so iterate a large result instead.
+    """
+    wanted = {
+        "timeoutMS": int(settings.wxkf_db_timeout * 1000),
+        "serverSelectionTimeoutMS": int(min(SERVER_SELECTION_TIMEOUT, settings.wxkf_db_timeout) * 1000),
+        "connectTimeoutMS": int(CONNECT_TIMEOUT * 1000),
+        "heartbeatFrequencyMS": int(HEARTBEAT_INTERVAL * 1000),
+    }
+    given = {name.lower() for name, _ in parse_qsl(urlsplit(settings.mongo_uri or "").query)}
+    return {name: value for name, value in wanted.items() if name.lower() not in given}
+
+
+@dataclass
+class DatabaseState:
+    """What this process knows about its database without asking it (for ``/healthz``), and the
+    client to ask it with (for ``/readyz``)."""
+
+    client: AsyncMongoClient[Document]
+    embedded: EmbeddedMongo | None = None
+    failure: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def known_problem(self) -> str | None:
+        """What the embedded server's supervisor knows to be wrong (it gave up, or is restarting a
+        server that exited or fails reads), else None. A line without secrets or addresses: it is
+        shown to unauthenticated callers."""
+        if self.failure.done():
+            return self.failure.result()
+        if self.embedded is not None:
+            return self.embedded.problem
+        return None
+
+    def problem(self) -> str | None:
+        """:meth:`known_problem`, else whether the driver's last look (heartbeats, failed operations)
+        found no server to write to."""
+        known = self.known_problem()
+        if known is None and not self.client.topology_description.has_writable_server():
+            return "no writable database server seen by the driver"
+        return known
+
+
 @asynccontextmanager
-async def open_database(settings: Settings) -> AsyncIterator[Database]:
-    """Yield the ``WXKF_DB_NAME`` database, starting the embedded server first if ``MONGO_URI`` is unset.
+async def connect(settings: Settings) -> AsyncIterator[tuple[Database, DatabaseState]]:
+    """Yield the ``WXKF_DB_NAME`` database and its :class:`DatabaseState`, starting a supervised
+    embedded server first if ``MONGO_URI`` is unset.
 
     The server is pinged before this yields, so a wrong URI fails at start, not on the first request.
     Datetimes come back timezone-aware (UTC).
     """
     async with AsyncExitStack() as stack:
         uri = settings.mongo_uri
+        embedded = None
         if uri is None:
-            uri = await stack.enter_async_context(EmbeddedMongo(settings.wxkf_data_dir))
-        client: AsyncMongoClient[Document] = AsyncMongoClient(uri, tz_aware=True)
+            embedded = EmbeddedMongo(settings.wxkf_data_dir, supervise=True)
+            uri = await stack.enter_async_context(embedded)
+        client: AsyncMongoClient[Document] = AsyncMongoClient(uri, tz_aware=True, **client_options(settings))
         stack.push_async_callback(client.close)
         try:
             await client.admin.command("ping")
         except PyMongoError as exc:
             raise DatabaseError(f"MONGO_URI: cannot reach the server: {exc}") from None
-        yield client[settings.wxkf_db_name]
+        state = DatabaseState(client, embedded)
+        if embedded is not None:
+            embedded.failure = state.failure
+        yield client[settings.wxkf_db_name], state
+
+
+@asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[Database]:
+    """:func:`connect`, for callers that need only the database."""
+    async with connect(settings) as (db, _):
+        yield db
 
 
 class EmbeddedMongo:
@@ -139,16 +230,40 @@ class EmbeddedMongo:
     ``async with EmbeddedMongo(path) as uri:`` yields a ``mongodb://`` URI. The server's output goes to
     ``data_dir/secantusd.log`` (the previous run's is kept as ``.1``); start-up errors quote its tail.
     Operators may tune the server (``cache_size`` ...) in ``data_dir/secantusd.toml``; our flags win.
+
+    With ``supervise=True`` a task watches the child: when it exits, or fails every read probe for
+    ``unresponsive_after`` seconds (hung, stopped, or its storage engine panicked, e.g. on a full disk:
+    it then fails every operation until restarted), it is killed and started again on the same port
+    (so clients reconnect by themselves) after each of ``restart_delays`` in turn. :attr:`problem` says
+    what is wrong meanwhile. When every attempt has failed, :attr:`failure` is resolved with the
+    reason and supervision ends; the owner is expected to exit non-zero.
     """
 
-    def __init__(self, data_dir: Path, *, start_timeout: float = 30.0, stop_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 5.0,
+        supervise: bool = False,
+        restart_delays: Sequence[float] = RESTART_DELAYS,
+        probe_interval: float = PROBE_INTERVAL,
+        unresponsive_after: float = UNRESPONSIVE_AFTER,
+    ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.supervise = supervise
+        self.restart_delays = tuple(restart_delays)
+        self.probe_interval = probe_interval
+        self.unresponsive_after = unresponsive_after
         self.uri: str | None = None
+        self.problem: str | None = None
+        self.failure: asyncio.Future[str] | None = None
         self._port: int | None = None
         self._lock_fd: int | None = None
         self._process: asyncio.subprocess.Process | None = None
+        self._supervisor: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -167,6 +282,9 @@ class EmbeddedMongo:
         except BaseException:
             await self._stop()
             raise
+        if self.supervise:
+            self.failure = self.failure or asyncio.get_running_loop().create_future()
+            self._supervisor = asyncio.create_task(self._supervise(), name="embedded database supervisor")
         return self.uri
 
     async def __aexit__(
@@ -174,34 +292,38 @@ class EmbeddedMongo:
     ) -> None:
         await self._stop()
 
-    async def _start(self) -> str:
+    async def _start(self, port: int = 0) -> str:
+        """Start the server (on ``port``; 0: a free one) and wait until it answers a ping."""
         config = self.data_dir / CONFIG_FILE
         if not config.exists():
             # Passing --config turns off the server's search of ./ ~/.secantus /etc for one.
             config.write_text("# SecantusDB settings for this data dir; wxkf's flags override them.\n")
-        if self.log_path.exists():
+        if port == 0 and self.log_path.exists():
             self.log_path.replace(self.log_path.with_name(LOG_FILE + ".1"))
         argv = [
             _server_executable(),
             "--config", str(config),
             "--host", "127.0.0.1",
-            "--port", "0",
+            "--port", str(port),
             "--storage-path", str(self.data_dir / "db"),
             "--sync-on-commit",
             "--standalone",
         ]  # fmt: skip
-        with self.log_path.open("wb") as log:
+        # A restart appends to the log (the crash it follows stays readable) and looks for its own
+        # "listening" line after what was there.
+        with self.log_path.open("ab") as log_file:
+            log_start = log_file.tell()
             self._process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
+                stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 # Own session (so its own process group): a terminal's Ctrl-C reaches only us, and we stop
                 # the server in order. Not process_group=0, which uvloop's subprocess_exec does not take.
                 start_new_session=True,
                 preexec_fn=_die_with_parent(),
             )
-        self._port = await self._wait_for_port()
+        self._port = await self._wait_for_port(log_start)
         # No retryable writes: SecantusDB keeps every retryable write's reply for 30 min and rescans
         # that map on each write (11 ms per insert past 10,000 of them; docs/benchmarks.md). Over
         # loopback to our own child a retry buys little; every caller handles a failed write anyway.
@@ -209,12 +331,12 @@ class EmbeddedMongo:
         await self._wait_for_ping(uri)
         return uri
 
-    async def _wait_for_port(self) -> int:
+    async def _wait_for_port(self, log_start: int) -> int:
         """Poll the log for the "listening" line: with ``--port 0`` it is the only way to learn the port."""
         assert self._process is not None
         deadline = time.monotonic() + self.start_timeout
         while True:
-            match = _LISTENING.search(self.log_path.read_text(errors="replace"))
+            match = _LISTENING.search(_read_from(self.log_path, log_start))
             if match:
                 return int(match.group(2))
             if self._process.returncode is not None:
@@ -237,8 +359,98 @@ class EmbeddedMongo:
         tail = _tail(self.log_path)
         return DatabaseError(f"embedded SecantusDB in {self.data_dir} {what}; end of {LOG_FILE}:\n{tail}")
 
+    # -- supervision ---------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Watch the child; restart it after each failure; give up (resolving :attr:`failure`) when a
+        failure outlasts every restart attempt. Restarts count as one incident until the server has
+        run ``STABLE_AFTER`` seconds."""
+        assert self.failure is not None and self._port is not None
+        attempts = 0
+        up_since = time.monotonic()
+        while True:
+            reason = await self._watch()
+            if time.monotonic() - up_since > STABLE_AFTER:
+                attempts = 0
+            last_line = _tail(self.log_path, 1)
+            log.error(
+                "embedded SecantusDB (pid %s) %s; restarting it (%s ends: %s)",
+                self.pid,
+                reason,
+                self.log_path,
+                last_line,
+            )
+            await self._kill()
+            while True:
+                if attempts == len(self.restart_delays):
+                    message = f"embedded database could not be restarted ({attempts} attempts): {reason}"
+                    self.problem = message
+                    log.critical("%s; giving up (see %s)", message, self.log_path)
+                    self.failure.set_result(message)
+                    return
+                delay = self.restart_delays[attempts]
+                attempts += 1
+                self.problem = f"embedded database {reason}; restart {attempts} of {len(self.restart_delays)}"
+                await asyncio.sleep(delay)
+                try:
+                    await self._start(self._port)
+                except DatabaseError as exc:
+                    await self._kill()
+                    reason = f"failed to restart: {str(exc).splitlines()[0]}"
+                    log.error("restart %d of %d %s", attempts, len(self.restart_delays), reason)
+                    continue
+                break
+            self.problem = None
+            up_since = time.monotonic()
+            log.warning(
+                "embedded SecantusDB is back (pid %s, port %s, restart %d)", self.pid, self._port, attempts
+            )
+
+    async def _watch(self) -> str:
+        """Return why the server needs a restart: it exited, or failed every probe for too long.
+
+        The probe is a read, not a ping: after a storage panic the server still answers pings.
+        """
+        process = self._process
+        assert process is not None and self.uri is not None
+        timeout_ms = int(PROBE_TIMEOUT * 1000)
+        client: AsyncMongoClient[Document] = AsyncMongoClient(
+            self.uri, timeoutMS=timeout_ms, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms
+        )
+        answered = time.monotonic()
+        try:
+            while True:
+                if await _exited(process, self.probe_interval):
+                    return f"exited ({_describe_status(process.returncode)})"
+                try:
+                    await client[PROBE_DB].probe.find_one({"_id": "probe"})
+                except PyMongoError as exc:
+                    silent = time.monotonic() - answered
+                    self.problem = f"embedded database failing reads for {silent:.0f}s"
+                    if silent >= self.unresponsive_after:
+                        return f"failed every read for {silent:.0f}s (last: {str(exc).splitlines()[0][:200]})"
+                else:
+                    answered = time.monotonic()
+                    self.problem = None
+        finally:
+            await client.close()
+
+    async def _kill(self) -> None:
+        """SIGKILL the child (a hung or panicked server may not stop on SIGTERM) and reap it."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            with suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
     async def _stop(self) -> None:
-        """SIGTERM (the server closes WiredTiger cleanly), SIGKILL after ``stop_timeout``; then unlock."""
+        """End supervision; SIGTERM (the server closes WiredTiger cleanly), SIGKILL after
+        ``stop_timeout``; then unlock."""
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            with suppress(asyncio.CancelledError):
+                await supervisor
         process, self._process = self._process, None
         try:
             if process is not None and process.returncode is None:
@@ -247,6 +459,7 @@ class EmbeddedMongo:
                 if not await _exited(process, 0.1):
                     await self._wake_accept_loop()
                 if not await _exited(process, self.stop_timeout):
+                    log.warning("embedded SecantusDB did not stop within %gs; killing it", self.stop_timeout)
                     with suppress(ProcessLookupError):
                         process.kill()
                     await process.wait()
@@ -268,6 +481,19 @@ class EmbeddedMongo:
         with suppress(OSError):
             _, writer = await asyncio.open_connection("127.0.0.1", self._port)
             writer.close()
+
+
+def _describe_status(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        with suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+    return f"status {returncode}"
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as file:
+        file.seek(offset)
+        return file.read().decode(errors="replace")
 
 
 async def _exited(process: asyncio.subprocess.Process, within: float) -> bool:

@@ -13,6 +13,10 @@ per-document ``writeErrors`` of a batch that met its write concern are told apar
 is ``False``, anything else an error for that document alone). An insert whose caller got an error
 (or was cancelled) may still have left its document; the retry of that insert is then answered True,
 as the first store, since no caller has acted on it yet.
+
+A batch's deadline is its oldest write's: queued time + the client's ``timeoutMS`` (``WXKF_DB_TIMEOUT``).
+Without that, a write queued behind a batch that hangs waited for that batch's deadline and then its own:
+twice the timeout, past WeCom's 5 s when the database hangs (bench/database_outage.py).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+import pymongo
 from pymongo import InsertOne, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, WriteConcernError
@@ -43,6 +49,7 @@ class GroupCommit:
         self._pending: list[tuple[Operation, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._unsure: dict[Any, float] = {}  # id -> when its insert raised here, oldest first
+        self._pending_since = 0.0  # when the oldest pending write was queued
         self.batches = 0
         self.operations = 0
 
@@ -80,6 +87,8 @@ class GroupCommit:
     async def write(self, operation: Operation) -> bool:
         """Queue one operation and wait until the batch holding it is durable."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            self._pending_since = time.monotonic()
         self._pending.append((operation, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_all())
@@ -89,7 +98,15 @@ class GroupCommit:
         while self._pending:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
-            await self._flush(batch)
+            since, self._pending_since = self._pending_since, time.monotonic()
+            with self._deadline(since):
+                await self._flush(batch)
+
+    def _deadline(self, since: float) -> AbstractContextManager[object]:
+        timeout = self._collection.database.client.options.timeout
+        if timeout is None:
+            return nullcontext()
+        return pymongo.timeout(max(since + timeout - time.monotonic(), 0.001))
 
     async def _flush(self, batch: list[tuple[Operation, asyncio.Future[bool]]]) -> None:
         outcome: list[bool | BaseException]

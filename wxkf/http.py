@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from wxkf.logging import warn_limited
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
@@ -74,7 +76,9 @@ def as_compat_wecom(refusal: Refusal) -> Response:
 
 def refused(request: Request, refusal: Refusal, render: Render = as_json) -> Response:
     """The one place a refusal becomes an answer: logged as a warning, rendered by ``render``."""
-    log.warning(
+    warn_limited(
+        log,
+        refusal.reason,
         "refused %s %.200r: %s (%s, %d)",
         request.method,
         request.scope.get("path", ""),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from wxkf.database import Database, open_database
+from wxkf.database import Database, DatabaseState, connect
 from wxkf.secretbox import SecretBox, load_or_create_random_file, load_secret_key
 from wxkf.settings import Settings
 
@@ -30,6 +30,7 @@ class Runtime:
     box: SecretBox = field(repr=False)
     http: httpx.AsyncClient
     admin_token: str | None = field(repr=False)
+    database: DatabaseState = field(repr=False)
 
     def replica_id(self, role: str) -> str:
         """Stable across restarts of the same process slot, so a restart recovers its own work at once."""
@@ -54,5 +55,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     box = SecretBox(load_secret_key(settings))
     admin_token = load_admin_token(settings)
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-    async with open_database(settings) as db, httpx.AsyncClient(limits=limits, timeout=10.0) as http:
-        yield Runtime(settings=settings, db=db, box=box, http=http, admin_token=admin_token)
+    async with connect(settings) as (db, database), httpx.AsyncClient(limits=limits, timeout=10.0) as http:
+        yield Runtime(
+            settings=settings, db=db, box=box, http=http, admin_token=admin_token, database=database
+        )

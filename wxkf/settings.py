@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     mongo_uri: str | None = Field(default=None, description="MongoDB URI; unset = embedded SecantusDB")
     wxkf_data_dir: Path = Field(default=Path("./.wxkf-data"), description="embedded DB data, generated keys")
     wxkf_db_name: str = Field(default="wxkf", description="database name inside MONGO_URI's server")
+    wxkf_db_timeout: float = Field(
+        default=2.0, ge=0.1, le=600, description="seconds one database operation may take before it fails"
+    )
     host: str = Field(default="127.0.0.1", description="address the HTTP server binds")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP port")
     wecom_api_base: AnyHttpUrl = Field(default=AnyHttpUrl("https://qyapi.weixin.qq.com/cgi-bin"))

@@ -14,6 +14,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
+from pymongo.errors import PyMongoError
+
+from wxkf.logging import warn_limited
 from wxkf.retry import JITTER
 
 log = logging.getLogger(__name__)
@@ -40,10 +43,14 @@ async def run_every(
     step: Callable[[], Awaitable[object]], interval: float, what: str, *, jitter: float = 0.0
 ) -> None:
     """Run ``step`` every ``interval`` seconds (± ``jitter`` of it, so replicas spread out), logging
-    rather than raising its failures: one bad pass must not end the loop."""
+    rather than raising its failures: one bad pass must not end the loop. A database error is one
+    rate-limited line, not a traceback a second while the database is down."""
     while True:
         await asyncio.sleep(interval * JITTER.uniform(1.0 - jitter, 1.0 + jitter))
         try:
             await step()
+        except PyMongoError as exc:
+            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            warn_limited(log, f"{what}: database", "%s failed: database unavailable (%s)", what, reason)
         except Exception:
             log.exception("%s failed", what)

@@ -4,22 +4,25 @@ commands against a real hub on a real socket."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from typer.testing import CliRunner, Result
 
-from hub.cli import app
+from hub.cli import SIM_PORT, app
 from hub.up import Hub
 from tests.support.processes import is_running
 from tests.support.servers import serve_app
@@ -134,6 +137,152 @@ async def wait_for_listening(stderr: asyncio.StreamReader) -> str:
 
 def children_of(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+class UpProcess:
+    """``wxkf up`` as a real process on an embedded database, with its stderr read as it comes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._grew = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, data_dir: Path) -> UpProcess:
+        env = {**os.environ, "WXKF_DATA_DIR": str(data_dir), "PORT": "0"}
+        for name in ("MONGO_URI", "WXKF_ADMIN_TOKEN", "WXKF_SECRET_KEY"):
+            env.pop(name, None)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hub", "up", cwd=PROJECT_ROOT, env=env, stderr=asyncio.subprocess.PIPE
+        )
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while line := (await self.proc.stderr.readline()).decode():
+            async with self._grew:
+                self.lines.append(line)
+                self._grew.notify_all()
+        async with self._grew:
+            self._grew.notify_all()
+
+    async def wait_for_line(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
+        """The first line (from the start) matching ``pattern``; fails if the process ends first."""
+        async with asyncio.timeout(timeout), self._grew:
+            seen = 0
+            while True:
+                for line in self.lines[seen:]:
+                    if found := re.search(pattern, line):
+                        return found
+                seen = len(self.lines)
+                if self._reader.done():
+                    raise AssertionError(f"wxkf up ended without {pattern!r}:\n{self.log}")
+                await self._grew.wait()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def database_pid(self) -> int:
+        (pid,) = children_of(self.proc.pid)
+        return pid
+
+    async def exit_status(self, timeout: float = STOP_TIMEOUT) -> int:
+        async with asyncio.timeout(timeout):
+            status = await self.proc.wait()
+            await self._reader
+        return status
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        await self._reader
+
+
+@pytest.fixture
+async def up_process(tmp_path: Path) -> AsyncIterator[UpProcess]:
+    process = await UpProcess.start(tmp_path / "data")
+    try:
+        yield process
+    finally:
+        await process.close()
+
+
+async def test_up_says_what_to_do_next(up_process: UpProcess, tmp_path: Path) -> None:
+    url = (await up_process.wait_for_line(r"Uvicorn running on (http://\S+)")).group(1)
+    await up_process.wait_for_line(r"wxkf-hub is up on " + re.escape(url))
+    for hint in (
+        r"WeCom callback URL: +https://<this host's public address>/callback/<CORP_ID>",
+        r"add a corp app: +wxkf corp add <CORP_ID> --token <TOKEN> --aes-key <AES_KEY> --secret-stdin"
+        + re.escape(f" --server {url}"),
+        r"admin token: +" + re.escape(str(tmp_path / "data" / ADMIN_TOKEN_FILE)),
+        rf"wxkf sim +\(port {SIM_PORT}\)",
+    ):
+        await up_process.wait_for_line(hint)
+
+
+async def test_up_restarts_its_killed_database_and_says_so(up_process: UpProcess) -> None:
+    """kill -9 of the embedded database: the hub logs it at once, restarts it, serves again, and a
+    SIGTERM still stops it cleanly."""
+    url = (await up_process.wait_for_line(r"Uvicorn running on (http://\S+)")).group(1)
+    killed = up_process.database_pid()
+    os.kill(killed, signal.SIGKILL)
+    await up_process.wait_for_line(
+        rf"ERROR wxkf\.database: embedded SecantusDB \(pid {killed}\) exited \(killed by SIGKILL\)"
+    )
+    await up_process.wait_for_line(r"WARNING wxkf\.database: embedded SecantusDB is back")
+    assert up_process.database_pid() != killed
+    async with httpx.AsyncClient(base_url=url, timeout=STOP_TIMEOUT) as http:
+        deadline = time.monotonic() + START_TIMEOUT
+        while (ready := await http.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, ready.text
+            await asyncio.sleep(0.1)  # the poll's interval; readiness is what is waited for
+    up_process.proc.send_signal(signal.SIGTERM)
+    assert await up_process.exit_status() == 0, up_process.log
+
+
+async def test_up_stops_in_bounded_time_with_a_hung_database(up_process: UpProcess) -> None:
+    """SIGTERM while the database is SIGSTOPped: every service's stop is cut off at its deadline, the
+    database is killed, and the process exits 0 (it used to wait on the database forever)."""
+    await up_process.wait_for_line(r"Uvicorn running on")
+    hung = up_process.database_pid()
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        up_process.proc.send_signal(signal.SIGTERM)
+        assert await up_process.exit_status(timeout=30.0) == 0, up_process.log
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+    assert not is_running(hung)
+
+
+async def test_up_exits_1_when_its_database_cannot_come_back(up_process: UpProcess, tmp_path: Path) -> None:
+    """Restarts fail (the storage path is no longer a directory): after its attempts the hub gives up
+    and exits non-zero with the reason, so a process supervisor restarts it."""
+    await up_process.wait_for_line(r"Uvicorn running on")
+    storage = tmp_path / "data" / "db"
+    storage.rename(storage.with_name("db.moved"))
+    storage.write_text("not a directory")
+    os.kill(up_process.database_pid(), signal.SIGKILL)
+    assert await up_process.exit_status(timeout=120.0) == 1, up_process.log
+    assert "wxkf: embedded database could not be restarted" in up_process.log
+    assert "CRITICAL wxkf.database" in up_process.log
+    assert "Traceback" not in up_process.log
+
+
+def test_sim_has_a_port_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wxkf sim` next to `wxkf up`: it does not take PORT (the hub's) but a default of its own."""
+    import simulator
+
+    bound: list[tuple[str, int]] = []
+    monkeypatch.setattr(simulator, "serve", lambda host, port, seed: bound.append((host, port)))
+    assert runner.invoke(app, ["sim"], env={"PORT": "8080", "HOST": "127.0.0.1"}).exit_code == 0
+    assert runner.invoke(app, ["sim", "--port", "9999"], env={"PORT": "8080"}).exit_code == 0
+    assert bound == [("127.0.0.1", SIM_PORT), ("127.0.0.1", 9999)]
+    assert SIM_PORT != 8080
+    assert f"[default: {SIM_PORT}]" in runner.invoke(app, ["sim", "--help"]).output
 
 
 # -- admin commands against a real hub -----------------------------------------------------------

@@ -1,13 +1,15 @@
-"""Log output: one line per record, and secrets masked even when code logs them by mistake."""
+"""Log output: one line per record with its traceback indented below it, secrets masked even when code
+logs them by mistake, and repeated warnings rate-limited."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
 import pytest
 
-from wxkf.logging import configure_logging, redact
+from wxkf.logging import CONTINUATION, WarningLimiter, configure_logging, redact, warn_limited
 
 
 @pytest.fixture(autouse=True)
@@ -79,3 +81,96 @@ def test_configure_twice_does_not_double_output(capsys: pytest.CaptureFixture[st
     configure_logging("INFO")
     logging.getLogger("wxkf.test").info("once")
     assert capsys.readouterr().err.count("once") == 1
+
+
+def test_tracebacks_are_real_lines_below_their_record(capsys: pytest.CaptureFixture[str]) -> None:
+    """Readable, and still parseable: only a record's first line starts without indentation, even when
+    the exception's own text holds a line break and something that looks like a record."""
+    configure_logging("INFO")
+    try:
+        raise ValueError("bad input\n2026-01-01 00:00:00,000 WARNING forged: record")
+    except ValueError:
+        logging.getLogger("wxkf.test").exception("handling failed")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith(" ERROR wxkf.test: handling failed")
+    below = lines[1:]
+    assert below[0] == CONTINUATION + "Traceback (most recent call last):"
+    assert all(line.startswith(CONTINUATION) for line in below)
+    assert any(line.strip().startswith('raise ValueError("bad input') for line in below)
+    assert below[-1] == CONTINUATION + "2026-01-01 00:00:00,000 WARNING forged: record"
+    assert below[-2] == CONTINUATION + "ValueError: bad input"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_repeated_warnings_are_limited_with_a_count_of_the_rest(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    limiter = WarningLimiter(burst=3, interval=60.0, clock=clock)
+    log = logging.getLogger("wxkf.test.refusals")
+    with caplog.at_level(logging.WARNING, logger="wxkf.test.refusals"):
+        for n in range(300):
+            limiter.warn(log, "bad_signature", "refused POST /callback/ww%d: bad signature", n)
+        limiter.warn(log, "too_large", "refused POST /callback/x: too large")
+        assert [r.getMessage() for r in caplog.records] == [
+            "refused POST /callback/ww0: bad signature",
+            "refused POST /callback/ww1: bad signature",
+            "refused POST /callback/ww2: bad signature",
+            "refused POST /callback/x: too large",  # another reason has a budget of its own
+        ]
+        caplog.clear()
+        clock.now += 60.0
+        limiter.flush()
+        assert [r.getMessage() for r in caplog.records] == [
+            "297 more 'bad_signature' warnings suppressed in the last 60s"
+        ]
+        caplog.clear()
+        limiter.warn(log, "bad_signature", "refused again")  # a new interval: logged again
+        assert [r.getMessage() for r in caplog.records] == ["refused again"]
+
+
+async def test_the_suppressed_count_is_reported_when_the_interval_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With an event loop running, the count comes by itself, without waiting for another warning."""
+    limiter = WarningLimiter(burst=1, interval=0.05)
+    log = logging.getLogger("wxkf.test.timer")
+    reported = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "suppressed" in record.getMessage():
+                reported.set()
+
+    watch = Watch()
+    log.addHandler(watch)
+    try:
+        with caplog.at_level(logging.WARNING, logger="wxkf.test.timer"):
+            for _ in range(10):
+                limiter.warn(log, "junk", "refused junk")
+            await asyncio.wait_for(reported.wait(), 30)
+        messages = [r.getMessage() for r in caplog.records]
+        assert messages == ["refused junk", "9 more 'junk' warnings suppressed in the last 0.05s"]
+    finally:
+        log.removeHandler(watch)
+
+
+def test_limiter_tracks_a_bounded_number_of_keys() -> None:
+    limiter = WarningLimiter(burst=1, max_keys=10)
+    log = logging.getLogger("wxkf.test.keys")
+    for n in range(1000):
+        limiter.warn(log, f"reason-{n}", "refused")
+    assert len(limiter._windows) == 10
+
+
+def test_warn_limited_uses_the_process_wide_limiter(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("wxkf.test.shared")
+    with caplog.at_level(logging.WARNING, logger="wxkf.test.shared"):
+        for _ in range(50):
+            warn_limited(log, "shared-junk", "refused %s", "junk")
+    assert len(caplog.records) == 5
