@@ -13,6 +13,7 @@ from gateway import metrics
 from gateway.intake import open_callback, verify_url
 from gateway.service import Gateway
 from wxkf.http import Refusal, as_text, read_body, refusing
+from wxkf.tasks import log_failure
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def callback_routes(gateway: Gateway, prefix: str = "/callback") -> list[BaseRou
         )
         try:
             stored = await gateway.accept(event)
-        except Exception:
-            log.exception("cannot store callback %s; WeCom will retry", event.id)
+        except Exception as exc:
+            log_failure("storing a callback (WeCom will retry it)", exc, log)
             metrics.REJECTED.labels("storage_unavailable").inc()
             return PlainTextResponse("storage unavailable, retry later", status_code=503)
         metrics.CALLBACKS.labels("stored" if stored else "duplicate").inc()

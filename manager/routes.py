@@ -38,6 +38,7 @@ from wxkf.http import (
     read_body,
     refusing,
 )
+from wxkf.tasks import log_failure
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +218,8 @@ def compat_routes(
         await check_forwarded(manager.apps, unregistered, corp_id, body.openKfId, body.token, event_id)
         try:
             await manager.accept_decrypted(corp_id, body.openKfId, body.token, event_id)
-        except Exception:
-            log.exception("cannot queue decrypted callback")
+        except Exception as exc:
+            log_failure("storing a forwarded callback (the gateway will retry it)", exc, log)
             return PlainTextResponse("storage unavailable, retry later", status_code=503)
         return PlainTextResponse("roger")
 

@@ -8,9 +8,10 @@ takes a second).
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,18 @@ from wxkf.settings import Settings, load_settings
 def fresh_warning_budget() -> None:
     """Each test's refusals are logged from a fresh rate-limit budget (wxkf.logging.warn_limited)."""
     LIMITER.reset()
+
+
+@pytest.fixture(autouse=True)
+def root_log_handlers_restored() -> Iterator[None]:
+    """A command run in-process (typer's CliRunner) installs wxkf's handler on the stream it captured;
+    once that stream is closed, later tests' log records would fail to write there ("Logging error")
+    and land in whatever another CliRunner captures next. Each test leaves the handlers as it found them."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
@@ -53,11 +66,15 @@ async def db(mongo_client: AsyncMongoClient[Document]) -> AsyncIterator[Database
 
 @pytest.fixture
 def settings(mongo_uri: str, db: Database, tmp_path: Path) -> Settings:
-    """Settings for a service under test: the session's server, this test's database, a fresh data dir."""
+    """Settings for a service under test: the session's server, this test's database, a fresh data dir.
+
+    The database deadline is 10 s, not production's 2 s: a test that sets up thousands of documents on a
+    loaded 2-core machine must not fail on a deadline it is not about (the deadline's own tests set it)."""
     return load_settings(
         mongo_uri=mongo_uri,
         wxkf_db_name=db.name,
         wxkf_data_dir=tmp_path / "data",
+        wxkf_db_timeout=10.0,
         wxkf_secret_key=base64.b64encode(secrets.token_bytes(32)).decode(),
     )
 

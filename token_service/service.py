@@ -48,6 +48,7 @@ from wecom.errors import WeComError
 from wecom.tokens import AccessToken
 from wxkf.retry import JITTER
 from wxkf.single_flight import SingleFlight
+from wxkf.tasks import log_failure
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +218,8 @@ class TokenService:
         while True:
             try:
                 delay = (await self.renew_due()).next_at - self.clock()
-            except Exception:
-                log.exception("token renewal pass failed")
+            except Exception as exc:
+                log_failure("token renewal pass", exc)
                 delay = self.policy.refresh_check_interval
             await asyncio.sleep(
                 min(self.policy.refresh_check_interval, max(self.policy.poll_interval, delay))

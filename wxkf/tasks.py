@@ -49,8 +49,16 @@ async def run_every(
         await asyncio.sleep(interval * JITTER.uniform(1.0 - jitter, 1.0 + jitter))
         try:
             await step()
-        except PyMongoError as exc:
-            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            warn_limited(log, f"{what}: database", "%s failed: database unavailable (%s)", what, reason)
-        except Exception:
-            log.exception("%s failed", what)
+        except Exception as exc:
+            log_failure(what, exc)
+
+
+def log_failure(what: str, exc: Exception, logger: logging.Logger = log) -> None:
+    """Log a failure of ``what``: a database error is one rate-limited line (the database's own
+    supervision says what happened to it; a traceback per callback or per pass would bury that),
+    anything else a traceback."""
+    if isinstance(exc, PyMongoError):
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        warn_limited(logger, f"{what}: database", "%s failed: database unavailable (%s)", what, reason)
+    else:
+        logger.error("%s failed", what, exc_info=exc)

@@ -269,7 +269,7 @@ async def test_up_exits_1_when_its_database_cannot_come_back(up_process: UpProce
     assert await up_process.exit_status(timeout=120.0) == 1, up_process.log
     assert "wxkf: embedded database could not be restarted" in up_process.log
     assert "CRITICAL wxkf.database" in up_process.log
-    assert "Traceback" not in up_process.log
+    assert "Traceback" not in up_process.log, up_process.log
 
 
 def test_sim_has_a_port_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:

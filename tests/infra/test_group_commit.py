@@ -56,6 +56,9 @@ class HeldWrites:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
     async def bulk_write(self, requests: list[Any], **kwargs: Any) -> Any:
         self.entered.set()
         await self.release.wait()

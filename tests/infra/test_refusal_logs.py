@@ -27,5 +27,6 @@ async def test_300_junk_callbacks_make_a_handful_of_log_lines(
                     assert 400 <= answer.status_code < 500
     finally:
         await gateway.stop()
-    refusals = [r for r in caplog.records if r.getMessage().startswith("refused POST /callback/")]
+    messages = [record.getMessage() for record in caplog.records]
+    refusals = [m for m in messages if m.startswith("refused POST") and "/callback/" in m]
     assert 1 <= len(refusals) <= LIMITER.burst * 3  # a few reasons at most, each its burst
