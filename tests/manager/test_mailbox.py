@@ -38,11 +38,11 @@ async def test_new_work_keeps_a_backoff_and_a_delivery_keeps_newer_work_due(db: 
     mailbox = await store.get(KEY)
     assert mailbox is not None and mailbox.due_at == clock() + 300  # still backing off
 
-    await store.delivered(KEY, "owner", "00000000000000000001-a")  # b arrived meanwhile
+    await store.delivered(KEY, 2, "00000000000000000001-a")  # up to the failure's write; b came since
     mailbox = await store.get(KEY)
     assert mailbox is not None and mailbox.due_at is not None
 
-    await store.delivered(KEY, "owner", "00000000000000000002-b")
+    await store.delivered(KEY, 3, "00000000000000000002-b")
     mailbox = await store.get(KEY)
     assert mailbox is not None and mailbox.due_at is None and mailbox.delivered.endswith("-b")
 
@@ -65,3 +65,16 @@ async def test_logged_events_are_purged_by_arrival_after_the_retention(db: Datab
     clock.advance(1801)
     assert await store.purge_expired() == 1
     assert [doc["_id"] for doc in await store.events(KEY)] == ["young"]
+
+
+async def test_an_event_with_an_older_arrival_is_still_new_work(db: Database) -> None:
+    store = MailboxStore(db, clock=FakeClock())
+    await store.ensure_indexes()
+    await store.accept(CORP, KF, latest("ahead", 2), parked=False)  # from a host whose clock is ahead
+    mailbox = await store.get(KEY)
+    assert mailbox is not None
+    await store.delivered(KEY, mailbox.seq, mailbox.delivered)
+    await store.accept(CORP, KF, latest("behind", 1), parked=False)  # later, from a host behind
+    mailbox = await store.get(KEY)
+    assert mailbox is not None and mailbox.has_work and mailbox.due_at is not None
+    assert mailbox.latest is not None and mailbox.latest.event_id == "ahead"  # the token: newest arrival
