@@ -135,7 +135,7 @@ class Dispatcher:
         """New work for ``key`` (accepted here, or found in a mailbox): serve it now if we can."""
         account = self._accounts.get(key)
         if account is None:
-            account = self._accounts[key] = Account(key)
+            account = self._accounts[key] = Account(key, last_active=self._monotonic())
             account.offer(latest)
             account.apply(Event.WORK)
             account.task = self._spawn(self._acquire_and_serve(account))

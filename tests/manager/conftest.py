@@ -36,7 +36,12 @@ async def _no_upstream(corp_id: str, secret: str) -> AccessToken:
 
 
 def make_manager(
-    runtime: Runtime, owner: str = "mgr-1", *, clock: Callable[[], float] = time.time, **dispatch: Any
+    runtime: Runtime,
+    owner: str = "mgr-1",
+    *,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    **dispatch: Any,
 ) -> Manager:
     tokens = TokenService(TokenStore(runtime.db, runtime.box), _no_upstream)
     apps = AppRegistry(runtime.db, runtime.box)
@@ -44,7 +49,15 @@ def make_manager(
     settings |= dispatch
     config = ManagerConfig(owner=owner, dispatch=DispatchConfig(owner=owner, schedule=FAST, **settings))
     return Manager(
-        runtime.db, runtime.box, runtime.http, tokens, apps, "http://127.0.0.1:9/cgi-bin", config, clock=clock
+        runtime.db,
+        runtime.box,
+        runtime.http,
+        tokens,
+        apps,
+        "http://127.0.0.1:9/cgi-bin",
+        config,
+        clock=clock,
+        monotonic=monotonic,
     )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import math
 from typing import Any
 
+from manager.account_state import State
 from manager.mailbox import account_key
 from tests.manager.conftest import add_puppet, make_manager
 from tests.manager.test_recovery import replica
@@ -126,3 +127,26 @@ async def test_a_replica_whose_clock_is_behind_is_not_taken_over_while_it_checkp
         live_clock.advance(1)
         late_clock.advance(1)
         assert await late.checkpoint()
+
+
+async def test_a_replica_whose_last_checkpoint_is_too_old_starts_no_delivery(
+    runtime: Runtime, puppet_server
+) -> None:
+    puppet, url = puppet_server
+    monotonic = FakeClock(1000.0)
+    manager = make_manager(runtime, monotonic=monotonic)
+    await manager.start()
+    try:
+        for task in manager._tasks:  # no checkpoints but the ones this test makes
+            task.cancel()
+        await add_puppet(manager, CORP, "wkA", url)
+        monotonic.advance(0.75 * manager.config.replica_timeout)  # e.g. paused (SIGSTOP), then woken
+        await manager.accept_decrypted(CORP, "wkA", "tok-1", "event-1")
+        await manager.dispatcher.sweep()
+        await asyncio.gather(*manager.dispatcher._tasks)
+        assert manager.dispatcher.state_of(KEY) is State.PENDING and puppet.tokens() == []
+        assert await manager.recovery.checkpoint()  # not taken over after all: the fence is renewed
+        await manager.dispatcher.sweep()
+        await puppet.wait(lambda: puppet.tokens() == ["tok-1"])
+    finally:
+        await manager.stop()
