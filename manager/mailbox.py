@@ -154,6 +154,24 @@ class MailboxStore:
         await self._events.create_index([("arrival", ASCENDING)])
         if retention.INDEX_NAME in await self._events.index_information():
             await self._events.drop_index(retention.INDEX_NAME)  # expire_at, from earlier versions
+        await self._count_old_work()
+
+    async def _count_old_work(self) -> None:
+        """Mailboxes written before work was counted (no ``seq``): pending work (its ``latest`` newer
+        than ``delivered``) becomes one uncovered write. Once, at start; later starts match nothing."""
+        pending: list[UpdateOne] = []
+        async for doc in self._mailboxes.find(
+            {"seq": {"$exists": False}}, projection={"latest.arrival": 1, "delivered": 1}
+        ):
+            arrival = (doc.get("latest") or {}).get("arrival", "")
+            seq = 1 if arrival > doc.get("delivered", "") else 0
+            pending.append(
+                UpdateOne(
+                    {"_id": doc["_id"], "seq": {"$exists": False}}, {"$set": {"seq": seq, "delivered_seq": 0}}
+                )
+            )
+        for some in chunks(pending, 500):
+            await self._mailboxes.bulk_write(list(some), ordered=False)
 
     async def purge_expired(self) -> int:
         """Delete logged events past retention (see :mod:`wxkf.retention`), oldest arrivals first."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from manager.mailbox import DECRYPTED, Latest, MailboxStore, account_key, arrival_key
+from manager.mailbox import DECRYPTED, MAILBOXES, Latest, MailboxStore, account_key, arrival_key
 from tests.support.clock import FakeClock
 from wxkf.database import Database
 
@@ -78,3 +78,22 @@ async def test_an_event_with_an_older_arrival_is_still_new_work(db: Database) ->
     mailbox = await store.get(KEY)
     assert mailbox is not None and mailbox.has_work and mailbox.due_at is not None
     assert mailbox.latest is not None and mailbox.latest.event_id == "ahead"  # the token: newest arrival
+
+
+async def test_pending_work_in_a_mailbox_from_before_work_was_counted_is_still_work(db: Database) -> None:
+    store = MailboxStore(db, clock=FakeClock())
+    old = {"corp_id": CORP, "open_kfid": KF, "due_at": None}
+    await db[MAILBOXES].insert_many(
+        [
+            {"_id": KEY, **old, "latest": latest("a", 2).to_doc(), "delivered": latest("z", 1).arrival},
+            {
+                "_id": "corp/done",
+                **old,
+                "latest": latest("b", 1).to_doc(),
+                "delivered": latest("b", 1).arrival,
+            },
+        ]
+    )
+    await store.ensure_indexes()
+    pending, done = await store.get(KEY), await store.get("corp/done")
+    assert pending is not None and pending.has_work and done is not None and not done.has_work
