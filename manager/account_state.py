@@ -19,8 +19,11 @@ Ordering never compares two hosts' clocks to decide whether there is work. An ac
 something was offered to it (accepted here, or a mailbox write it had not seen: the mailbox counts its
 writes in ``seq``) since its last delivery started; a delivery that starts after an event was accepted
 covers it, since the puppet pulls everything new. Arrival keys (wall clock) only choose which token a
-delivery carries: the newest of those offered since the previous delivery started (so a callback
-accepted by a host whose clock is behind is delivered with its own, newer token).
+delivery carries: the newest of those offered since the previous delivery started, or the previous
+delivery's token again if that one's arrival is later (never an older token after a newer one),
+unless that token was first carried more than :data:`TOKEN_REUSE` ago (WeCom's tokens last ten
+minutes). A callback accepted by a host whose clock is behind therefore still gets a delivery that
+starts after it, with a valid token.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from manager.mailbox import Latest, Mailbox, arrival_key_ns
+
+TOKEN_REUSE = 300.0  # seconds a token may be carried again (WeCom's tokens are valid for 600)
 
 
 class State(StrEnum):
@@ -136,8 +141,10 @@ class Account:
     key: str
     state: State = State.RELEASED
     epoch: int = 0  # the lease's fencing token, as taken by this process
-    newest: Latest | None = None  # what the next delivery carries
+    newest: Latest | None = None  # the newest work offered since the last delivery started
     dirty: bool = False  # something was offered since the last delivery started
+    carried: Latest | None = None  # what the last delivery carried
+    carried_at: float = 0.0  # monotonic time that token was first carried
     mailbox_seq: int = 0  # the mailbox's writes taken in so far
     mailbox_due: bool = False  # the mailbox may be due: clear it after the next delivery
     attempts: int = 0
@@ -182,11 +189,16 @@ class Account:
         self.delivered = max(self.delivered, mailbox.delivered)
         self.flushed = max(self.flushed, mailbox.delivered)
 
-    def start(self) -> Latest:
-        """A delivery starts: it carries ``newest``, and covers everything offered so far."""
+    def start(self, now: float) -> Latest:
+        """A delivery starts, covering everything offered so far; returns the token it carries."""
         assert self.newest is not None
         self.apply(Event.START)
         self.dirty = False
+        last = self.carried
+        if last is not None and last.arrival > self.newest.arrival and now - self.carried_at < TOKEN_REUSE:
+            return last
+        if last is None or last.arrival != self.newest.arrival:
+            self.carried, self.carried_at = self.newest, now
         return self.newest
 
     def handed_over(self) -> None:

@@ -261,7 +261,7 @@ class Dispatcher:
             await self._look_again(account)
             return True
         through, seq = self._undelivered.newest(key), account.mailbox_seq
-        latest = account.start()
+        latest = account.start(self._monotonic())
         try:
             async with asyncio.timeout(self._liveness.remaining()):
                 await self._deliver(puppet, latest)

@@ -8,10 +8,10 @@ backlog after an outage, becomes one delivery. ``delivered`` (the newest arrival
 informs the admin view.
 
 ``due_at`` is set while there is something to deliver and the account is not backing off or waiting
-for its puppet; the sweep query (``due_at <= now``) therefore only ever matches accounts with due
-work. The lease (``lease_owner``, ``lease_life``: the holder's process life, ``lease_epoch``: +1 per
-take, the fencing token) says who may deliver. Every hot-path write goes through
-:class:`~wxkf.group_commit.GroupCommit`, so they share fsyncs.
+for its puppet (:data:`DUE_NOW`, or the retry time); the sweep query (``due_at <= now``) therefore
+only ever matches accounts with due work. The lease (``lease_owner``; ``lease_life``, the holder's
+process life; ``lease_epoch``, +1 per take: the fencing token) says who may deliver. Every hot-path
+write goes through :class:`~wxkf.group_commit.GroupCommit`, so they share fsyncs.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from wxkf.group_commit import GroupCommit
 MAILBOXES = "mailboxes"
 EVENTS = "manager_events"
 
+DUE_NOW = 0.0  # due_at for "deliver now": before any clock's now, so no replica waits on another's clock
 DECRYPTED = "decrypted"
 RAW = "raw"
 
@@ -214,26 +215,30 @@ class MailboxStore:
             **latest.to_doc(),
         }
 
-    async def bump(self, key: str, latest: Latest, *, due: bool) -> None:
-        """Put work in the mailbox: ``seq`` + 1, and ``latest`` becomes its newest unless it holds a
-        newer one (by arrival: that only picks the token). ``due``: deliver it now (unless a backoff
-        already made it due later; then due_at == backoff_until)."""
+    async def bump(self, key: str, latest: Latest, *, due: bool, only_if_newer: bool = False) -> None:
+        """Put work in the mailbox: ``seq`` + 1, and ``latest`` becomes its newest (the token the next
+        delivery carries). The last write wins: it carries the event accepted last, whatever the
+        clocks. ``only_if_newer`` (recovery, re-queueing a dead replica's older events): keep a stored
+        ``latest`` with a later arrival, and only count the work. ``due``: deliver it now (unless a
+        backoff already made it due later; then due_at == backoff_until)."""
         corp_id, _, open_kfid = key.partition("/")
-        # The common case in one write: the filter matches unless the stored ``latest`` is newer; then
-        # the upsert's insert hits the existing _id, a duplicate-key "no" that leaves it alone, and a
-        # second write counts the work. Plain operators rather than an aggregation pipeline: SecantusDB
-        # validates a pipeline's ``$literal`` (the whole event) on every write, a sixth of its time.
         count: dict[str, Any] = {"$inc": {"seq": 1}}
         if due:
-            count["$max"] = {"due_at": self._clock()}
+            count["$max"] = {"due_at": DUE_NOW}
         update: dict[str, Any] = {
             **count,
             "$set": {"corp_id": corp_id, "open_kfid": open_kfid, "latest": latest.to_doc()},
             "$setOnInsert": {"delivered": ""},
         }
+        if not only_if_newer:
+            await self._mailbox_writes.write(UpdateOne({"_id": key}, update, upsert=True))
+            return
+        # The filter matches unless the stored ``latest`` is newer; then the upsert's insert hits the
+        # existing _id, a duplicate-key "no" that leaves it alone, and a second write counts the work.
+        # Plain operators rather than an aggregation pipeline: SecantusDB validates a pipeline's
+        # ``$literal`` (the whole event) on every write, a sixth of its time.
         older = {"_id": key, "latest.arrival": {"$not": {"$gte": latest.arrival}}}
-        newest = UpdateOne(older, update, upsert=True)
-        if not await self._mailbox_writes.write(newest):
+        if not await self._mailbox_writes.write(UpdateOne(older, update, upsert=True)):
             await self._mailbox_writes.write(UpdateOne({"_id": key}, count))
 
     async def undelivered_by(self, replica: str, since: str) -> dict[str, Latest]:
@@ -395,7 +400,7 @@ class MailboxStore:
             self._mailbox_writes.write(UpdateOne({"_id": key}, given_up)),
             self._mailbox_writes.write(UpdateOne({"_id": key, "seq": seq}, {"$set": {"due_at": None}})),
             self._mailbox_writes.write(
-                UpdateOne({"_id": key, "seq": {"$gt": seq}}, {"$set": {"due_at": now}})
+                UpdateOne({"_id": key, "seq": {"$gt": seq}}, {"$set": {"due_at": DUE_NOW}})
             ),
         )
         await self._events.update_many(
@@ -427,7 +432,7 @@ class MailboxStore:
                     pending[mailbox.key] = mailbox
         if pending:
             await self._mailboxes.update_many(
-                {"_id": {"$in": list(pending)}}, {"$set": {"due_at": self._clock(), "backoff_until": 0.0}}
+                {"_id": {"$in": list(pending)}}, {"$set": {"due_at": DUE_NOW, "backoff_until": 0.0}}
             )
         return pending
 
@@ -460,7 +465,7 @@ class MailboxStore:
             {
                 "$set": {
                     "latest": latest.to_doc(),
-                    "due_at": self._clock(),
+                    "due_at": DUE_NOW,
                     "attempts": 0,
                     "backoff_until": 0.0,
                 },

@@ -174,7 +174,7 @@ class Recovery:
     async def _recover(self, replica: str, since: str) -> int:
         undelivered = await self._mailboxes.undelivered_by(replica, since)
         for key, latest in undelivered.items():
-            await self._mailboxes.bump(key, latest, due=True)
+            await self._mailboxes.bump(key, latest, due=True, only_if_newer=True)
         if undelivered:
             log.info("recovered undelivered events of %d accounts from replica %s", len(undelivered), replica)
         return len(undelivered)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from manager.account_state import (
+    TOKEN_REUSE,
     Account,
     Event,
     InvalidTransition,
@@ -86,11 +87,22 @@ def test_work_offered_during_a_delivery_makes_another_one_even_with_an_older_arr
     first, later = token("a", 2_000), token("b", 1_000)  # b came later, from a host whose clock is behind
     account.offer(first)
     account.apply(Event.WORK)
-    assert account.start() == first and account.state is State.DELIVERING
+    assert account.start(now=0.0) == first and account.state is State.DELIVERING
     account.offer(later)
     assert account.apply(Event.DELIVERED) is State.PENDING  # b is not covered: deliver again
-    assert account.start() == later  # with its own token
+    assert account.start(now=1.0) == first  # never an older token after a newer one; a is still valid
     assert account.apply(Event.DELIVERED) is State.IDLE
+
+
+def test_a_token_too_old_to_carry_again_gives_way_to_the_one_offered() -> None:
+    account = Account("corp/A", state=State.IDLE)
+    account.offer(token("a", 2_000))
+    account.apply(Event.WORK)
+    account.start(now=0.0)
+    account.apply(Event.DELIVERED)
+    account.offer(token("b", 1_000))  # WeCom's token "a" may have expired by now
+    account.apply(Event.WORK)
+    assert account.start(now=TOKEN_REUSE + 1).event_id == "b"
 
 
 def test_a_delivery_carries_the_newest_token_offered_since_the_last_one_started() -> None:
@@ -98,7 +110,7 @@ def test_a_delivery_carries_the_newest_token_offered_since_the_last_one_started(
     for event_id, at in (("a", 2), ("c", 3), ("b", 1)):
         account.offer(token(event_id, at))
     account.apply(Event.WORK)
-    assert account.start().event_id == "c"
+    assert account.start(now=0.0).event_id == "c"
 
 
 def test_a_mailbox_write_not_seen_before_is_work_and_one_seen_is_not() -> None:
@@ -107,7 +119,7 @@ def test_a_mailbox_write_not_seen_before_is_work_and_one_seen_is_not() -> None:
     account.take_in(waiting)
     assert account.has_work and account.mailbox_due
     account.apply(Event.WORK)
-    account.start()
+    account.start(now=0.0)
     account.apply(Event.DELIVERED)
     account.take_in(waiting)  # the same write, read again by the sweep
     assert not account.has_work

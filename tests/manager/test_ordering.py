@@ -52,9 +52,13 @@ async def test_a_callback_handed_over_by_a_replica_whose_clock_is_behind_is_deli
         await add_puppet(ahead, CORP, "wkA", url)
         await ahead.accept_decrypted(CORP, "wkA", "tok-1", "event-1")
         await puppet.wait(lambda: puppet.tokens() == ["tok-1"])
+        await ahead.dispatcher.wait_until(lambda outcomes: outcomes["delivered"] >= 1, timeout=10)
         # ahead holds the lease: late hands its callback over through the mailbox
         await late.accept_decrypted(CORP, "wkA", "tok-2", "event-2")
-        await puppet.wait(lambda: puppet.tokens() == ["tok-1", "tok-2"])
+        await ahead.dispatcher.wait_until(lambda outcomes: outcomes["delivered"] >= 2, timeout=10)
+        # a delivery that starts after tok-2 was accepted, so the puppet's pull gets its message; it
+        # carries tok-1 again: by the clocks tok-2 is older, and tok-1 is still valid
+        assert puppet.tokens() == ["tok-1", "tok-1"]
     finally:
         await ahead.stop()
         await late.stop()
@@ -78,3 +82,31 @@ async def test_a_clock_stepped_back_across_a_restart_still_delivers(runtime: Run
         await again.dispatcher.wait_until(lambda _: len(again.undelivered) == 0, timeout=10)
     finally:
         await again.stop()
+
+
+async def test_a_callback_handed_over_to_a_holder_whose_clock_is_ahead_or_behind_is_delivered(
+    runtime: Runtime, puppet_server
+) -> None:
+    puppet, url = puppet_server
+    ahead = make_manager(runtime, owner="mgr-ahead")
+    late = make_manager(  # a minute behind: more than any wait in this test
+        runtime, owner="mgr-late", clock=behind(60.0), idle_release=0.0, housekeeping_interval=3600
+    )
+    await ahead.start()
+    await late.start()
+    try:
+        await add_puppet(late, CORP, "wkA", url)
+        await late.accept_decrypted(CORP, "wkA", "tok-0", "event-0")  # late takes the lease
+        await late.dispatcher.wait_until(lambda outcomes: outcomes["delivered"] >= 1, timeout=10)
+        await ahead.accept_decrypted(CORP, "wkA", "tok-1", "event-1")  # handed over, due now for late too
+        await late.dispatcher.wait_until(lambda outcomes: outcomes["delivered"] >= 2, timeout=10)
+        await late.dispatcher.release_idle()
+        await ahead.accept_decrypted(CORP, "wkA", "tok-2", "event-2")  # now ahead serves it
+        await ahead.dispatcher.wait_until(lambda outcomes: outcomes["delivered"] >= 1, timeout=10)
+        await late.accept_decrypted(CORP, "wkA", "tok-3", "event-3")  # handed over; its arrival is older
+        # a delivery after it, with tok-2 again (its arrival is later, and it is still valid)
+        await ahead.dispatcher.wait_until(lambda outcomes: outcomes["delivered"] >= 2, timeout=10)
+        assert puppet.tokens() == ["tok-0", "tok-1", "tok-2", "tok-2"]
+    finally:
+        await ahead.stop()
+        await late.stop()
