@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from typing import Any
 
 from manager.account_state import State
 from manager.mailbox import account_key
+from manager.recovery import FENCE
 from tests.manager.conftest import add_puppet, make_manager, running
 from tests.manager.test_recovery import replica
 from tests.support.clock import FakeClock
@@ -141,3 +143,12 @@ async def test_a_replica_whose_last_checkpoint_is_too_old_starts_no_delivery(
         assert await manager.recovery.checkpoint()  # not taken over after all: the fence is renewed
         await manager.dispatcher.sweep()
         await puppet.wait(lambda: puppet.tokens() == ["tok-1"])
+
+
+def test_checkpoints_come_several_times_within_the_fence_even_with_a_short_replica_timeout(
+    runtime: Runtime,
+) -> None:
+    manager = make_manager(runtime)
+    for timeout in (1.0, 3.0, 30.0):
+        manager.config = dataclasses.replace(manager.config, replica_timeout=timeout)
+        assert manager.checkpoint_interval * 3 <= FENCE * timeout
