@@ -183,3 +183,24 @@ async def test_an_event_accepted_where_the_puppet_cache_is_stale_is_delivered_wi
         lambda: second in puppet.tokens(kf), STALE_CACHE_BOUND, "the event A accepted with a stale cache"
     )
     puppet.assert_never_two_at_once()
+
+
+async def test_a_manager_restarted_with_its_clock_stepped_back_still_delivers_newer_callbacks(
+    world: World,
+) -> None:
+    """A delivers for every account and stops in order (its delivery progress recorded); it comes
+    back under the same replica id with its wall clock 5 s behind (a clock stepped back across a
+    restart). Newer callbacks must still be delivered."""
+    a = world.cluster.add("A")
+    await world.cluster.start()
+    await world.register_all(a)
+    puppet, traffic = world.puppet, world.traffic(a)
+    firsts = {kf: await traffic.send(kf) for kf in world.accounts}
+    await puppet.wait(lambda: all(t in puppet.answered(kf) for kf, t in firsts.items()), SETTLE, "delivered")
+    a.stop()
+    a.shift_clock(-CLOCK_SKEW)
+    await a.start()
+    for kf in world.accounts:
+        await traffic.send(kf)  # newer by any real clock, 5 s older by A's new one
+    await world.nothing_lost(traffic, timeout=15.0)
+    puppet.assert_never_two_at_once()

@@ -33,6 +33,7 @@ from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, signed_post
 from wxkf.settings import Settings
 
 LIBFAKETIME = ("/usr/lib/*/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1")
+FAKETIME_VARIABLES = ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC")
 CALLBACK_TIMEOUT = 3.0  # per attempt; WeCom waits 5 s
 
 
@@ -61,11 +62,8 @@ def clock_offset_env(seconds: float) -> dict[str, str]:
 
     Only the wall clock moves (``time.time()``, ``CLOCK_REALTIME``); the monotonic clock that asyncio's
     timers use is left alone, as on a host whose NTP is simply off by that much."""
-    return {
-        "LD_PRELOAD": libfaketime(),
-        "FAKETIME": f"{seconds:+g}s",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-    }
+    values = (libfaketime(), f"{seconds:+g}s", "1")
+    return dict(zip(FAKETIME_VARIABLES, values, strict=True))
 
 
 @dataclass
@@ -108,6 +106,19 @@ class Manager:
         self.service = ServiceProcess("manager", self.env, self.log_path, self.port)
         await self.service.start(timeout=60.0)
 
+    def stop(self) -> None:
+        """SIGTERM, and wait for the orderly shutdown (SIGKILL after 15 s)."""
+        assert self.service is not None
+        self.service.stop()
+
+    def shift_clock(self, seconds: float) -> None:
+        """From the next :meth:`start` on, run with the wall clock ``seconds`` off (see
+        :func:`clock_offset_env`); 0 puts it right again."""
+        for name in FAKETIME_VARIABLES:
+            self.env.pop(name, None)
+        if seconds:
+            self.env |= clock_offset_env(seconds)
+
     def kill(self) -> None:
         """SIGKILL, as a crash: no shutdown code runs."""
         self.process.send_signal(signal.SIGKILL)
@@ -142,9 +153,8 @@ class Cluster:
         many seconds off."""
         extra = {**self.common_env, "wxkf_replica_id": f"mp-{name}", **env}
         full = service_env(self.settings, self.workdir / f"data-{name}", **extra)
-        if clock_offset:
-            full |= clock_offset_env(clock_offset)
         manager = Manager(name, full, self.workdir / f"manager-{name}.log", free_port())
+        manager.shift_clock(clock_offset)
         self.managers[name] = manager
         return manager
 
@@ -250,6 +260,10 @@ class Traffic:
         tasks = [asyncio.create_task(loop(account)) for account in accounts]
         try:
             yield
+        except BaseException:
+            for task in tasks:  # the test failed already: don't wait for callbacks in flight
+                task.cancel()
+            raise
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
