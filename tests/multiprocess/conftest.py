@@ -28,7 +28,7 @@ from wxkf.database import Database
 from wxkf.settings import Settings
 
 ADMIN = "multiprocess-admin"
-REPLICA_TIMEOUT = 2  # seconds of silence before a replica is taken over
+REPLICA_TIMEOUT = 3  # seconds of silence before a replica is taken over
 ACCOUNTS = 6
 LOG_TAIL = 150  # lines of each manager's log in a failed test's report
 MAILBOXES = "mailboxes"

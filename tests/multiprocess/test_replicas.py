@@ -28,14 +28,17 @@ STALE_CACHE_BOUND = 12.0  # > one puppet-cache TTL (10 s): a re-check may wait f
 LEASE_RELEASE = 40.0  # idle leases go after 15 s idle, checked every 10 s (manager.dispatcher defaults)
 
 
-def busy_with_more_queued(puppet: RecordingPuppet, traffic: Traffic, sender: str) -> bool:
-    """``sender`` has delivered a few times, is delivering for some account right now, and has since
-    acknowledged a newer callback for it (work queued behind the delivery, owed only in its memory)."""
-    return len(puppet.by(sender)) >= 3 and any(
-        ack.by == sender and ack.account == d.account and ack.at > d.started
+def busy_with_more_queued(puppet: RecordingPuppet, traffic: Traffic, sender: str, accounts: int = 2) -> bool:
+    """``sender`` has delivered a few times, is delivering for ``accounts`` accounts right now, and has
+    since acknowledged a newer callback for each (work queued behind the delivery, owed only in its
+    memory)."""
+    queued = {
+        d.account
         for d in puppet.in_flight(sender)
         for ack in traffic.acks
-    )
+        if ack.by == sender and ack.account == d.account and ack.at > d.started
+    }
+    return len(puppet.by(sender)) >= 3 and len(queued) >= accounts
 
 
 async def b_serves_every_account(world: World, since: float) -> None:
@@ -108,7 +111,7 @@ async def test_a_restart_during_its_takeover_never_leaves_two_managers_serving_o
     restarts under the same replica id and serves again; then B wakes and finishes the takeover of a
     replica that is alive again. The replica timeout is longer here, so that B, frozen until A serves
     again, is not itself taken over meanwhile (that is the paused-replica scenario)."""
-    a, b, traffic = await start_two(world, wxkf_replica_timeout="4")
+    a, b, traffic = await start_two(world, wxkf_replica_timeout="5")
     puppet, replicas = world.puppet, world.db[REPLICAS]
     async with traffic.running(world.accounts):
         await fail_a_while_busy(world, traffic, a.kill)
