@@ -200,7 +200,7 @@ async def test_a_manager_restarted_with_its_clock_stepped_back_still_delivers_ne
     puppet, traffic = world.puppet, world.traffic(a)
     firsts = {kf: await traffic.send(kf) for kf in world.accounts}
     await puppet.wait(lambda: all(t in puppet.answered(kf) for kf, t in firsts.items()), SETTLE, "delivered")
-    a.stop()
+    await a.stop()
     a.shift_clock(-CLOCK_SKEW)
     await a.start()
     for kf in world.accounts:

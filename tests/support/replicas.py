@@ -76,7 +76,6 @@ class Manager:
     port: int
     incarnation: int = 0
     service: ServiceProcess | None = None
-    stopped: bool = False  # SIGSTOPped and not yet continued
 
     @property
     def label(self) -> str:
@@ -100,16 +99,16 @@ class Manager:
         """Start (or start again, same replica id and port) and wait until it answers /healthz."""
         assert not self.running, f"{self.label} is still running"
         self.incarnation += 1
-        self.stopped = False
         with self.log_path.open("a") as log:
             log.write(f"\n===== start of {self.label} =====\n")
         self.service = ServiceProcess("manager", self.env, self.log_path, self.port)
         await self.service.start(timeout=60.0)
 
-    def stop(self) -> None:
-        """SIGTERM, and wait for the orderly shutdown (SIGKILL after 15 s)."""
+    async def stop(self) -> None:
+        """SIGTERM, and wait for the orderly shutdown (SIGKILL after 15 s); the test's own servers
+        (the puppet) keep answering meanwhile."""
         assert self.service is not None
-        self.service.stop()
+        await asyncio.to_thread(self.service.stop)
 
     def shift_clock(self, seconds: float) -> None:
         """From the next :meth:`start` on, run with the wall clock ``seconds`` off (see
@@ -123,17 +122,14 @@ class Manager:
         """SIGKILL, as a crash: no shutdown code runs."""
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
-        self.stopped = False
 
     def pause(self) -> None:
         """SIGSTOP: the process keeps its sockets and memory but runs nothing (a long GC pause, a
         frozen VM) until :meth:`resume`."""
         self.process.send_signal(signal.SIGSTOP)
-        self.stopped = True
 
     def resume(self) -> None:
         self.process.send_signal(signal.SIGCONT)
-        self.stopped = False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
