@@ -98,19 +98,30 @@ class World:
         return Traffic(self.http, self.keys, list(rotation))
 
     async def nothing_lost(self, traffic: Traffic, timeout: float = 30.0) -> None:
-        """Wait until every account's newest acknowledged callback has been delivered."""
+        """Wait until every account has had a delivery that reached its puppet after the account's
+        newest callback was acknowledged.
+
+        That is what "nothing lost" means to a puppet: on any delivery it pulls everything new with
+        ``kf/sync_msg``, so a pull that starts after the newest callback finds every message. The
+        token it carries must be one of the account's (a pull needs one, at most 10 minutes old, and
+        every token here is seconds old); it need not be the newest one.
+        """
 
         def missing() -> dict[str, str]:
             return {
-                kf: traffic.newest(kf)
-                for kf in traffic.acked
-                if traffic.newest(kf) not in self.puppet.tokens(kf)
+                kf: f"{newest.token} (acknowledged by {newest.by})"
+                for kf, tokens in traffic.acked.items()
+                if (newest := traffic.last_ack(kf))
+                and not any(
+                    d.account == kf and d.started > newest.at and d.token in tokens
+                    for d in self.puppet.deliveries
+                )
             }
 
         try:
-            await self.puppet.wait(lambda: not missing(), timeout, "every newest callback delivered")
+            await self.puppet.wait(lambda: not missing(), timeout, "a delivery after every newest callback")
         except AssertionError as exc:
-            raise AssertionError(f"never delivered, per account: {missing()}\n{exc}") from None
+            raise AssertionError(f"no delivery after the newest callback of: {missing()}\n{exc}") from None
 
     async def held_leases(self) -> list[str]:
         """Accounts whose mailbox still names a lease holder."""

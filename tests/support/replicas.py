@@ -197,8 +197,9 @@ class Traffic:
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _sequence: itertools.count[int] = field(default_factory=itertools.count)
 
-    def newest(self, account: str) -> str:
-        return self.acked[account][-1]
+    def last_ack(self, account: str) -> Ack:
+        """The acknowledgement of ``account``'s newest callback."""
+        return next(ack for ack in reversed(self.acks) if ack.account == account)
 
     def sent(self, account: str) -> int:
         return len(self.acked.get(account, []))
