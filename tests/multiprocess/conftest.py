@@ -121,7 +121,21 @@ class World:
         try:
             await self.puppet.wait(lambda: not missing(), timeout, "a delivery after every newest callback")
         except AssertionError as exc:
-            raise AssertionError(f"no delivery after the newest callback of: {missing()}\n{exc}") from None
+            details = [await self.describe(kf, traffic) for kf in missing()]
+            raise AssertionError("\n".join([str(exc), *details])) from None
+
+    async def describe(self, kf: str, traffic: Traffic) -> str:
+        """What the test saw of account ``kf``, and its mailbox as stored (for a failure's report)."""
+        origin = self.puppet.origin
+        acks = [f"{a.token} by {a.by} at {a.at - origin:.2f}" for a in traffic.acks if a.account == kf]
+        deliveries = [d.describe(origin) for d in self.puppet.deliveries if d.account == kf]
+        mailbox = await self.db[MAILBOXES].find_one(
+            {"_id": f"{self.corp_id}/{kf}"}, projection={"latest.body": 0, "latest.query": 0}
+        )
+        return (
+            f"{kf}: no delivery after its newest callback\n  last acks: {acks[-3:]}\n"
+            f"  last deliveries: {deliveries[-3:]}\n  mailbox: {mailbox}"
+        )
 
     async def held_leases(self) -> list[str]:
         """Accounts whose mailbox still names a lease holder."""
