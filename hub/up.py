@@ -41,7 +41,13 @@ def build_manager(
     schedule = RetrySchedule(parse_delays(settings.wxkf_retry_schedule))
     config = ManagerConfig(
         owner=owner,
-        dispatch=dispatch or DispatchConfig(owner=owner, schedule=schedule),
+        dispatch=dispatch
+        or DispatchConfig(
+            owner=owner,
+            schedule=schedule,
+            idle_release=settings.wxkf_idle_release,
+            housekeeping_interval=min(10.0, settings.wxkf_idle_release),
+        ),
         registration_token=registration_token.get_secret_value() if registration_token else None,
         allowed_networks=parse_networks(settings.wxkf_allowed_networks),
         retention=settings.wxkf_retention_days * 86400,

@@ -5,7 +5,7 @@ rather than a race on a unique index. The corp secret and the per-puppet webhook
 No ``find_one_and_update`` and no ``$or``: SecantusDB runs both as a collection scan, which made
 registration slow down with the fleet (:mod:`wxkf.database`). Reads on the dispatch path go through a
 short in-memory cache; registration and liveness changes made by this process invalidate it at once,
-other replicas' changes are seen within ``cache_ttl`` (and one lookup).
+other replicas' changes are seen within ``cache_ttl`` (plus the time of one lookup).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,14 @@ from wxkf.single_flight import SingleFlight
 log = logging.getLogger(__name__)
 
 COLLECTION = "puppets"
-CACHE_LIMIT = 50_000  # entries; bounds memory under many accounts
+CACHE_LIMIT = 50_000  # entries; bounds memory under many accounts (least recently used evicted)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    refresh_after: float  # a lookup after this refreshes the entry in the background
+    expires_at: float  # a lookup after this waits for a fresh answer
+    puppet: Puppet | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +86,12 @@ class PuppetRegistry:
         self._box = box
         self._clock = clock
         self._cache_ttl = cache_ttl
-        self._cache: dict[str, tuple[float, Puppet | None]] = {}  # key -> (refresh after, puppet)
-        self._epochs: dict[str, int] = {}  # key -> local changes so far (a stale lookup must not stick)
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
+        # Local changes, numbered: a lookup that started before the last change of its key must not
+        # store what it read. Bounded like the cache; a lookup older than an evicted change stores nothing.
+        self._changes = 0
+        self._changed: OrderedDict[str, int] = OrderedDict()
+        self._evicted_changes = 0
         self._lookups: SingleFlight[Puppet | None] = SingleFlight()
 
     async def ensure_indexes(self) -> None:
@@ -106,45 +118,51 @@ class PuppetRegistry:
     async def get(self, key: str) -> Puppet | None:
         """The puppet registered for ``key`` (None: none), from the cache when it is there.
 
-        An entry past its time is still answered from (for up to one more ``cache_ttl``: an account
-        quiet for longer is looked up first), and refreshed in the background, once. Entries made
-        together (a fleet's first callbacks) expire at jittered times. Both for the same reason: at
-        500 callbacks/s, a fleet's entries expiring at once made a burst of lookups, several per
-        account, that stalled intake every ``cache_ttl``.
+        No answer is older than ``cache_ttl``: an entry is refreshed in the background, once, when a
+        lookup finds it past its refresh time (a jittered point in the second half of its life), and
+        an entry ``cache_ttl`` old is looked up before it answers. Both for the same reason: at 500
+        callbacks/s, a fleet's entries expiring at once made a burst of lookups, several per account,
+        that stalled intake every ``cache_ttl``.
         """
         hit = self._cache.get(key)
         now = self._clock()
-        if hit is None or now >= hit[0] + self._cache_ttl:
+        if hit is None or now >= hit.expires_at:
             return await self.fresh(key)
-        refresh_after, puppet = hit
-        if now >= refresh_after:
+        self._cache.move_to_end(key)
+        if now >= hit.refresh_after:
             self._lookups.start(key, lambda: self._load(key)).add_done_callback(_log_failed_refresh)
-        return puppet
+        return hit.puppet
 
     async def fresh(self, key: str) -> Puppet | None:
         """The puppet as stored, not as cached (joins a lookup already under way)."""
         return await self._lookups.run(key, lambda: self._load(key))
 
     async def _load(self, key: str) -> Puppet | None:
-        epoch = self._epochs.get(key, 0)
+        changes = self._changes
         doc = await self._collection.find_one({"_id": key})
         puppet = self._decode(doc) if doc else None
-        if self._epochs.get(key, 0) == epoch:  # nothing changed here meanwhile: still current
+        if self._changed.get(key, self._evicted_changes) <= changes:  # nothing changed here meanwhile
             self._remember(key, puppet)
         return puppet
 
     def _remember(self, key: str, puppet: Puppet | None) -> None:
-        if len(self._cache) >= CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = (self._clock() + self._cache_ttl * JITTER.uniform(0.5, 1.0), puppet)
+        now = self._clock()
+        refresh_after = now + self._cache_ttl * JITTER.uniform(0.5, 0.9)
+        self._cache[key] = _Entry(refresh_after, now + self._cache_ttl, puppet)
+        self._cache.move_to_end(key)
+        while len(self._cache) > CACHE_LIMIT:
+            self._cache.popitem(last=False)  # the least recently used
 
     def _forget(self, key: str) -> None:
         """This process changed ``key``: drop its entry, and keep a lookup already in flight (which may
         have read the old state) from storing what it read."""
         self._cache.pop(key, None)
-        if len(self._epochs) >= CACHE_LIMIT:
-            self._epochs.clear()
-        self._epochs[key] = self._epochs.get(key, 0) + 1
+        self._changes += 1
+        self._changed[key] = self._changes
+        self._changed.move_to_end(key)
+        while len(self._changed) > CACHE_LIMIT:
+            _, change = self._changed.popitem(last=False)
+            self._evicted_changes = max(self._evicted_changes, change)
 
     async def by_kf_id(self, open_kfid: str) -> Puppet | None:
         doc = await self._collection.find_one({"open_kfid": open_kfid}, sort=[("registered_at", -1)])

@@ -15,8 +15,8 @@ import httpx
 from gateway.intake import CallbackEvent
 from gateway.registry import AppRegistry
 from manager import delivery, metrics
+from manager.account_state import Undelivered
 from manager.dispatcher import DispatchConfig, Dispatcher
-from manager.ledger import Ledger
 from manager.mailbox import DECRYPTED, RAW, Latest, MailboxStore, account_key
 from manager.puppets import Puppet, PuppetRegistry
 from manager.recovery import Recovery
@@ -105,6 +105,7 @@ class Manager:
         config: ManagerConfig,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.http = http
@@ -113,9 +114,15 @@ class Manager:
         self.api_base = api_base
         self.puppets = PuppetRegistry(db, box, clock=clock)
         self.mailboxes = MailboxStore(db, owner=config.owner, clock=clock, keep_for=config.retention)
-        self.ledger = Ledger()
+        self.undelivered = Undelivered()
         self.recovery = Recovery(
-            db, self.mailboxes, self.ledger, config.owner, timeout=config.replica_timeout, clock=clock
+            db,
+            self.mailboxes,
+            self.undelivered,
+            config.owner,
+            timeout=config.replica_timeout,
+            clock=clock,
+            monotonic=monotonic,
         )
         self._clock = clock
         self._account_lists: dict[str, AccountListing] = {}
@@ -133,7 +140,15 @@ class Manager:
         self._tasks: list[asyncio.Task[None]] = []
         self._unroutable_warned: dict[str, float] = {}
         self.dispatcher = Dispatcher(
-            self.mailboxes, self.puppets, deliver, probe, config.dispatch, ledger=self.ledger, clock=clock
+            self.mailboxes,
+            self.puppets,
+            deliver,
+            probe,
+            config.dispatch,
+            undelivered=self.undelivered,
+            liveness=self.recovery.liveness,
+            clock=clock,
+            monotonic=monotonic,
         )
 
     async def start(self) -> None:
@@ -178,26 +193,33 @@ class Manager:
     ) -> bool:
         """Queue durably; returns once stored. Unknown or offline accounts are kept (parked).
 
-        A live account's event is only logged and owed (:mod:`manager.ledger`); the dispatcher
-        delivers it from memory. Otherwise the mailbox holds it, written in the same round.
+        A live account's event is only logged and kept as undelivered (:mod:`manager.account_state`);
+        the dispatcher delivers it from memory. Otherwise the mailbox holds it, written in the same
+        round, and the puppet is looked up again afterwards (the cache may not know of a registration
+        through another replica yet).
         """
         key = account_key(corp_id, open_kfid)
         puppet = await self.puppets.get(key)
-        # no await from minting to owing: a checkpoint in between could pass the new arrival
-        latest = Latest(event_id, self.ledger.mint(self._clock(), event_id), mode, token, body, query)
+        # no await from minting to adding: a checkpoint in between could pass the new arrival
+        latest = Latest(event_id, self.undelivered.mint(self._clock(), event_id), mode, token, body, query)
         if puppet is None or not puppet.live:
             new = await self.mailboxes.accept(corp_id, open_kfid, latest, parked=True)
+            current = await self.puppets.fresh(key)
+            if current is not None and current.live:  # registered (elsewhere) since the cache looked
+                await self.dispatcher.back_online(key)
         else:
-            self.ledger.owe(key, latest)
+            self.undelivered.add(key, latest)
             try:
                 new = await self.mailboxes.log(corp_id, open_kfid, latest)
             except BaseException:
-                self.ledger.cancel(key, latest)
+                # Cancelled or failed, the write may still have gone through (group commit writes on
+                # for a caller that went away), and WeCom's retry would then be a duplicate: deliver it.
+                self.dispatcher.notify(key, latest)
                 raise
             if new:
                 self.dispatcher.notify(key, latest)
-            else:  # a retry of an event logged before: whoever logged it owes its delivery
-                self.ledger.cancel(key, latest)
+            else:  # a retry of an event logged before: whoever logged it delivers it
+                self.undelivered.discard(key, latest)
         metrics.ACCEPTED.labels("unroutable" if puppet is None else "new" if new else "duplicate").inc()
         if puppet is None and new:
             self._warn_unroutable(key)

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     wxkf_replica_timeout: float = Field(
         default=30.0, ge=1, le=3600, description="seconds of silence before a replica's work is taken over"
     )
+    wxkf_idle_release: float = Field(
+        default=15.0,
+        ge=0.1,
+        le=3600,
+        description="seconds without work before a manager releases an account's lease",
+    )
     wxkf_retry_schedule: str = Field(
         default="5s,5m,30m,2h,5h,10h,10h", description="delays between delivery attempts"
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -34,13 +35,30 @@ async def _no_upstream(corp_id: str, secret: str) -> AccessToken:
     raise AssertionError("these tests never call WeCom")
 
 
-def make_manager(runtime: Runtime, owner: str = "mgr-1", **dispatch: Any) -> Manager:
+def make_manager(
+    runtime: Runtime,
+    owner: str = "mgr-1",
+    *,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    **dispatch: Any,
+) -> Manager:
     tokens = TokenService(TokenStore(runtime.db, runtime.box), _no_upstream)
     apps = AppRegistry(runtime.db, runtime.box)
     settings = dict(sweep_interval=0.05, probe_interval=0.05, idle_release=0.5, housekeeping_interval=0.5)
     settings |= dispatch
     config = ManagerConfig(owner=owner, dispatch=DispatchConfig(owner=owner, schedule=FAST, **settings))
-    return Manager(runtime.db, runtime.box, runtime.http, tokens, apps, "http://127.0.0.1:9/cgi-bin", config)
+    return Manager(
+        runtime.db,
+        runtime.box,
+        runtime.http,
+        tokens,
+        apps,
+        "http://127.0.0.1:9/cgi-bin",
+        config,
+        clock=clock,
+        monotonic=monotonic,
+    )
 
 
 async def add_puppet(manager: Manager, corp_id: str, kf_id: str, endpoint: str) -> None:

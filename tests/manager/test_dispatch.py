@@ -94,7 +94,9 @@ async def test_failing_puppet_backs_off_dead_letters_and_replay_delivers(
         await manager.stop()
 
 
-async def test_unreachable_puppet_is_parked_and_flows_when_back(runtime: Runtime) -> None:
+async def test_unreachable_puppet_waits_and_gets_one_delivery_of_the_newest_when_back(
+    runtime: Runtime,
+) -> None:
     from tests.support.servers import serve_app
 
     puppet = Recorder()
@@ -107,11 +109,13 @@ async def test_unreachable_puppet_is_parked_and_flows_when_back(runtime: Runtime
         await manager.dispatcher.wait_until(lambda outcomes: outcomes["offline"] >= 1, timeout=10)
         puppet_record = await manager.puppets.get(key)
         assert puppet_record is not None and not puppet_record.online
+        await manager.accept_decrypted(CORP, "wkA", "tok-2", None)  # waits in the mailbox
         mailbox = await manager.mailboxes.get(key)
         assert mailbox is not None and mailbox.has_work and mailbox.due_at is None
         async with serve_app(puppet.app()) as url:
             await add_puppet(manager, CORP, "wkA", url)  # re-registration: flows at once
-            await puppet.wait(lambda: puppet.tokens() == ["tok-1"])
+            await puppet.wait(lambda: "tok-2" in puppet.tokens())
+            assert puppet.tokens() == ["tok-2"]  # the newest pulls everything: one delivery is enough
     finally:
         await manager.stop()
 

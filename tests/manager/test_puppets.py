@@ -7,6 +7,9 @@ import secrets
 from collections.abc import Coroutine
 from typing import Any
 
+import pytest
+
+from manager import puppets
 from manager.puppets import Puppet, PuppetRegistry
 from tests.support.clock import FakeClock
 from wxkf.database import Database
@@ -53,7 +56,7 @@ async def test_an_expired_entry_answers_at_once_and_is_refreshed_behind_the_answ
 
     first = await here.get("corp/wk1")
     assert first is not None and first.online  # cached: the other replica's change is not seen yet
-    clock.advance(TTL)
+    clock.advance(0.9 * TTL)  # past its refresh time, before its expiry
     stale = await here.get("corp/wk1")
     assert stale is not None and stale.online  # answered from the cache, not after a lookup
     behind = await here.fresh("corp/wk1")  # joins the refresh that answer started
@@ -86,7 +89,7 @@ async def test_entries_made_together_do_not_all_expire_together(db: Database) ->
     keys = [f"corp/wk{i}" for i in range(30)]
     registry = await registered(db, clock, *(key.partition("/")[2] for key in keys))
     looked_up = counting_lookups(registry)
-    clock.advance(0.75 * TTL)  # past the earliest expiry an entry can have (TTL/2), before the latest
+    clock.advance(0.7 * TTL)  # past the earliest refresh time an entry can have (TTL/2), before the latest
     for key in keys:
         await registry.get(key)  # an expired entry starts its refresh
     refreshed = len(looked_up)
@@ -98,7 +101,7 @@ async def test_entries_made_together_do_not_all_expire_together(db: Database) ->
 async def test_a_lookup_in_flight_does_not_undo_a_change_made_here(db: Database) -> None:
     clock = FakeClock()
     here = await registered(db, clock, "wk1")
-    clock.advance(TTL)  # the entry is due for a refresh
+    clock.advance(0.9 * TTL)  # the entry is due for a refresh
     read, proceed = asyncio.Event(), asyncio.Event()
     collection = here._collection
     find_one = collection.find_one
@@ -118,3 +121,26 @@ async def test_a_lookup_in_flight_does_not_undo_a_change_made_here(db: Database)
     await here.fresh("corp/wk1")  # joins the refresh, which read the old state
     after = await here.get("corp/wk1")
     assert after is not None and not after.online
+
+
+async def test_no_answer_is_older_than_the_cache_ttl(db: Database) -> None:
+    clock = FakeClock()
+    here = await registered(db, clock, "wk1")
+    await PuppetRegistry(db, BOX, cache_ttl=TTL, clock=clock).deregister("corp/wk1")  # elsewhere
+    clock.advance(TTL)  # the entry is TTL old: it is looked up, not answered
+    seen = await here.get("corp/wk1")
+    assert seen is not None and not seen.registered
+
+
+async def test_a_full_cache_evicts_its_least_recently_used_entries_not_all_of_them(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(puppets, "CACHE_LIMIT", 10)
+    clock = FakeClock()
+    registry = await registered(db, clock, *(f"wk{i}" for i in range(12)))  # each registration caches
+    looked_up = counting_lookups(registry)
+    for i in (11, 10, 9):  # recently registered and used: still cached
+        assert await registry.get(f"corp/wk{i}") is not None
+    assert looked_up == []
+    assert await registry.get("corp/wk0") is not None  # the oldest was evicted
+    assert looked_up == ["corp/wk0"]

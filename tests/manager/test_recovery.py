@@ -1,8 +1,8 @@
-"""Replica checkpoints: what a restarted or a dead manager owed is found again, and only that."""
+"""Replica checkpoints: what a restarted or a dead manager had not delivered is found again, and only that."""
 
 from __future__ import annotations
 
-from manager.ledger import Ledger
+from manager.account_state import Undelivered
 from manager.mailbox import DECRYPTED, Latest, MailboxStore
 from manager.recovery import Recovery
 from tests.support.clock import FakeClock
@@ -11,32 +11,34 @@ from wxkf.database import Database
 CORP = "ww0000000000000001"
 
 
-async def replica(db: Database, owner: str, clock: FakeClock) -> tuple[MailboxStore, Ledger, Recovery]:
+async def replica(db: Database, owner: str, clock: FakeClock) -> tuple[MailboxStore, Undelivered, Recovery]:
     mailboxes = MailboxStore(db, owner=owner, clock=clock)
     await mailboxes.ensure_indexes()
-    ledger = Ledger()
-    recovery = Recovery(db, mailboxes, ledger, owner, timeout=30.0, clock=clock)
+    undelivered = Undelivered()
+    recovery = Recovery(db, mailboxes, undelivered, owner, timeout=30.0, clock=clock, monotonic=clock)
     await recovery.ensure_indexes()
-    return mailboxes, ledger, recovery
+    return mailboxes, undelivered, recovery
 
 
-async def log_owed(mailboxes: MailboxStore, ledger: Ledger, kf: str, event: str, now: float) -> Latest:
-    latest = Latest(event, ledger.mint(now, event), DECRYPTED, token=f"token-{event}")
-    ledger.owe(f"{CORP}/{kf}", latest)
+async def log_undelivered(
+    mailboxes: MailboxStore, undelivered: Undelivered, kf: str, event: str, now: float
+) -> Latest:
+    latest = Latest(event, undelivered.mint(now, event), DECRYPTED, token=f"token-{event}")
+    undelivered.add(f"{CORP}/{kf}", latest)
     assert await mailboxes.log(CORP, kf, latest)
     return latest
 
 
 async def test_a_dead_replica_is_taken_over_once_from_its_checkpoint(db: Database) -> None:
     clock = FakeClock()
-    dead_boxes, dead_ledger, dead = await replica(db, "mgr-dead", clock)
+    dead_boxes, dead_undelivered, dead = await replica(db, "mgr-dead", clock)
     assert await dead.recover_own() == 0
-    settled = await log_owed(dead_boxes, dead_ledger, "wkA", "settled", clock())
-    dead_ledger.settle(f"{CORP}/wkA", settled.arrival)
+    settled = await log_undelivered(dead_boxes, dead_undelivered, "wkA", "settled", clock())
+    dead_undelivered.done(f"{CORP}/wkA", settled)
     await dead.checkpoint()  # "settled" is before the checkpoint: not rescanned
-    await log_owed(dead_boxes, dead_ledger, "wkA", "a1", clock())
-    newest = await log_owed(dead_boxes, dead_ledger, "wkA", "a2", clock())
-    await log_owed(dead_boxes, dead_ledger, "wkB", "b1", clock())
+    await log_undelivered(dead_boxes, dead_undelivered, "wkA", "a1", clock())
+    newest = await log_undelivered(dead_boxes, dead_undelivered, "wkA", "a2", clock())
+    await log_undelivered(dead_boxes, dead_undelivered, "wkB", "b1", clock())
     # ... and then it dies: no checkpoint for 31 s
     live_boxes, _, live = await replica(db, "mgr-live", clock)
     await live.recover_own()
@@ -55,20 +57,21 @@ async def test_a_replica_that_was_taken_over_learns_it_at_its_next_checkpoint(db
     _, _, other = await replica(db, "mgr-other", clock)
     await slow.recover_own()
     assert await slow.checkpoint()
-    clock.advance(31)
     await other.recover_own()
+    await other.take_over_dead()  # sees mgr-slow's document
+    clock.advance(31)  # unchanged since, as far as mgr-other's clock goes
     await other.take_over_dead()
     assert not await slow.checkpoint()  # its leases were ended: it must drop them
     assert await slow.checkpoint()  # and then carries on as a live replica
 
 
-async def test_a_restart_recovers_its_own_debts(db: Database) -> None:
+async def test_a_restart_recovers_its_own_undelivered_events(db: Database) -> None:
     clock = FakeClock()
-    boxes, ledger, first = await replica(db, "mgr-1", clock)
+    boxes, undelivered, first = await replica(db, "mgr-1", clock)
     await first.recover_own()
-    owed = await log_owed(boxes, ledger, "wkA", "a1", clock())
+    owed = await log_undelivered(boxes, undelivered, "wkA", "a1", clock())
     await first.checkpoint()
-    # SIGKILL; the same replica id starts again with an empty ledger
+    # SIGKILL; the same replica id starts again with an empty undelivered
     boxes, _, again = await replica(db, "mgr-1", clock)
     assert await again.recover_own() == 1
     mailbox = await boxes.get(f"{CORP}/wkA")
