@@ -99,12 +99,14 @@ class World:
 
     async def nothing_lost(self, traffic: Traffic, timeout: float = 30.0) -> None:
         """Wait until every account has had a delivery that reached its puppet after the account's
-        newest callback was acknowledged.
+        newest callback was sent.
 
         That is what "nothing lost" means to a puppet: on any delivery it pulls everything new with
-        ``kf/sync_msg``, so a pull that starts after the newest callback finds every message. The
-        token it carries must be one of the account's (a pull needs one, at most 10 minutes old, and
-        every token here is seconds old); it need not be the newest one.
+        ``kf/sync_msg``, and WeCom sends a callback only once its message is there to pull, so a pull
+        that starts after the newest callback was sent finds every message. (Not after it was
+        acknowledged: the manager may deliver before its answer reaches us.) The token it carries
+        must be one of the account's (a pull needs one, at most 10 minutes old, and every token here
+        is seconds old); it need not be the newest one.
         """
 
         def missing() -> dict[str, str]:
@@ -113,7 +115,7 @@ class World:
                 for kf, tokens in traffic.acked.items()
                 if (newest := traffic.last_ack(kf))
                 and not any(
-                    d.account == kf and d.started > newest.at and d.token in tokens
+                    d.account == kf and d.started > newest.sent and d.token in tokens
                     for d in self.puppet.deliveries
                 )
             }
@@ -127,7 +129,11 @@ class World:
     async def describe(self, kf: str, traffic: Traffic) -> str:
         """What the test saw of account ``kf``, and its mailbox as stored (for a failure's report)."""
         origin = self.puppet.origin
-        acks = [f"{a.token} by {a.by} at {a.at - origin:.2f}" for a in traffic.acks if a.account == kf]
+        acks = [
+            f"{a.token} sent {a.sent - origin:.2f}, acknowledged by {a.by} at {a.at - origin:.2f}"
+            for a in traffic.acks
+            if a.account == kf
+        ]
         deliveries = [d.describe(origin) for d in self.puppet.deliveries if d.account == kf]
         mailbox = await self.db[MAILBOXES].find_one(
             {"_id": f"{self.corp_id}/{kf}"}, projection={"latest.body": 0, "latest.query": 0}

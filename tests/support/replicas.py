@@ -181,7 +181,8 @@ class Ack:
     account: str
     token: str
     by: str  # the label of the manager that answered ``success``
-    at: float  # time.monotonic()
+    sent: float  # time.monotonic() of the first attempt: the message existed from then on
+    at: float  # time.monotonic() of the acknowledgement
 
 
 @dataclass(repr=False)
@@ -211,6 +212,7 @@ class Traffic:
         token = f"tok-{account}-{n}-{secrets.token_hex(3)}"
         query, body = signed_post(self.keys, kf_event_xml(self.keys.corp_id, account, token))
         errors: list[str] = []
+        sent = time.monotonic()
         async with asyncio.timeout(deadline):
             while True:
                 candidates = [via] if via is not None else self.rotation
@@ -228,7 +230,7 @@ class Traffic:
                     if answer.status_code == 200 and answer.text == "success":
                         async with self.changed:
                             self.acked.setdefault(account, []).append(token)
-                            self.acks.append(Ack(account, token, manager.label, time.monotonic()))
+                            self.acks.append(Ack(account, token, manager.label, sent, time.monotonic()))
                             self.changed.notify_all()
                         return token
                     errors.append(f"{manager.label}: {answer.status_code} {answer.text[:200]}")
