@@ -215,6 +215,7 @@ class PuppetStore:
                 "at": float(doc.get("send_time") or 0),
                 "state": doc.get("state"),
                 "item": doc["item"],
+                "_order": (int(doc.get("send_time") or 0), (doc.get("seq") or 0) / 1e9),
             }
             async for doc in self.messages.find(where).sort("send_time", -1).limit(limit)
         ]
@@ -227,10 +228,14 @@ class PuppetStore:
                 "state": doc.get("state"),
                 "body": doc.get("body"),
                 "for_msgid": doc.get("for_msgid"),
+                "_order": (int(doc.get("at") or 0), float(doc.get("at") or 0)),
             }
             async for doc in self.sends.find(where).sort("at", -1).limit(limit)
         ]
-        return sorted(incoming + outgoing, key=lambda entry: entry["at"])[-limit:]
+        # WeCom's send_time has whole seconds; within one second our own clock (when an item was
+        # recorded, when a send was made) gives the order, so a reply follows what it answers.
+        entries = sorted(incoming + outgoing, key=lambda entry: entry.pop("_order"))
+        return entries[-limit:]
 
     # -- media ------------------------------------------------------------------------------
     async def media_id(self, key: str) -> str | None:

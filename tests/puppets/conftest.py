@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,17 @@ from typing import Any
 import httpx
 import pytest
 
+from puppets.account import Account, AccountSpec
+from puppets.bot import Bot
+from puppets.config import PuppetConfig
+from puppets.host import PuppetHost
 from simulator import SimConfig, create_app
 from simulator.clock import OffsetClock
 from simulator.state import SimState
 from tests.support.servers import serve_app
 from tests.support.services import free_port
 from tests.support.wecom_callbacks import new_aes_key
+from wxkf.database import Database
 from wxkf.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,8 +117,14 @@ class Corp:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[tuple[str, SimState]]:
-    state = SimState(clock=OffsetClock(), config=SIM_CONFIG)
+def sim_config() -> SimConfig:
+    """Override in a test module to change the simulator's rules."""
+    return SIM_CONFIG
+
+
+@pytest.fixture
+async def sim(sim_config: SimConfig) -> AsyncIterator[tuple[str, SimState]]:
+    state = SimState(clock=OffsetClock(), config=sim_config)
     async with serve_app(create_app(state), lifespan="on") as url:
         yield url, state
 
@@ -231,3 +243,37 @@ def make_puppet(
     yield make
     for process in made:
         process.stop()
+
+
+@dataclass
+class Hosted:
+    """A :class:`PuppetHost` serving in the test's own loop (for tests that look inside)."""
+
+    host: PuppetHost
+    url: str
+
+    @property
+    def account(self) -> Account:
+        return self.host.accounts[0]
+
+
+@pytest.fixture
+async def hosted(
+    db: Database, sim: tuple[str, SimState], corp: Corp
+) -> AsyncIterator[Callable[..., Awaitable[Hosted]]]:
+    """``await hosted(bot, **config)``: serve ``corp``'s account with ``bot`` in this process."""
+    async with AsyncExitStack() as stack:
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=30, trust_env=False))
+
+        async def start(bot: Bot, *, callback: bool = True, **overrides: Any) -> Hosted:
+            spec = AccountSpec(corp.corpid, corp.secret, corp.token, corp.aes_key, open_kfid=corp.kf)
+            config = PuppetConfig(accounts=[spec], **overrides)
+            host = PuppetHost(config, bot, db, http, sim[0] + "/cgi-bin")
+            url = await stack.enter_async_context(serve_app(host.app()))
+            stack.push_async_callback(host.stop)
+            await host.start()
+            if callback:
+                await corp.set_callback(url + "/callback")
+            return Hosted(host, url)
+
+        yield start
