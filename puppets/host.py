@@ -94,7 +94,8 @@ class PuppetHost:
         self._tasks.append(task)
         return task
 
-    async def start(self) -> None:
+    async def prepare(self) -> None:
+        """Indexes, and every account resolved (before anything is served or registered)."""
         await self.store.ensure_indexes()
         for spec in self.config.accounts:
             client = self.client_for(spec)
@@ -102,14 +103,20 @@ class PuppetHost:
                 open_kfid, name = await resolve(client, spec)
             except LookupError as exc:
                 raise StartupError(str(exc)) from None
-            account = Account(spec, open_kfid, name, client, self.store, self.bot, self.options)
-            if (account.corp_id, open_kfid) in self.directory.accounts:
+            if (spec.corp_id, open_kfid) in self.directory.accounts:
                 raise StartupError(f"{spec.label}: the same account is configured twice")
+            account = Account(spec, open_kfid, name, client, self.store, self.bot, self.options)
             self.directory.accounts[(account.corp_id, open_kfid)] = account
             self.accounts.append(account)
+
+    async def start(self) -> None:
+        """Hand unfinished work to the bot, pull, register (after :meth:`prepare`)."""
+        if not self.accounts:
+            await self.prepare()
+        for account in self.accounts:
             self.bot.attach(account)
             await account.start(self._spawn)
-            log.info("serving %s (%s)", account.key, name)
+            log.info("serving %s (%s)", account.key, account.name)
         if self.config.manager:
             for account in self.accounts:
                 link = ManagerLink(

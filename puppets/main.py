@@ -88,6 +88,7 @@ async def run(config: PuppetConfig, bot: Bot, settings: Settings) -> None:
     try:
         async with open_database(db_settings) as db, httpx.AsyncClient(timeout=30.0) as http:
             host = PuppetHost(config, bot, db, http, settings.api_base)
+            await host.prepare()
             server = _Server(
                 uvicorn.Config(
                     host.app(), lifespan="off", log_config=None, access_log=False, server_header=False
