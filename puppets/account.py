@@ -31,7 +31,7 @@ from puppets.messages import (
 from puppets.outgoing import Content, render
 from puppets.pulling import Puller
 from puppets.sending import Handling, Sent, call_with_retries, current_handling, is_repeated_msgid
-from puppets.store import SEND_FAILED, SENT, Pending, PuppetStore
+from puppets.store import SEND_FAILED, SENT, Pending, PuppetStore, customer_of
 from wecom.client import KfCustomer, SyncMsgResult, WeComClient
 from wecom.crypto import MsgCrypt
 from wecom.errors import WeComError
@@ -105,7 +105,6 @@ class Account:
         )
         self.queues: CustomerQueues[Pending] = CustomerQueues(self._handle, self.key)
         self._profiles: dict[str, tuple[float, KfCustomer]] = {}
-        self._task: Any = None
         self.handled = 0
 
     def __repr__(self) -> str:
@@ -115,8 +114,8 @@ class Account:
     async def start(self, spawn: Callable[[Awaitable[None], str], Any]) -> None:
         """Queue what an earlier run left unfinished, then start pulling (token-less, once)."""
         for pending in await self.store.pending(self.key):
-            self.queues.put(_customer(pending.item), pending)
-        self._task = spawn(self.puller.run(), f"pull {self.key}")
+            self.queues.put(customer_of(pending.item), pending)
+        spawn(self.puller.run(), f"pull {self.key}")
 
     async def drain(self) -> None:
         """Let the running handlers finish; what is still queued is handled at the next start."""
@@ -133,7 +132,7 @@ class Account:
 
     def _deliver(self, items: list[dict[str, Any]]) -> None:
         for item in items:
-            self.queues.put(_customer(item), Pending(item, redelivery=False))
+            self.queues.put(customer_of(item), Pending(item, redelivery=False))
 
     # -- handling ---------------------------------------------------------------------------
     async def _handle(self, pending: Pending) -> None:
@@ -236,13 +235,6 @@ class Account:
         """Move the session (2 to the waiting pool, 3 to ``servicer_userid``, 4 end it); returns the
         msg_code for one closing message, if WeCom gives one."""
         return await self.client.kf_service_state_trans(self.open_kfid, customer, state, servicer_userid)
-
-
-def _customer(item: dict[str, Any]) -> str:
-    event = item.get("event")
-    if item.get("msgtype") == "event" and isinstance(event, dict):
-        return str(event.get("external_userid") or "")
-    return str(item.get("external_userid") or "")
 
 
 async def resolve(client: WeComClient, spec: AccountSpec) -> tuple[str, str]:

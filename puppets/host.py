@@ -24,8 +24,9 @@ from puppets.config import PuppetConfig
 from puppets.manager_link import ManagerLink
 from puppets.routes import Directory, callback_routes
 from puppets.store import PuppetStore
+from puppets.tokens import ServiceTokens
 from wecom.client import WeComClient, fetch_access_token
-from wecom.tokens import AccessToken, GetTokenProvider
+from wecom.tokens import AccessToken, AccessTokenProvider, GetTokenProvider
 from wxkf.database import Database
 from wxkf.retention import run_purger
 from wxkf.tasks import stop_tasks
@@ -84,7 +85,12 @@ class PuppetHost:
             async def fetch() -> AccessToken:
                 return await fetch_access_token(self.http, base, spec.corp_id, spec.corp_secret, api=api)
 
-            client = WeComClient(self.http, self.api_base, GetTokenProvider(fetch))
+            cached = GetTokenProvider(fetch)
+            tokens: AccessTokenProvider = cached
+            if self.config.manager and not self.config.token_url:
+                invalidate = f"{self.config.manager}/token/invalidate"
+                tokens = ServiceTokens(cached, self.http, invalidate, spec.corp_id, spec.corp_secret)
+            client = WeComClient(self.http, self.api_base, tokens)
             self._clients[key] = client
         return client
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
@@ -111,7 +112,7 @@ class PuppetStore:
             {
                 "_id": message_key(account, str(item.get("msgid", ""))),
                 "account": account,
-                "customer": _customer(item),
+                "customer": customer_of(item),
                 "send_time": item.get("send_time", 0),
                 "seq": base + index,
                 "state": NEW,
@@ -234,8 +235,10 @@ class PuppetStore:
         ]
         # WeCom's send_time has whole seconds; within one second our own clock (when an item was
         # recorded, when a send was made) gives the order, so a reply follows what it answers.
-        entries = sorted(incoming + outgoing, key=lambda entry: entry.pop("_order"))
-        return entries[-limit:]
+        entries = sorted(incoming + outgoing, key=itemgetter("_order"))[-limit:]
+        for entry in entries:
+            del entry["_order"]
+        return entries
 
     # -- media ------------------------------------------------------------------------------
     async def media_id(self, key: str) -> str | None:
@@ -267,7 +270,8 @@ class PuppetStore:
         return total
 
 
-def _customer(item: Document) -> str:
+def customer_of(item: Document) -> str:
+    """The external_userid an item belongs to ("" for account-level events)."""
     if item.get("msgtype") == "event":
         event = item.get("event")
         if isinstance(event, dict):

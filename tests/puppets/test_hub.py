@@ -103,3 +103,19 @@ async def test_a_hub_down_longer_than_wecoms_retries_loses_nothing(
     assert await corp.wait_received(1) == ["echo: while the hub is down"]
     assert puppet.process is not None
     puppet.process.send_signal(signal.SIGTERM)
+
+
+async def test_a_token_wecom_revoked_early_is_reported_to_the_hub_and_replaced(
+    corp: Corp, hub: ServiceProcess, make_puppet: Callable[..., PuppetProcess]
+) -> None:
+    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
+    port = free_port()
+    puppet = make_puppet(port=port, manager=hub.url, self_endpoint=f"http://127.0.0.1:{port}")
+    await puppet.start()
+    await wait_until(lambda: registered(puppet), what="registration")
+    await corp.says("first")
+    assert await corp.wait_received(1) == ["echo: first"]
+    revoked = await corp.http.post(f"{corp.sim_url}/sim/tokens/invalidate", json={"corpid": corp.corpid})
+    assert revoked.json()["invalidated"] >= 1  # the hub still caches the revoked token
+    await corp.says("second")
+    assert await corp.wait_received(2) == ["echo: first", "echo: second"]
