@@ -109,8 +109,10 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             envelope = CallbackEnvelope.from_xml(body)
         except KeyError as exc:
             return refuse(400, "missing_parameter", str(exc))
-        except (XMLError, EventError) as exc:
-            return refuse(400, getattr(exc, "reason", "bad_xml"), str(exc))
+        except XMLError as exc:
+            return refuse(400, f"xml_{exc.reason}", str(exc))
+        except EventError as exc:
+            return refuse(400, exc.reason, str(exc))
         plaintext: bytes | None = None
         for crypt in directory.crypts(envelope.to_user_name):
             try:
@@ -122,8 +124,10 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             return refuse(403, "bad_signature", f"corp {envelope.to_user_name[:64]}")
         try:
             event = parse_event(plaintext)
-        except (XMLError, EventError) as exc:
-            return refuse(400, getattr(exc, "reason", "bad_event"), str(exc))
+        except XMLError as exc:
+            return refuse(400, f"xml_{exc.reason}", str(exc))
+        except EventError as exc:
+            return refuse(400, exc.reason, str(exc))
         if not isinstance(event, KfMsgOrEvent):
             return PlainTextResponse("success")  # not a kf event: nothing to pull
         account = directory.accounts.get((event.to_user_name, event.open_kf_id))

@@ -199,10 +199,11 @@ class PuppetProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
 
-    def terminate(self, timeout: float = 30.0) -> int:
+    async def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait for the exit without blocking the loop (the simulator runs in it)."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
+        return await asyncio.to_thread(self.process.wait, timeout)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -69,3 +69,26 @@ async def test_a_puppet_killed_mid_burst_and_restarted_loses_nothing_and_answers
         ]
         expected = [reply for text in mine for reply in (f"got: {text}", f"done: {text}")]
         assert await corp.received(customer) == expected  # each reply once, in order
+
+
+async def test_sigterm_lets_the_running_handler_finish_before_the_puppet_exits(
+    corp: Corp, make_puppet: Callable[..., PuppetProcess], puppet_env: dict[str, str], tmp_path: Path
+) -> None:
+    journal = tmp_path / "journal"
+    puppet_env.update(PUPPET_TEST_JOURNAL=str(journal), PUPPET_TEST_WORK="1.0")
+    puppet = make_puppet("tests.puppets.bots:slow")
+    await puppet.start()
+    await corp.set_callback(puppet.url + "/callback")
+    await corp.says("finish me")
+
+    async def started() -> bool:
+        return any(line[0] == "start" for line in read(journal))
+
+    await wait_until(started, what="the handler to start")
+    assert await puppet.terminate() == 0
+    assert [line[0] for line in read(journal)] == ["start", "end"]
+    assert await corp.received() == ["got: finish me", "done: finish me"]
+    await puppet.start()  # nothing left over: the message is not handed to the bot again
+    await corp.says("next")
+    await corp.wait_received(4)
+    assert [line[-1] for line in read(journal) if line[0] == "start"] == ["finish me", "next"]

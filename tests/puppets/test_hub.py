@@ -48,7 +48,7 @@ async def test_echo_through_wxkf_up_then_a_clean_stop_deregisters(
     await wait_until(lambda: registered(puppet), what="registration")
     await corp.says("ding")
     assert await corp.wait_received(1) == ["echo: ding"]
-    assert puppet.terminate() == 0
+    assert await puppet.terminate() == 0
     assert "deregistered" in puppet.log()
     assert (await info(hub, corp))["registered"] is False
 
