@@ -212,3 +212,39 @@ async def test_messages_are_recorded_before_the_cursor_and_a_lost_cursor_duplica
     await asyncio.wait_for(account.puller.caught_up.wait(), 10)
     assert handled == ["a", "b", "c", "d"]
     assert await account.store.messages.count_documents({"account": account.key}) == 4
+
+
+async def test_the_welcome_menu_example_greets_answers_a_choice_and_hands_over(
+    corp: Corp, hosted: Host
+) -> None:
+    from examples.welcome_menu import ANSWERS, bot
+
+    puppet = await hosted(bot)
+    entered = await corp.http.post(
+        corp.control(f"/accounts/{corp.kf}/events"),
+        json={"event_type": "enter_session", "external_userid": "wmCAROL", "welcome": True},
+    )
+    assert entered.is_success
+
+    async def received_types() -> list[str]:
+        response = await corp.http.get(corp.control("/customers/wmCAROL/received"))
+        return [m["msgtype"] for m in response.json()["messages"]]
+
+    await wait_until(received_types, what="the welcome menu")
+    for menu_id in ("hours", "human"):
+        await corp.http.post(
+            corp.control(f"/accounts/{corp.kf}/messages"),
+            json={
+                "external_userid": "wmCAROL",
+                "msgtype": "text",
+                "text": {"content": "x", "menu_id": menu_id},
+            },
+        )
+    assert await corp.wait_received(2, "wmCAROL") == [ANSWERS["hours"], ANSWERS["human"]]
+    assert await received_types() == ["msgmenu", "text", "text"]
+
+    async def in_pool() -> bool:
+        state, _ = await puppet.account.service_state("wmCAROL")
+        return state == 2
+
+    await wait_until(in_pool, what="the session to move to the waiting pool")
