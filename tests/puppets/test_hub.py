@@ -35,7 +35,8 @@ async def registered(puppet: PuppetProcess, times: int = 1) -> bool:
 async def info(hub: ServiceProcess, corp: Corp) -> dict[str, object]:
     async with httpx.AsyncClient() as http:
         response = await http.get(f"{hub.url}/puppetWxkfManager/puppetWxkfInfo/{corp.kf}")
-    return response.json()  # type: ignore[no-any-return]
+    result: dict[str, object] = response.json()
+    return result
 
 
 async def test_echo_through_wxkf_up_then_a_clean_stop_deregisters(
