@@ -9,6 +9,7 @@ unfinished messages are queued first, those that were ``handling`` marked as red
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -139,8 +140,11 @@ class Account:
         message = parse_item(pending.item, redelivery=pending.redelivery)
         message._sender = self
         if isinstance(message, MsgSendFail) and message.fail_msgid:
-            await self.store.mark_not_delivered(self.key, message.fail_msgid, message.fail_type)
-        await self.store.mark_handling(self.key, message.msgid)
+            fail_msgid, fail_type = message.fail_msgid, message.fail_type
+            await self._until_written(
+                lambda: self.store.mark_not_delivered(self.key, fail_msgid, fail_type), "msg_send_fail"
+            )
+        await self._until_written(lambda: self.store.mark_handling(self.key, message.msgid), "handling state")
         context = current_handling.set(Handling(self.key, message.msgid, pending.redelivery))
         error: str | None = None
         try:
@@ -150,8 +154,22 @@ class Account:
             error = f"{type(exc).__name__}: {exc}"
         finally:
             current_handling.reset(context)
-        await self.store.mark_finished(self.key, message.msgid, error)
+        await self._until_written(
+            lambda: self.store.mark_finished(self.key, message.msgid, error), "completion"
+        )
         self.handled += 1
+
+    async def _until_written(self, write: Callable[[], Awaitable[object]], what: str) -> None:
+        """A state write the exactly-once rules rest on: retried until the database takes it."""
+        delay = 0.1
+        while True:
+            try:
+                await write()
+                return
+            except Exception as exc:
+                log.warning("%s: writing the %s failed (%s); retrying in %.1f s", self.key, what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     # -- sending ----------------------------------------------------------------------------
     async def reply(self, message: Incoming, content: Content) -> Sent:

@@ -72,6 +72,7 @@ class Puller:
         self._catch_up = False
         self._wake = asyncio.Event()
         self._cursor: str | None = None
+        self._cursor_loaded = False
         self.pulls = 0  # sync_msg calls made
         self.tokenless_pulls = 0
         self.caught_up = asyncio.Event()  # set after each pull that found nothing more
@@ -87,7 +88,8 @@ class Puller:
         self._wake.set()
 
     async def run(self) -> None:
-        self._cursor = await self._records.cursor(self.account)
+        """Until cancelled. No failure ends the loop: WeCom, the network or the database being down
+        only delays the next pull (the cursor is re-read from the store until that works)."""
         self.catch_up()
         failures = 0
         while True:
@@ -97,24 +99,32 @@ class Puller:
                 continue
             self._catch_up = False  # any pull reads everything after the cursor
             try:
+                if not self._cursor_loaded:
+                    self._cursor = await self._records.cursor(self.account)
+                    self._cursor_loaded = True
                 await self._pull(token)
                 failures = 0
+                continue
             except InvalidMsgToken:
                 log.info("%s: callback token expired (95007); pulling without one", self.account)
                 self.catch_up()
+                continue
             except ApiRateLimited:
                 failures += 1
-                delay = _backoff(self._tokenless_backoff, failures)
+                bounds = self._tokenless_backoff if token is None else self._error_backoff
+                delay = _backoff(bounds, failures)
                 log.warning("%s: sync_msg rate-limited (45009); next try in %.0f s", self.account, delay)
-                await self._wait(delay)
-                self.catch_up()
             except (WeComError, httpx.HTTPError) as exc:
                 failures += 1
-                self._token = self._token or token  # still good unless a newer one came
                 delay = _backoff(self._error_backoff, failures)
                 log.warning("%s: sync_msg failed (%s); retrying in %.1f s", self.account, exc, delay)
-                await self._wait(delay)
-                self.catch_up()
+            except Exception:
+                failures += 1
+                delay = _backoff(self._error_backoff, failures)
+                log.exception("%s: pull failed; retrying in %.1f s", self.account, delay)
+            await self._wait(delay)  # cut short by a new callback token
+            self._token = self._token or token  # the old one is still good unless a newer one came
+            self.catch_up()
 
     async def _idle(self) -> None:
         if self._wake.is_set():

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import pytest
+from pymongo.errors import PyMongoError
 
 from puppets import Bot, Click, EnterSession, Menu, MenuClick, MsgSendFail, SendCountLimit, TextMessage
 from puppets.sending import derive_msgid
@@ -248,3 +249,34 @@ async def test_the_welcome_menu_example_greets_answers_a_choice_and_hands_over(
         return state == 2
 
     await wait_until(in_pool, what="the session to move to the waiting pool")
+
+
+async def test_database_failures_delay_pulling_and_handling_but_lose_and_repeat_nothing(
+    corp: Corp, hosted: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bot = Bot()
+    handled: list[str] = []
+
+    @bot.on_text
+    async def note(message: TextMessage) -> None:
+        handled.append(message.text)
+
+    puppet = await hosted(bot)
+    await asyncio.wait_for(puppet.account.puller.caught_up.wait(), 10)
+    store = puppet.host.store
+    failing = {"record": 1, "mark_handling": 2}
+    for name in failing:
+        real = getattr(store, name)
+
+        def flaky(*args: object, _real: object = real, _name: str = name) -> object:
+            if failing[_name] > 0:
+                failing[_name] -= 1
+                raise PyMongoError(f"{_name}: the database is away")
+            return _real(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(store, name, flaky)
+    await corp.says("despite it all", wait=True)
+    await wait_until(lambda: _true(handled), what="the message")
+    assert handled == ["despite it all"] and failing == {"record": 0, "mark_handling": 0}
+    doc = await store.messages.find_one({"account": puppet.account.key})
+    assert doc is not None and doc["state"] == DONE
