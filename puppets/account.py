@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from puppets import metrics
 from puppets.handling import CustomerQueues
 from puppets.messages import (
     EnterSession,
@@ -158,6 +159,9 @@ class Account:
             lambda: self.store.mark_finished(self.key, message.msgid, error), "completion"
         )
         self.handled += 1
+        metrics.HANDLED.labels("failed" if error else "done").inc()
+        if pending.redelivery:
+            metrics.HANDLED.labels("redelivered").inc()
 
     async def _until_written(self, write: Callable[[], Awaitable[object]], what: str) -> None:
         """A state write the exactly-once rules rest on: retried until the database takes it."""
@@ -192,6 +196,7 @@ class Account:
             if handling.redelivery:
                 earlier = await self.store.sent(self.key, msgid)
                 if earlier is not None and earlier.get("state") == SENT:
+                    metrics.SENDS.labels("already_sent").inc()
                     return Sent(msgid, already_sent=True)
         else:
             msgid, for_msgid = secrets.token_urlsafe(24)[:32], None
@@ -201,21 +206,24 @@ class Account:
                 return await self.client.kf_send_msg_on_event(code, msgtype, body, msgid=msgid)
             return await self.client.kf_send_msg(customer, self.open_kfid, msgtype, body, msgid=msgid)
 
+        def record(state: str, errcode: int | None = None) -> Awaitable[None]:
+            return self.store.record_send(
+                self.key, customer, msgid, msgtype, body, state=state, for_msgid=for_msgid, errcode=errcode
+            )
+
         try:
             await call_with_retries(attempt, f"{self.key}: {msgtype} to {customer}")
         except WeComError as exc:
             if not is_repeated_msgid(exc):
-                await self.store.record_send(
-                    self.key, customer, msgid, msgtype, body, state=SEND_FAILED, for_msgid=for_msgid,
-                    errcode=exc.errcode,
-                )  # fmt: skip
+                metrics.SENDS.labels("refused").inc()
+                errcode = exc.errcode
+                await self._until_written(lambda: record(SEND_FAILED, errcode), "failed send")
                 raise
             sent = Sent(msgid, already_sent=True)
         else:
             sent = Sent(msgid)
-        await self.store.record_send(
-            self.key, customer, msgid, msgtype, body, state=SENT, for_msgid=for_msgid
-        )
+        metrics.SENDS.labels("already_sent" if sent.already_sent else "sent").inc()
+        await self._until_written(lambda: record(SENT), "send")
         return sent
 
     async def upload(self, media_type: str, content: bytes, filename: str) -> str:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from puppets import metrics
 from wecom.client import SyncMsgResult
 from wecom.errors import ApiRateLimited, InvalidMsgToken, WeComError
 from wxkf.retry import JITTER
@@ -106,19 +107,23 @@ class Puller:
                 failures = 0
                 continue
             except InvalidMsgToken:
+                metrics.PULL_FAILURES.labels("95007").inc()
                 log.info("%s: callback token expired (95007); pulling without one", self.account)
                 self.catch_up()
                 continue
             except ApiRateLimited:
+                metrics.PULL_FAILURES.labels("45009").inc()
                 failures += 1
                 bounds = self._tokenless_backoff if token is None else self._error_backoff
                 delay = _backoff(bounds, failures)
                 log.warning("%s: sync_msg rate-limited (45009); next try in %.0f s", self.account, delay)
             except (WeComError, httpx.HTTPError) as exc:
+                metrics.PULL_FAILURES.labels("wecom").inc()
                 failures += 1
                 delay = _backoff(self._error_backoff, failures)
                 log.warning("%s: sync_msg failed (%s); retrying in %.1f s", self.account, exc, delay)
             except Exception:
+                metrics.PULL_FAILURES.labels("other").inc()
                 failures += 1
                 delay = _backoff(self._error_backoff, failures)
                 log.exception("%s: pull failed; retrying in %.1f s", self.account, delay)
@@ -157,12 +162,14 @@ class Puller:
             self.pulls += 1
             if token is None:
                 self.tokenless_pulls += 1
+            metrics.PULLS.labels("tokenless" if token is None else "token").inc()
             page = await self._fetch(self._cursor, token)
             fresh = await self._records.record(self.account, [message.raw for message in page.msg_list])
             if page.next_cursor and page.next_cursor != self._cursor:
                 await self._records.save_cursor(self.account, page.next_cursor)
                 self._cursor = page.next_cursor
             if fresh:
+                metrics.RECORDED.inc(len(fresh))
                 self._deliver(fresh)
             if page.has_more:
                 continue

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from puppets import metrics
 from puppets.account import Account
 from wecom.crypto import CryptoError, MsgCrypt
 from wecom.models import CallbackEnvelope, EventError, KfMsgOrEvent, parse_event
@@ -46,6 +47,7 @@ class DecryptedIn(BaseModel):
 
 
 def refuse(status: int, reason: str, detail: str = "") -> Response:
+    metrics.REFUSED.labels(reason).inc()
     log.warning("callback refused: %s%s", reason, f" ({detail})" if detail else "")
     return PlainTextResponse(reason, status_code=status)
 

@@ -21,7 +21,12 @@ from wxkf.settings import Settings
 async def hub(
     settings: Settings, tmp_path: Path, puppet_env: dict[str, str]
 ) -> AsyncIterator[ServiceProcess]:
-    env = service_env(settings, tmp_path / "hub", wecom_api_base=puppet_env["WECOM_API_BASE"])
+    env = service_env(
+        settings,
+        tmp_path / "hub",
+        wecom_api_base=puppet_env["WECOM_API_BASE"],
+        wxkf_token_invalidate_interval="0",  # a reported token is replaced at once, not 10 s later
+    )
     process = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
     await process.start()
     yield process

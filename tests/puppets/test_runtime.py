@@ -279,4 +279,5 @@ async def test_database_failures_delay_pulling_and_handling_but_lose_and_repeat_
     await wait_until(lambda: _true(handled), what="the message")
     assert handled == ["despite it all"] and failing == {"record": 0, "mark_handling": 0}
     doc = await store.messages.find_one({"account": puppet.account.key})
-    assert doc is not None and doc["state"] == DONE
+    assert doc is not None
+    await wait_until(lambda: _state(puppet, doc["item"]["msgid"], DONE), what="done")
