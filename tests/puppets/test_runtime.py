@@ -9,9 +9,20 @@ from collections.abc import Awaitable, Callable
 import pytest
 from pymongo.errors import PyMongoError
 
-from puppets import Bot, Click, EnterSession, Menu, MenuClick, MsgSendFail, SendCountLimit, TextMessage
+from puppets import (
+    Bot,
+    Click,
+    EnterSession,
+    Incoming,
+    Menu,
+    MenuClick,
+    MsgSendFail,
+    SendCountLimit,
+    TextMessage,
+)
 from puppets.sending import derive_msgid
 from puppets.store import DONE, FAILED, NOT_DELIVERED, SENT, Pending
+from simulator.state import SimState
 from tests.puppets.conftest import Corp, Hosted, wait_until
 
 Host = Callable[..., Awaitable[Hosted]]
@@ -281,3 +292,105 @@ async def test_database_failures_delay_pulling_and_handling_but_lose_and_repeat_
     doc = await store.messages.find_one({"account": puppet.account.key})
     assert doc is not None
     await wait_until(lambda: _state(puppet, doc["item"]["msgid"], DONE), what="done")
+
+
+async def test_every_receive_type_reaches_the_bot_typed_and_unknown_ones_raw(
+    corp: Corp, hosted: Host
+) -> None:
+    bot = Bot()
+    seen: list[str] = []
+
+    @bot.on(Incoming)
+    async def note(item: Incoming) -> None:
+        seen.append(type(item).__name__)
+
+    await hosted(bot)
+    bodies = {
+        "text": {"content": "hi"},
+        "image": {},
+        "voice": {},
+        "video": {},
+        "file": {},
+        "location": {"latitude": 23.1, "longitude": 113.3, "name": "Tower", "address": "GZ"},
+        "link": {
+            "title": "T",
+            "desc": "D",
+            "url": "https://example.com",
+            "pic_url": "https://example.com/p.png",
+        },
+        "business_card": {"userid": "zhangsan"},
+        "miniprogram": {"appid": "wx1", "title": "T", "thumb_media_id": "m", "pagepath": "p"},
+        "channels_shop_product": {"product_id": "p1"},
+        "channels_shop_order": {"order_id": "o1"},
+        "merged_msg": {"title": "chat", "item": []},
+        "hologram": {"beam": 1},
+    }
+    for msgtype, body in bodies.items():
+        response = await corp.http.post(
+            corp.control(f"/accounts/{corp.kf}/messages"),
+            json={"external_userid": corp.customer, "msgtype": msgtype, msgtype: body},
+        )
+        assert response.is_success, (msgtype, response.text)
+    await wait_until(lambda: _true(len(seen) >= len(bodies)), what="every message")
+    assert seen == [
+        "TextMessage",
+        "ImageMessage",
+        "VoiceMessage",
+        "VideoMessage",
+        "FileMessage",
+        "LocationMessage",
+        "LinkMessage",
+        "BusinessCardMessage",
+        "MiniprogramMessage",
+        "ChannelsShopProductMessage",
+        "ChannelsShopOrderMessage",
+        "MergedMessage",
+        "RawMessage",
+    ]
+
+
+async def test_a_puppet_down_longer_than_the_node_cutoff_still_answers_everything(
+    corp: Corp, hosted: Host, sim: tuple[str, SimState]
+) -> None:
+    """Messages written 10 simulated minutes before the puppet starts are answered (the Node puppet
+    drops anything older than 5 minutes)."""
+    for text in ("early", "still early"):
+        await corp.says(text)
+    sim[1].clock.advance(600)  # type: ignore[attr-defined]
+    bot = Bot()
+
+    @bot.on_text
+    async def echo(message: TextMessage) -> None:
+        await message.reply(f"echo: {message.text}")
+
+    await hosted(bot)
+    assert await corp.wait_received(2) == ["echo: early", "echo: still early"]
+
+
+async def test_finished_records_are_purged_after_the_retention_and_unfinished_ones_never(
+    corp: Corp, hosted: Host
+) -> None:
+    bot = Bot()
+    release = asyncio.Event()
+
+    @bot.on_text
+    async def answer(message: TextMessage) -> None:
+        if message.text == "stuck":
+            await release.wait()
+        await message.reply("ok")
+
+    puppet = await hosted(bot, retention_days=4)
+    await corp.says("done soon", wait=True)
+    await corp.wait_received(1)
+    await corp.says("stuck", wait=True)
+    store = puppet.host.store
+    await wait_until(lambda: _count(store, 2), what="two recorded")
+    now = store._clock()
+    store._clock = lambda: now + 5 * 86400  # type: ignore[method-assign]
+    assert await store.purge() == 2  # the finished message and its reply
+    assert await store.messages.count_documents({}) == 1  # the unfinished one stays
+    release.set()
+
+
+async def _count(store: object, n: int) -> bool:
+    return await store.messages.count_documents({}) >= n  # type: ignore[attr-defined,no-any-return]
