@@ -31,10 +31,10 @@ from puppets.messages import (
     parse_item,
 )
 from puppets.outgoing import Content, render
-from puppets.pulling import Puller
+from puppets.pulling import Page, Puller
 from puppets.sending import Handling, Sent, call_with_retries, current_handling, is_repeated_msgid
 from puppets.store import SEND_FAILED, SENT, Pending, PuppetStore, customer_of
-from wecom.client import KfCustomer, SyncMsgResult, WeComClient
+from wecom.client import KfCustomer, WeComClient
 from wecom.crypto import MsgCrypt
 from wecom.errors import WeComError
 
@@ -129,8 +129,13 @@ class Account:
             self.signed_deliveries = True
 
     # -- pulling ----------------------------------------------------------------------------
-    async def _fetch(self, cursor: str | None, token: str | None) -> SyncMsgResult:
-        return await self.client.kf_sync_msg(self.open_kfid, token=token, cursor=cursor)
+    async def _fetch(self, cursor: str | None, token: str | None) -> Page:
+        body: dict[str, Any] = {"open_kfid": self.open_kfid, "limit": 1000}
+        if cursor:
+            body["cursor"] = cursor
+        if token:
+            body["token"] = token
+        return Page.of(await self.client.call("POST", "kf/sync_msg", json=body))
 
     def _deliver(self, items: list[dict[str, Any]]) -> None:
         for item in items:
@@ -145,11 +150,15 @@ class Account:
             await self._until_written(
                 lambda: self.store.mark_not_delivered(self.key, fail_msgid, fail_type), "msg_send_fail"
             )
+        handler = self.bot.handler_for(message)
+        if handler is None:  # recorded for the conversation; nothing to run, so no "handling" write
+            await self._until_written(lambda: self.store.mark_finished(self.key, message.msgid), "completion")
+            return
         await self._until_written(lambda: self.store.mark_handling(self.key, message.msgid), "handling state")
         context = current_handling.set(Handling(self.key, message.msgid, pending.redelivery))
         error: str | None = None
         try:
-            await self.bot.dispatch(message)
+            await handler(message)
         except Exception as exc:
             log.exception("%s: handler failed for msgid %s (%s)", self.key, message.msgid, message.msgtype)
             error = f"{type(exc).__name__}: {exc}"

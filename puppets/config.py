@@ -53,6 +53,8 @@ class PuppetConfig:
     heartbeat_interval: float = 15.0
     retention_days: float = 30.0
     bot: str | None = None
+    #: the hub's WXKF_REGISTRATION_TOKEN, when it requires one
+    registration_token: str | None = field(default=None, repr=False)
 
     @property
     def endpoint(self) -> str:
@@ -96,6 +98,7 @@ class _File(BaseModel):
     heartbeat_interval: float = Field(default=15.0, gt=0, le=3600)
     retention_days: float = Field(default=30.0, ge=4, le=3650)
     bot: str | None = None
+    registration_token: Secret | None = None
     apps: list[_App] = Field(min_length=1)
 
     @field_validator("manager", "self_endpoint", "token_url")
@@ -170,7 +173,11 @@ def load_file(path: Path, env: Mapping[str, str] | None = None) -> PuppetConfig:
                 )
             )
     _no_duplicates(accounts, str(path))
-    fields = parsed.model_dump(exclude={"apps"})
+    fields = parsed.model_dump(exclude={"apps", "registration_token"})
+    if parsed.registration_token is not None:
+        fields["registration_token"] = _resolve_secret(
+            parsed.registration_token, f"{path}: registration_token", env
+        )
     return PuppetConfig(accounts=accounts, **fields)
 
 
@@ -233,4 +240,8 @@ def load_env(env: Mapping[str, str] | None = None) -> PuppetConfig:
         open_kfid=get("WECOM_KF_OPEN_ID"),
         name=get("WECOM_KF_NAME"),
     )
-    return PuppetConfig(accounts=[spec], **checked.model_dump(exclude={"apps"}))
+    return PuppetConfig(
+        accounts=[spec],
+        registration_token=get("REGISTRATION_TOKEN") or None,
+        **checked.model_dump(exclude={"apps", "registration_token"}),
+    )

@@ -131,6 +131,7 @@ class PuppetHost:
                     self.config.endpoint,
                     account,
                     interval=self.config.heartbeat_interval,
+                    registration_token=self.config.registration_token,
                 )
                 self.links.append(link)
                 self._link_tasks.append(asyncio.create_task(link.run(), name=f"manager link {account.key}"))

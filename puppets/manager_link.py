@@ -40,18 +40,21 @@ class ManagerLink:
         account: Account,
         *,
         interval: float = 15.0,
+        registration_token: str | None = None,
     ) -> None:
         self.http = http
         self.manager = manager.rstrip("/")
         self.endpoint = endpoint
         self.account = account
         self.interval = interval
+        self._registration_token = registration_token
         self.registered = asyncio.Event()
         self.registrations = 0
 
     def _body(self) -> dict[str, str]:
+        """The Node puppet's registration body (plus the hub's registration token, if configured)."""
         spec = self.account.spec
-        return {
+        body = {
             "kfId": self.account.open_kfid,
             "kfName": self.account.name,
             "endpoint": self.endpoint,
@@ -60,6 +63,9 @@ class ManagerLink:
             "token": spec.token,
             "encodingAESKey": spec.encoding_aes_key,
         }
+        if self._registration_token:
+            body["registrationToken"] = self._registration_token
+        return body
 
     async def _post(self, route: str, body: dict[str, Any], bearer: str | None = None) -> dict[str, Any]:
         headers = {"authorization": f"Bearer {bearer}"} if bearer else {}

@@ -25,12 +25,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
 
 from puppets import metrics
-from wecom.client import SyncMsgResult
 from wecom.errors import ApiRateLimited, InvalidMsgToken, WeComError
 from wxkf.retry import JITTER
 
@@ -45,7 +45,26 @@ class Records(Protocol):
     async def record(self, account: str, items: Sequence[Item]) -> list[Item]: ...
 
 
-Fetch = Callable[[str | None, str | None], Awaitable[SyncMsgResult]]
+@dataclass(frozen=True)
+class Page:
+    """One ``sync_msg`` answer. Items stay plain dicts: one WeCom shapes oddly must not fail the page."""
+
+    items: list[Item]
+    next_cursor: str = ""
+    has_more: bool = False
+
+    @classmethod
+    def of(cls, payload: dict[str, Any]) -> Page:
+        items = payload.get("msg_list")
+        cursor = payload.get("next_cursor")
+        return cls(
+            [item for item in items if isinstance(item, dict)] if isinstance(items, list) else [],
+            cursor if isinstance(cursor, str) else "",
+            bool(payload.get("has_more")),
+        )
+
+
+Fetch = Callable[[str | None, str | None], Awaitable[Page]]
 
 
 class Puller:
@@ -164,7 +183,7 @@ class Puller:
                 self.tokenless_pulls += 1
             metrics.PULLS.labels("tokenless" if token is None else "token").inc()
             page = await self._fetch(self._cursor, token)
-            fresh = await self._records.record(self.account, [message.raw for message in page.msg_list])
+            fresh = await self._records.record(self.account, page.items)
             if page.next_cursor and page.next_cursor != self._cursor:
                 await self._records.save_cursor(self.account, page.next_cursor)
                 self._cursor = page.next_cursor

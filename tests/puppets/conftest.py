@@ -8,6 +8,7 @@ test asks, so start-up catch-ups are immediate; callbacks are retried quickly.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -53,6 +54,12 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {result!r}")
         await asyncio.sleep(0.05)
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)  # strings, numbers and booleans are spelled alike
 
 
 @dataclass
@@ -101,10 +108,7 @@ class Corp:
 
     def config_toml(self, port: int, **top: Any) -> str:
         lines = [f"port = {port}"]
-        lines += [
-            f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {value}"
-            for key, value in top.items()
-        ]
+        lines += [f"{key} = {toml_value(value)}" for key, value in top.items()]
         lines += [
             "[[apps]]",
             f'corp_id = "{self.corpid}"',

@@ -18,14 +18,21 @@ from wxkf.settings import Settings
 
 
 @pytest.fixture
+def hub_env() -> dict[str, str]:
+    """More of the hub's settings (a test parametrizes it)."""
+    return {}
+
+
+@pytest.fixture
 async def hub(
-    settings: Settings, tmp_path: Path, puppet_env: dict[str, str]
+    settings: Settings, tmp_path: Path, puppet_env: dict[str, str], hub_env: dict[str, str]
 ) -> AsyncIterator[ServiceProcess]:
     env = service_env(
         settings,
         tmp_path / "hub",
         wecom_api_base=puppet_env["WECOM_API_BASE"],
         wxkf_token_invalidate_interval="0",  # a reported token is replaced at once, not 10 s later
+        **hub_env,
     )
     process = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
     await process.start()
@@ -125,3 +132,29 @@ async def test_a_token_wecom_revoked_early_is_reported_to_the_hub_and_replaced(
     assert revoked.json()["invalidated"] >= 1  # the hub still caches the revoked token
     await corp.says("second")
     assert await corp.wait_received(2) == ["echo: first", "echo: second"]
+
+
+@pytest.mark.parametrize("hub_env", [{"wxkf_registration_token": "let-me-in"}])
+async def test_a_hub_that_requires_a_registration_token_gets_it_from_the_config(
+    corp: Corp, hub: ServiceProcess, make_puppet: Callable[..., PuppetProcess], puppet_env: dict[str, str]
+) -> None:
+    port = free_port()
+    without = make_puppet(port=port, manager=hub.url, self_endpoint=f"http://127.0.0.1:{port}")
+    await without.start()
+    await wait_until(lambda: _contains(without, "registration failed"), what="a refusal")
+    assert "registration token missing or wrong" in without.log()
+    without.stop()
+    puppet_env["HUB_REGISTRATION_TOKEN"] = "let-me-in"
+    port = free_port()
+    puppet = make_puppet(
+        port=port,
+        manager=hub.url,
+        self_endpoint=f"http://127.0.0.1:{port}",
+        registration_token={"env": "HUB_REGISTRATION_TOKEN"},
+    )
+    await puppet.start()
+    await wait_until(lambda: registered(puppet), what="registration")
+
+
+async def _contains(puppet: PuppetProcess, text: str) -> bool:
+    return text in puppet.log()

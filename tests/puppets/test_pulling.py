@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from puppets import Bot, TextMessage
+from puppets.pulling import Page
 from simulator.state import SimState
 from tests.puppets.conftest import Corp, Hosted, wait_until
-from wecom.client import SyncMsgResult
 
 Host = Callable[..., Awaitable[Hosted]]
 
@@ -41,7 +41,7 @@ async def test_a_sync_longer_than_the_next_callbacks_never_runs_twice_on_one_cur
     running = 0
     most = 0
 
-    async def slow_fetch(cursor: str | None, token: str | None) -> SyncMsgResult:
+    async def slow_fetch(cursor: str | None, token: str | None) -> Page:
         nonlocal running, most
         cursors.append(cursor)
         running += 1
