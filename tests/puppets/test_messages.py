@@ -223,3 +223,16 @@ def test_registering_twice_or_a_non_message_class_is_refused() -> None:
         bot.on_text(first)
     with pytest.raises(TypeError):
         bot.on(dict)  # type: ignore[type-var]
+
+
+def test_a_sync_page_keeps_items_whatever_their_shape() -> None:
+    """An item missing fields WeCom always sends must still reach the bot, not fail the whole page."""
+    from puppets.pulling import Page
+
+    page = Page.of(
+        {"msg_list": [{"msgid": "odd", "msgtype": "text"}, "junk"], "next_cursor": "c2", "has_more": 1}
+    )
+    assert page == Page([{"msgid": "odd", "msgtype": "text"}], "c2", True)
+    assert Page.of({"msg_list": None, "next_cursor": 7}) == Page([], "", False)
+    odd = parse_item(page.items[0])
+    assert isinstance(odd, TextMessage) and (odd.send_time, odd.origin) == (0, 0)
