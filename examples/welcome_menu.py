@@ -28,7 +28,7 @@ async def welcome(event: EnterSession) -> None:
 async def answer(click: MenuClick) -> None:
     await click.reply(ANSWERS.get(click.menu_id, "Sorry, I did not get that."))
     if click.menu_id == "human":
-        await bot.account(click.open_kfid).transfer(click.customer, 2)  # to the waiting pool
+        await click.account.transfer(click.customer, 2)  # to the waiting pool
 
 
 @bot.on_text

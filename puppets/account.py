@@ -144,7 +144,7 @@ class Account:
     # -- handling ---------------------------------------------------------------------------
     async def _handle(self, pending: Pending) -> None:
         message = parse_item(pending.item, redelivery=pending.redelivery)
-        message._sender = self
+        message._account = self
         if isinstance(message, MsgSendFail) and message.fail_msgid:
             fail_msgid, fail_type = message.fail_msgid, message.fail_type
             await self._until_written(

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
+    from puppets.account import Account
     from puppets.outgoing import Content
-    from puppets.sending import Sender, Sent
+    from puppets.sending import Sent
 
 __all__ = [
     "CUSTOMER",
@@ -122,7 +123,7 @@ class Incoming:
     msgtype: str
     raw: Item = field(repr=False)
     redelivery: bool = False
-    _sender: Sender | None = field(default=None, repr=False)
+    _account: Account | None = field(default=None, repr=False)
 
     @property
     def body(self) -> Item:
@@ -140,12 +141,14 @@ class Incoming:
         Inside a handler the send carries a msgid derived from this item and the send's position, so
         a handler run again after a crash never makes the customer receive it twice.
         """
-        return await self._require_sender().reply(self, content)
+        return await self.account.reply(self, content)
 
-    def _require_sender(self) -> Sender:
-        if self._sender is None:
+    @property
+    def account(self) -> Account:
+        """The served account this item came to: ``await message.account.transfer(...)`` and so on."""
+        if self._account is None:
             raise RuntimeError("this message is not attached to a running puppet")
-        return self._sender
+        return self._account
 
     @classmethod
     def _fields(cls, body: Item) -> dict[str, Any]:
@@ -195,7 +198,7 @@ class MediaMessage(Message):
 
     async def download(self) -> bytes:
         """The media's bytes (``media/get``)."""
-        return await self._require_sender().download(self)
+        return await self.account.download(self)
 
 
 @dataclass(eq=False, kw_only=True)

@@ -22,23 +22,19 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
 from wecom.errors import WeComError
-
-if TYPE_CHECKING:
-    from puppets.messages import Incoming, MediaMessage
-    from puppets.outgoing import Content
 
 log = logging.getLogger(__name__)
 
 #: errcodes after which the same send may succeed a moment later
 RETRYABLE_ERRCODES = frozenset({-1, 45033})
 RETRY_DELAYS = (0.5, 2.0)
-#: WeCom's refusal of a msgid it already accepted (the simulator: 40058 "msgid ... already used")
-REPEATED_MSGID_ERRCODES = frozenset({40058, 95003})
+#: WeCom's refusal of a msgid it already accepted: 40058 (invalid parameter) naming the msgid, as the
+#: simulator answers. WeCom documents no dedicated code, so the errmsg must also say so.
+REPEATED_MSGID_ERRCODES = frozenset({40058})
 _REPEATED_WORDS = ("already", "repeat", "duplicate", "exist", "used")
 
 
@@ -48,14 +44,6 @@ class Sent:
 
     msgid: str
     already_sent: bool = False
-
-
-class Sender(Protocol):
-    """What an incoming message needs from its account to reply (implemented by the account runtime)."""
-
-    async def reply(self, message: Incoming, content: Content) -> Sent: ...
-
-    async def download(self, message: MediaMessage) -> bytes: ...
 
 
 def derive_msgid(account: str, msgid: str, position: int) -> str:

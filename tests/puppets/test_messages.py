@@ -236,3 +236,17 @@ def test_a_sync_page_keeps_items_whatever_their_shape() -> None:
     assert Page.of({"msg_list": None, "next_cursor": 7}) == Page([], "", False)
     odd = parse_item(page.items[0])
     assert isinstance(odd, TextMessage) and (odd.send_time, odd.origin) == (0, 0)
+
+
+def test_derived_msgids_fit_wecoms_rule_and_differ_by_message_and_position() -> None:
+    import re
+
+    from puppets.sending import derive_msgid, is_repeated_msgid
+    from wecom.errors import error_for
+
+    ids = {derive_msgid("ww/wk", msgid, n) for msgid in ("a", "b") for n in range(3)}
+    assert len(ids) == 6 and all(re.fullmatch(r"[0-9A-Za-z_-]{32}", i) for i in ids)
+    assert derive_msgid("ww/wk", "a", 0) == derive_msgid("ww/wk", "a", 0) != derive_msgid("ww/wk2", "a", 0)
+    assert is_repeated_msgid(error_for(40058, "msgid aZ_3 already used"))
+    assert not is_repeated_msgid(error_for(40058, "invalid msgid: 1..32 characters of [0-9a-zA-Z_-]"))
+    assert not is_repeated_msgid(error_for(95001, "msgid already used"))
