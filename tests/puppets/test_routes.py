@@ -1,0 +1,71 @@
+"""The puppet's callback routes as WeCom's direct target: URL verification, and bad input refused."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from puppets import Bot, Image, TextMessage
+from tests.puppets.conftest import Corp, Hosted, wait_until
+from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, signed_post
+
+Host = Callable[..., Awaitable[Hosted]]
+
+
+async def test_wecom_url_verification_succeeds(corp: Corp, hosted: Host) -> None:
+    await hosted(Bot())
+    result = (await corp.http.post(corp.control("/apps/1000002/verify"))).json()
+    assert result["ok"] is True, result
+
+
+async def test_bad_callbacks_get_a_4xx_with_a_reason_and_change_nothing(corp: Corp, hosted: Host) -> None:
+    puppet = await hosted(Bot(), callback=False)
+    await asyncio.wait_for(puppet.account.puller.caught_up.wait(), 10)  # the start-up pull
+    pulls = puppet.account.puller.pulls
+    keys = CorpAppKeys(corp.corpid, corp.token, corp.aes_key)
+    query, xml = signed_post(keys, kf_event_xml(corp.corpid, corp.kf, "tok"))
+    wrong = CorpAppKeys(corp.corpid, "not-the-token", corp.aes_key)
+    bad_query, bad_xml = signed_post(wrong, kf_event_xml(corp.corpid, corp.kf, "tok"))
+    url = puppet.url + "/callback"
+    async with httpx.AsyncClient() as http:
+        cases = {
+            "missing_parameter": await http.post(url, content=xml),
+            "bad_signature": await http.post(f"{url}?{bad_query}", content=bad_xml),
+            "xml_doctype": await http.post(f"{url}?{query}", content=b'<!DOCTYPE x [<!ENTITY a "b">]><xml/>'),
+            "too_large": await http.post(f"{url}?{query}", content=b"x" * 100_000),
+            "no_manager": await http.post(url + "/decrypted", json={"token": "t", "openKfId": corp.kf}),
+        }
+        echo = await http.get(
+            url, params={"msg_signature": "0" * 40, "timestamp": "1", "nonce": "n", "echostr": "e"}
+        )
+    for reason, answer in cases.items():
+        assert 400 <= answer.status_code < 500 and answer.text == reason, (
+            reason,
+            answer.text,
+        )
+    assert echo.status_code == 403
+    assert puppet.account.puller.pulls == pulls
+
+
+async def test_media_replies_upload_once_per_content(corp: Corp, hosted: Host) -> None:
+    bot = Bot()
+    picture = b"\x89PNG\r\n\x1a\n" + b"pixels" * 100
+
+    @bot.on_text
+    async def send_picture(message: TextMessage) -> None:
+        await message.reply(Image(picture, filename="logo.png"))
+
+    puppet = await hosted(bot)
+    await corp.says("one", wait=True)
+    await corp.says("two", wait=True)
+
+    async def two_images() -> list[str]:
+        response = await corp.http.get(corp.control(f"/customers/{corp.customer}/received"))
+        found = [m["image"]["media_id"] for m in response.json()["messages"] if m["msgtype"] == "image"]
+        return found if len(found) == 2 else []
+
+    first, second = await wait_until(two_images, what="two images")
+    assert first == second
+    assert await puppet.host.store.media.count_documents({}) == 1
