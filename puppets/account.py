@@ -69,6 +69,8 @@ class RuntimeOptions:
     safety_interval: float = 600.0
     tokenless_backoff: tuple[float, float] = (10.0, 300.0)
     drain_timeout: float = 30.0
+    #: a handler still running after this long is cancelled and its message marked failed
+    handler_timeout: float = 300.0
 
 
 class Account:
@@ -158,7 +160,14 @@ class Account:
         context = current_handling.set(Handling(self.key, message.msgid, pending.redelivery))
         error: str | None = None
         try:
-            await handler(message)
+            async with asyncio.timeout(self.options.handler_timeout):
+                await handler(message)
+        except TimeoutError:
+            log.error(
+                "%s: handler for msgid %s (%s) still running after %g s; cancelled",
+                self.key, message.msgid, message.msgtype, self.options.handler_timeout,
+            )  # fmt: skip
+            error = f"timed out after {self.options.handler_timeout:g} s"
         except Exception as exc:
             log.exception("%s: handler failed for msgid %s (%s)", self.key, message.msgid, message.msgtype)
             error = f"{type(exc).__name__}: {exc}"

@@ -52,6 +52,7 @@ class PuppetConfig:
     safety_pull_interval: float = 600.0
     heartbeat_interval: float = 15.0
     retention_days: float = 30.0
+    handler_timeout: float = 300.0
     bot: str | None = None
     #: the hub's WXKF_REGISTRATION_TOKEN, when it requires one
     registration_token: str | None = field(default=None, repr=False)
@@ -97,6 +98,7 @@ class _File(BaseModel):
     safety_pull_interval: float = Field(default=600.0, ge=10, le=86400)
     heartbeat_interval: float = Field(default=15.0, gt=0, le=3600)
     retention_days: float = Field(default=30.0, ge=4, le=3650)
+    handler_timeout: float = Field(default=300.0, gt=0, le=86400)
     bot: str | None = None
     registration_token: Secret | None = None
     apps: list[_App] = Field(min_length=1)

@@ -64,7 +64,9 @@ class PuppetHost:
         self.http = http
         self.api_base = api_base.rstrip("/")
         self.store = PuppetStore(db, retention=config.retention_days * 86400)
-        self.options = options or RuntimeOptions(safety_interval=config.safety_pull_interval)
+        self.options = options or RuntimeOptions(
+            safety_interval=config.safety_pull_interval, handler_timeout=config.handler_timeout
+        )
         self.directory = Directory([], has_manager=config.manager is not None)
         self.accounts: list[Account] = []
         self.links: list[ManagerLink] = []

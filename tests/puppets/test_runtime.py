@@ -394,3 +394,22 @@ async def test_finished_records_are_purged_after_the_retention_and_unfinished_on
 
 async def _count(store: object, n: int) -> bool:
     return await store.messages.count_documents({}) >= n  # type: ignore[attr-defined,no-any-return]
+
+
+async def test_a_handler_that_hangs_is_cancelled_marked_failed_and_its_customer_goes_on(
+    corp: Corp, hosted: Host
+) -> None:
+    bot = Bot()
+
+    @bot.on_text
+    async def answer(message: TextMessage) -> None:
+        if message.text == "hang":
+            await asyncio.Event().wait()  # never set
+        await message.reply(f"ok: {message.text}")
+
+    puppet = await hosted(bot, handler_timeout=0.5)
+    await corp.says("hang", wait=True)
+    await corp.says("next", wait=True)
+    assert await corp.wait_received(1) == ["ok: next"]
+    hung = await puppet.host.store.messages.find_one({"item.text.content": "hang"})
+    assert hung is not None and hung["state"] == FAILED and hung["error"] == "timed out after 0.5 s"
