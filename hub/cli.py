@@ -204,6 +204,15 @@ def puppet(
         int | None,
         typer.Option(min=0, max=65535, help="Callback port.", show_default="PUPPET_WXKF_CALLBACK_PORT"),
     ] = None,
+    transport: Annotated[
+        str | None,
+        typer.Option(
+            "--transport",
+            metavar="http|ws",
+            help="http: the manager POSTs to this puppet; ws: it connects out to the manager's WebSocket.",
+            show_default="transport in the config, else http",
+        ),
+    ] = None,
 ) -> None:
     """Run a puppet: pull each kf account's messages and hand them to the bot (docs/puppets.md)."""
     from dataclasses import replace
@@ -217,6 +226,13 @@ def puppet(
         try:
             loaded = load_config(config)
             loaded = replace(loaded, host=host or loaded.host, port=loaded.port if port is None else port)
+            if transport not in (None, "http", "ws"):
+                raise ConfigError(f"--transport {transport}: expected http or ws")
+            loaded = replace(loaded, transport=transport or loaded.transport)
+            if loaded.transport == "ws" and not loaded.manager:
+                raise ConfigError(
+                    "--transport ws needs a manager (manager in the config or MANAGER_ENDPOINT)"
+                )
             chosen = load_bot(bot)
         except (ConfigError, BotError) as exc:
             fail(str(exc), EXIT_BAD_SETTINGS)

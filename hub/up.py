@@ -20,6 +20,7 @@ from manager.admin import admin_routes as manager_admin_routes
 from manager.dispatcher import DispatchConfig
 from manager.routes import compat_routes
 from manager.service import Manager, ManagerConfig
+from manager.socket_routes import socket_routes
 from token_service.app import build_token_service
 from token_service.routes import token_routes
 from token_service.service import TokenService
@@ -87,6 +88,7 @@ class Hub:
             routes=[
                 # the manager's /callback/decrypted/{corpId} must precede /callback/{corpId}/{app}
                 *compat_routes(self.manager, admin_token),
+                *socket_routes(self.manager),
                 *callback_routes(self.gateway),
                 *token_routes(self.tokens),
                 *gateway_admin_routes(self.gateway, admin_token),

@@ -20,6 +20,7 @@ from manager.ledger import Ledger
 from manager.mailbox import DECRYPTED, RAW, Latest, MailboxStore, account_key
 from manager.puppets import Puppet, PuppetRegistry
 from manager.recovery import Recovery
+from manager.sockets import SOCKET_ENDPOINT, PuppetSockets
 from token_service.service import TokenService, TokenUnavailable
 from wecom.client import KfAccount, WeComClient
 from wecom.crypto import MsgCrypt
@@ -129,11 +130,13 @@ class Manager:
             timeout=timeout,
         )
 
+        self.sockets = PuppetSockets()  # puppets connected out to /puppetWxkfManager/ws
+
         async def deliver(puppet: Puppet, latest: Latest) -> None:
-            await delivery.deliver(self.puppet_http, puppet, latest, timeout)
+            await delivery.deliver(self.puppet_http, puppet, latest, timeout, self.sockets)
 
         async def probe(puppet: Puppet) -> bool:
-            return await delivery.probe(self.puppet_http, puppet)
+            return await delivery.probe(self.puppet_http, puppet, sockets=self.sockets)
 
         self._tasks: list[asyncio.Task[None]] = []
         self._unroutable_warned: dict[str, float] = {}
@@ -256,7 +259,11 @@ class Manager:
         except ValueError as exc:
             raise RegistrationRefused(400, f"token/encodingAESKey: {exc}") from None
         try:
-            endpoint = await validate_endpoint(reg.endpoint, self.config.allowed_networks)
+            endpoint = (  # a socket puppet (manager.sockets) is reached over its own connection
+                SOCKET_ENDPOINT
+                if reg.endpoint == SOCKET_ENDPOINT
+                else await validate_endpoint(reg.endpoint, self.config.allowed_networks)
+            )
         except EndpointError as exc:
             raise RegistrationRefused(400, f"endpoint refused: {exc}") from None
         open_kfid, name = await self._prove_account(reg)

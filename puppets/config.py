@@ -24,7 +24,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -56,6 +56,8 @@ class PuppetConfig:
     bot: str | None = None
     #: the hub's WXKF_REGISTRATION_TOKEN, when it requires one
     registration_token: str | None = field(default=None, repr=False)
+    #: "http": the manager POSTs to this puppet; "ws": it connects out to the manager's WebSocket
+    transport: str = "http"
 
     @property
     def endpoint(self) -> str:
@@ -101,6 +103,7 @@ class _File(BaseModel):
     handler_timeout: float = Field(default=300.0, gt=0, le=86400)
     bot: str | None = None
     registration_token: Secret | None = None
+    transport: Literal["http", "ws"] = "http"
     apps: list[_App] = Field(min_length=1)
 
     @field_validator("manager", "self_endpoint", "token_url")

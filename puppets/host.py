@@ -23,6 +23,7 @@ from puppets.bot import Bot
 from puppets.config import PuppetConfig
 from puppets.manager_link import ManagerLink
 from puppets.routes import Directory, callback_routes
+from puppets.socket_link import SocketLink
 from puppets.store import PuppetStore
 from puppets.tokens import ServiceTokens
 from wecom.client import WeComClient, fetch_access_token
@@ -70,6 +71,7 @@ class PuppetHost:
         self.directory = Directory([], has_manager=config.manager is not None)
         self.accounts: list[Account] = []
         self.links: list[ManagerLink] = []
+        self.socket_link: SocketLink | None = None  # --transport ws: one socket for every account
         self._clients: dict[tuple[str, str], WeComClient] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._link_tasks: list[asyncio.Task[Any]] = []
@@ -125,7 +127,15 @@ class PuppetHost:
             self.bot.attach(account)
             await account.start(self._spawn)
             log.info("serving %s (%s)", account.key, account.name)
-        if self.config.manager:
+        if self.config.manager and self.config.transport == "ws":
+            self.socket_link = SocketLink(
+                self.config.manager,
+                self.accounts,
+                self.app(),
+                registration_token=self.config.registration_token,
+            )
+            self._link_tasks.append(asyncio.create_task(self.socket_link.run(), name="manager socket"))
+        elif self.config.manager:
             for account in self.accounts:
                 link = ManagerLink(
                     self.http,
@@ -140,6 +150,8 @@ class PuppetHost:
         self._tasks.append(asyncio.create_task(run_purger(self.store.purge, "puppet records"), name="purger"))
 
     async def stop(self) -> None:
+        if self.socket_link is not None:
+            await self.socket_link.leave()
         await stop_tasks(self._link_tasks)
         await asyncio.gather(*(link.deregister() for link in self.links))
         await stop_tasks(self._tasks)
