@@ -153,8 +153,8 @@ class RawSocket:
         """Wait for the manager to close the connection; its close code and reason."""
         async with asyncio.timeout(timeout):
             await self.ws.wait_closed()
-        frame = self.ws.close_rcvd
-        return (frame.code, frame.reason) if frame is not None else (None, "")
+        received = self.ws.protocol.close_rcvd
+        return (received.code, received.reason) if received is not None else (None, "")
 
 
 @pytest.fixture
