@@ -29,6 +29,7 @@ async def serve(app: Starlette, host: str, port: int) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
         server_header=False,
+        ws_max_size=1024 * 1024,  # per WebSocket message; /puppetWxkfManager/ws allows far less
     )
     server = uvicorn.Server(config)
     # Everything built so far (modules, services, caches) lives as long as the process: keep it out
