@@ -64,13 +64,14 @@ async def handled(http: aiohttp.ClientSession, port: int) -> int:
     return int(float(found.group(1))) if found else 0
 
 
-async def wait_handled(http: aiohttp.ClientSession, port: int, count: int, timeout: float = 120.0) -> float:
+async def wait_handled(http: aiohttp.ClientSession, port: int, count: int, timeout: float = 60.0) -> float:
     """Poll the puppet's counter (in another process: nothing to wait on) until ``count``; the time."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if await handled(http, port) >= count:
-                return time.perf_counter()
-            await asyncio.sleep(0.02)
+    deadline = time.perf_counter() + timeout
+    while (seen := await handled(http, port)) < count:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{seen} of {count} messages handled after {timeout:g} s")
+        await asyncio.sleep(0.02)
+    return time.perf_counter()
 
 
 async def wait_registered(http: aiohttp.ClientSession, hub_url: str, corp: Corp) -> None:
@@ -102,7 +103,10 @@ async def one_run(
     concurrency: int,
 ) -> dict[str, Any]:
     patch = f"{sim_url}/sim/corps/{corp.corp_id}/apps/{AGENT_ID}"
-    async with http.patch(patch, json={"callback_url": f"{hub_url}/callback/{corp.corp_id}"}) as response:
+    async with (
+        aiohttp.ClientSession() as control,
+        control.patch(patch, json={"callback_url": f"{hub_url}/callback/{corp.corp_id}"}) as response,
+    ):
         response.raise_for_status()
     (port,) = free_ports(1)
     name = f"{transport}-{len(corp.accounts)}"
@@ -178,8 +182,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         hub.start()
         await sim.wait_http(sim_url + "/sim/config")
         await hub.wait_http(hub_url + "/healthz")
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-            for step in plan:
+        for step in plan:  # a session per run: an idle connection kept across a run's start goes stale
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
                 run = await one_run(
                     http, workdir, sim_url, hub_url, corps[step], step[1], args.messages, args.concurrency
                 )
