@@ -109,6 +109,7 @@ class Account:
         )
         self.queues: CustomerQueues[Pending] = CustomerQueues(self._handle, self.key)
         self._profiles: dict[str, tuple[float, KfCustomer]] = {}
+        self._finishing: dict[str, asyncio.Future[None]] = {}  # customer -> completion being written
         self.handled = 0
 
     def __repr__(self) -> str:
@@ -122,8 +123,11 @@ class Account:
         spawn(self.puller.run(), f"pull {self.key}")
 
     async def drain(self) -> None:
-        """Let the running handlers finish; what is still queued is handled at the next start."""
+        """Let the running handlers finish and their completions be recorded; what is still queued is
+        handled at the next start."""
         await self.queues.close(self.options.drain_timeout)
+        if self._finishing:
+            await asyncio.gather(*self._finishing.values())
 
     def set_webhook_secret(self, secret: str | None) -> None:
         if secret:
@@ -147,6 +151,7 @@ class Account:
     async def _handle(self, pending: Pending) -> None:
         message = parse_item(pending.item, redelivery=pending.redelivery)
         message._account = self
+        customer = customer_of(pending.item)
         if isinstance(message, MsgSendFail) and message.fail_msgid:
             fail_msgid, fail_type = message.fail_msgid, message.fail_type
             await self._until_written(
@@ -154,9 +159,18 @@ class Account:
             )
         handler = self.bot.handler_for(message)
         if handler is None:  # recorded for the conversation; nothing to run, so no "handling" write
-            await self._until_written(lambda: self.store.mark_finished(self.key, message.msgid), "completion")
+            self._finish(customer, message.msgid, None)
             return
-        await self._until_written(lambda: self.store.mark_handling(self.key, message.msgid), "handling state")
+        # The previous message's completion and this one's start share a database round: the handler
+        # starts once both are durable, so a crash leaves at most one "handling" message per customer.
+        started = self._until_written(
+            lambda: self.store.mark_handling(self.key, message.msgid), "handling state"
+        )
+        previous = self._finishing.get(customer)
+        if previous is not None:
+            await asyncio.gather(asyncio.shield(previous), started)
+        else:
+            await started
         context = current_handling.set(Handling(self.key, message.msgid, pending.redelivery))
         error: str | None = None
         try:
@@ -173,13 +187,23 @@ class Account:
             error = f"{type(exc).__name__}: {exc}"
         finally:
             current_handling.reset(context)
-        await self._until_written(
-            lambda: self.store.mark_finished(self.key, message.msgid, error), "completion"
-        )
+        self._finish(customer, message.msgid, error)
         self.handled += 1
         metrics.HANDLED.labels("failed" if error else "done").inc()
         if pending.redelivery:
             metrics.HANDLED.labels("redelivered").inc()
+
+    def _finish(self, customer: str, msgid: str, error: str | None) -> None:
+        """Record the completion behind the handler: the customer's next message waits for it."""
+        write = self._until_written(lambda: self.store.mark_finished(self.key, msgid, error), "completion")
+        task = asyncio.ensure_future(write)
+        self._finishing[customer] = task
+
+        def forget(done: asyncio.Future[None]) -> None:
+            if self._finishing.get(customer) is done:
+                del self._finishing[customer]
+
+        task.add_done_callback(forget)
 
     async def _until_written(self, write: Callable[[], Awaitable[object]], what: str) -> None:
         """A state write the exactly-once rules rest on: retried until the database takes it."""

@@ -144,5 +144,6 @@ class PuppetHost:
         await asyncio.gather(*(link.deregister() for link in self.links))
         await stop_tasks(self._tasks)
         await asyncio.gather(*(account.drain() for account in self.accounts))
+        await asyncio.gather(*(account.puller.flush() for account in self.accounts))
         for account in self.accounts:
             self.bot.detach(account)
