@@ -9,6 +9,8 @@ customers (one per account) write ``--messages`` texts in total through the simu
 ``--senders`` at a time; each write makes the simulator send a signed callback. The bot records the
 wall-clock time at which each message reached its handler. Reported: messages into handlers per second
 (first write to last handler call) and the write rate the simulator itself sustained, which bounds it.
+In ``backlog`` mode the messages are written first, with no callbacks, and the clock starts when the
+puppet is up: its start-up pull drains them, which measures the puppet without the simulator's writes.
 """
 
 from __future__ import annotations
@@ -64,7 +66,24 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-async def run(accounts: int, messages: int, senders: int, work: Path) -> dict[str, float]:
+async def write_all(http: httpx.AsyncClient, messages: int, senders: int, accounts: int) -> float:
+    """The customers write ``messages`` texts, round-robin over the accounts; returns writes/s."""
+    queue = list(range(messages))
+    started = time.time()
+
+    async def sender() -> None:
+        while queue:
+            n = queue.pop()
+            account = n % accounts
+            body = {"external_userid": f"wm{account:04d}", "msgtype": "text", "text": {"content": f"m{n}"}}
+            response = await http.post(f"/sim/corps/wwbench/accounts/wk{account:04d}/messages", json=body)
+            response.raise_for_status()
+
+    await asyncio.gather(*(sender() for _ in range(senders)))
+    return messages / (time.time() - started)
+
+
+async def run(accounts: int, messages: int, senders: int, work: Path, backlog: bool) -> dict[str, Any]:
     sim_port, puppet_port = free_port(), free_port()
     corp: dict[str, Any] = {
         "corpid": "wwbench",
@@ -108,6 +127,10 @@ async def run(accounts: int, messages: int, senders: int, work: Path) -> dict[st
                     return False
 
             await wait_for(sim_up, "the simulator")
+            if backlog:  # written before the puppet runs, with no callbacks: its start-up pull finds them
+                patched = await http.patch("/sim/corps/wwbench/apps/1000002", json={"callback_url": None})
+                patched.raise_for_status()
+                write_rate = await write_all(http, messages, senders, accounts)
             puppet = spawn(
                 ["puppet", "--bot", "bench.puppet_throughput:bot", "--config", str(config)],
                 env,
@@ -118,24 +141,9 @@ async def run(accounts: int, messages: int, senders: int, work: Path) -> dict[st
                 return "puppet listening" in (work / "puppet.log").read_text(errors="replace")
 
             await wait_for(puppet_up, "the puppet")
-            queue = list(range(messages))
             started = time.time()
-
-            async def sender() -> None:
-                while queue:
-                    n = queue.pop()
-                    account = n % accounts
-                    response = await http.post(
-                        f"/sim/corps/wwbench/accounts/wk{account:04d}/messages",
-                        json={
-                            "external_userid": f"wm{account:04d}",
-                            "msgtype": "text",
-                            "text": {"content": f"m{n}"},
-                        },
-                    )
-                    response.raise_for_status()
-
-            await asyncio.gather(*(sender() for _ in range(senders)))
+            if not backlog:
+                write_rate = await write_all(http, messages, senders, accounts)
             written = time.time()
 
             async def all_handled() -> bool:
@@ -146,9 +154,10 @@ async def run(accounts: int, messages: int, senders: int, work: Path) -> dict[st
             handled = {line.split(" ", 1)[1] for line in lines(journal)}
             assert len(handled) == messages, "a message was handled twice or not at all"
             return {
+                "mode": "backlog" if backlog else "live",
                 "accounts": accounts,
                 "messages": messages,
-                "writes_per_s": messages / (written - started),
+                "writes_per_s": write_rate,
                 "handled_per_s": messages / (arrivals[-1] - started),
                 "last_after_writes_s": arrivals[-1] - written,
             }
@@ -169,11 +178,19 @@ def main() -> None:
     parser.add_argument("--accounts", default="1,20")
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--senders", type=int, default=20)
+    parser.add_argument(
+        "--modes",
+        default="live,backlog",
+        help="live: callbacks as customers write; backlog: the start-up pull",
+    )
     options = parser.parse_args()
-    for accounts in (int(n) for n in options.accounts.split(",")):
-        with tempfile.TemporaryDirectory() as tmp:
-            result = asyncio.run(run(accounts, options.messages, options.senders, Path(tmp)))
-        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}))
+    for mode in options.modes.split(","):
+        for accounts in (int(n) for n in options.accounts.split(",")):
+            with tempfile.TemporaryDirectory() as tmp:
+                result = asyncio.run(
+                    run(accounts, options.messages, options.senders, Path(tmp), mode == "backlog")
+                )
+            print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}))
 
 
 if __name__ == "__main__":
