@@ -26,6 +26,7 @@ from puppets.routes import Directory, callback_routes
 from puppets.store import PuppetStore
 from puppets.tokens import ServiceTokens
 from wecom.client import WeComClient, fetch_access_token
+from wecom.errors import WeComTransportError
 from wecom.tokens import AccessToken, AccessTokenProvider, GetTokenProvider
 from wxkf.database import Database
 from wxkf.retention import run_purger
@@ -85,7 +86,14 @@ class PuppetHost:
             base, api = token_source(self.config, self.api_base)
 
             async def fetch() -> AccessToken:
-                return await fetch_access_token(self.http, base, spec.corp_id, spec.corp_secret, api=api)
+                try:
+                    return await fetch_access_token(self.http, base, spec.corp_id, spec.corp_secret, api=api)
+                except WeComTransportError as exc:
+                    if base == self.api_base:
+                        raise
+                    # the token service is down: WeCom hands out the same still-valid token itself
+                    log.warning("token service unreachable (%s); asking WeCom's gettoken directly", exc)
+                    return await fetch_access_token(self.http, self.api_base, spec.corp_id, spec.corp_secret)
 
             cached = GetTokenProvider(fetch)
             tokens: AccessTokenProvider = cached
