@@ -122,7 +122,7 @@ class PuppetHost:
             if (spec.corp_id, open_kfid) in self.directory.accounts:
                 raise StartupError(f"{spec.label}: the same account is configured twice")
             account = Account(spec, open_kfid, name, client, self.store, self.bot, self.options)
-            self.directory.accounts[(account.corp_id, open_kfid)] = account
+            self.directory.add(account)
             self.accounts.append(account)
 
     async def start(self) -> None:
