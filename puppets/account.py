@@ -34,7 +34,7 @@ from puppets.outgoing import Content, render
 from puppets.pulling import Page, Puller
 from puppets.sending import Handling, Sent, call_with_retries, current_handling, is_repeated_msgid
 from puppets.store import SEND_FAILED, SENT, Pending, PuppetStore, customer_of
-from wecom.client import KfCustomer, WeComClient
+from wecom.client import KfAccount, KfCustomer, WeComClient
 from wecom.crypto import MsgCrypt
 from wecom.errors import WeComError
 
@@ -305,14 +305,18 @@ class Account:
         return await self.client.kf_service_state_trans(self.open_kfid, customer, state, servicer_userid)
 
 
-async def resolve(client: WeComClient, spec: AccountSpec) -> tuple[str, str]:
-    """``(open_kfid, name)`` of the account via ``kf/account/list``; raises LookupError with a reason."""
+async def list_accounts(client: WeComClient, label: str) -> list[KfAccount]:
+    """Every account of the client's app (``kf/account/list``, all pages); LookupError with a reason."""
     try:
-        accounts = await client.kf_accounts_all()
+        return await client.kf_accounts_all()
     except WeComError as exc:
-        raise LookupError(f"{spec.label}: kf/account/list refused: {exc}") from None
+        raise LookupError(f"{label}: kf/account/list refused: {exc}") from None
     except httpx.HTTPError as exc:
-        raise LookupError(f"{spec.label}: kf/account/list failed: {exc}") from None
+        raise LookupError(f"{label}: kf/account/list failed: {exc}") from None
+
+
+def resolve(accounts: list[KfAccount], spec: AccountSpec) -> tuple[str, str]:
+    """``(open_kfid, name)`` of ``spec``'s account in its app's listing; LookupError with a reason."""
     for account in accounts:
         if (spec.open_kfid and account.open_kfid == spec.open_kfid) or (
             not spec.open_kfid and spec.name and account.name == spec.name

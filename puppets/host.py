@@ -18,14 +18,14 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 
-from puppets.account import Account, AccountSpec, RuntimeOptions, resolve
+from puppets.account import Account, AccountSpec, RuntimeOptions, list_accounts, resolve
 from puppets.bot import Bot
 from puppets.config import PuppetConfig
 from puppets.manager_link import ManagerLink
 from puppets.routes import Directory, callback_routes
 from puppets.store import PuppetStore
 from puppets.tokens import ServiceTokens
-from wecom.client import WeComClient, fetch_access_token
+from wecom.client import KfAccount, WeComClient, fetch_access_token
 from wecom.errors import WeComTransportError
 from wecom.tokens import AccessToken, AccessTokenProvider, GetTokenProvider
 from wxkf.database import Database
@@ -113,10 +113,13 @@ class PuppetHost:
     async def prepare(self) -> None:
         """Indexes, and every account resolved (before anything is served or registered)."""
         await self.store.ensure_indexes()
+        listings: dict[int, list[KfAccount]] = {}  # one kf/account/list per app, not per account
         for spec in self.config.accounts:
             client = self.client_for(spec)
             try:
-                open_kfid, name = await resolve(client, spec)
+                if id(client) not in listings:
+                    listings[id(client)] = await list_accounts(client, spec.label)
+                open_kfid, name = resolve(listings[id(client)], spec)
             except LookupError as exc:
                 raise StartupError(str(exc)) from None
             if (spec.corp_id, open_kfid) in self.directory.accounts:
