@@ -37,6 +37,7 @@ from puppets.store import SEND_FAILED, SENT, Pending, PuppetStore, customer_of
 from wecom.client import KfAccount, KfCustomer, WeComClient
 from wecom.crypto import MsgCrypt
 from wecom.errors import WeComError
+from wxkf.tasks import stop_tasks
 
 if TYPE_CHECKING:
     from puppets.bot import Bot
@@ -109,7 +110,7 @@ class Account:
         )
         self.queues: CustomerQueues[Pending] = CustomerQueues(self._handle, self.key)
         self._profiles: dict[str, tuple[float, KfCustomer]] = {}
-        self._finishing: dict[str, asyncio.Future[None]] = {}  # customer -> completion being written
+        self._finishing: dict[str, asyncio.Task[None]] = {}  # customer -> completion being written
         self.handled = 0
 
     def __repr__(self) -> str:
@@ -126,8 +127,13 @@ class Account:
         """Let the running handlers finish and their completions be recorded; what is still queued is
         handled at the next start."""
         await self.queues.close(self.options.drain_timeout)
-        if self._finishing:
-            await asyncio.gather(*self._finishing.values())
+        if self._finishing:  # bounded: with the database away, a completion is retried at the next start
+            _, unwritten = await asyncio.wait(
+                set(self._finishing.values()), timeout=self.options.drain_timeout
+            )
+            if unwritten:
+                log.warning("%s: %d completion(s) not recorded before stopping", self.key, len(unwritten))
+                await stop_tasks(unwritten)
 
     def set_webhook_secret(self, secret: str | None) -> None:
         if secret:
@@ -196,10 +202,10 @@ class Account:
     def _finish(self, customer: str, msgid: str, error: str | None) -> None:
         """Record the completion behind the handler: the customer's next message waits for it."""
         write = self._until_written(lambda: self.store.mark_finished(self.key, msgid, error), "completion")
-        task = asyncio.ensure_future(write)
+        task = asyncio.create_task(write)
         self._finishing[customer] = task
 
-        def forget(done: asyncio.Future[None]) -> None:
+        def forget(done: asyncio.Task[None]) -> None:
             if self._finishing.get(customer) is done:
                 del self._finishing[customer]
 

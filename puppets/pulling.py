@@ -34,6 +34,7 @@ import httpx
 from puppets import metrics
 from wecom.errors import ApiRateLimited, InvalidMsgToken, WeComError
 from wxkf.retry import JITTER
+from wxkf.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +226,15 @@ class Puller:
                 continue
             self._saved_cursor = cursor
 
-    async def flush(self) -> None:
-        """Wait until the newest cursor is stored (on shutdown, after the pull loop was stopped)."""
-        if self._saver is not None:
-            await self._saver
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the newest cursor is stored (on shutdown, after the pull loop was stopped); give up
+        after ``timeout`` s (the database is away: the next start re-reads a little more)."""
+        if self._saver is None or self._saver.done():
+            return
+        done, _ = await asyncio.wait({self._saver}, timeout=timeout)
+        if not done:
+            log.warning("%s: the newest cursor could not be stored before stopping", self.account)
+            await stop_tasks([self._saver])
 
 
 def _backoff(bounds: tuple[float, float], failures: int) -> float:
