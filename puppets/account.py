@@ -34,9 +34,10 @@ from puppets.outgoing import Content, render
 from puppets.pulling import Page, Puller
 from puppets.sending import Handling, Sent, call_with_retries, current_handling, is_repeated_msgid
 from puppets.store import SEND_FAILED, SENT, Pending, PuppetStore, customer_of
-from wecom.client import KfCustomer, WeComClient
+from wecom.client import KfAccount, KfCustomer, WeComClient
 from wecom.crypto import MsgCrypt
 from wecom.errors import WeComError
+from wxkf.tasks import stop_tasks
 
 if TYPE_CHECKING:
     from puppets.bot import Bot
@@ -109,6 +110,7 @@ class Account:
         )
         self.queues: CustomerQueues[Pending] = CustomerQueues(self._handle, self.key)
         self._profiles: dict[str, tuple[float, KfCustomer]] = {}
+        self._finishing: dict[str, asyncio.Task[None]] = {}  # customer -> completion being written
         self.handled = 0
 
     def __repr__(self) -> str:
@@ -122,8 +124,16 @@ class Account:
         spawn(self.puller.run(), f"pull {self.key}")
 
     async def drain(self) -> None:
-        """Let the running handlers finish; what is still queued is handled at the next start."""
+        """Let the running handlers finish and their completions be recorded; what is still queued is
+        handled at the next start."""
         await self.queues.close(self.options.drain_timeout)
+        if self._finishing:  # bounded: with the database away, a completion is retried at the next start
+            _, unwritten = await asyncio.wait(
+                set(self._finishing.values()), timeout=self.options.drain_timeout
+            )
+            if unwritten:
+                log.warning("%s: %d completion(s) not recorded before stopping", self.key, len(unwritten))
+                await stop_tasks(unwritten)
 
     def set_webhook_secret(self, secret: str | None) -> None:
         if secret:
@@ -147,6 +157,7 @@ class Account:
     async def _handle(self, pending: Pending) -> None:
         message = parse_item(pending.item, redelivery=pending.redelivery)
         message._account = self
+        customer = customer_of(pending.item)
         if isinstance(message, MsgSendFail) and message.fail_msgid:
             fail_msgid, fail_type = message.fail_msgid, message.fail_type
             await self._until_written(
@@ -154,9 +165,18 @@ class Account:
             )
         handler = self.bot.handler_for(message)
         if handler is None:  # recorded for the conversation; nothing to run, so no "handling" write
-            await self._until_written(lambda: self.store.mark_finished(self.key, message.msgid), "completion")
+            self._finish(customer, message.msgid, None)
             return
-        await self._until_written(lambda: self.store.mark_handling(self.key, message.msgid), "handling state")
+        # The previous message's completion and this one's start share a database round: the handler
+        # starts once both are durable, so a crash leaves at most one "handling" message per customer.
+        started = self._until_written(
+            lambda: self.store.mark_handling(self.key, message.msgid), "handling state"
+        )
+        previous = self._finishing.get(customer)
+        if previous is not None:
+            await asyncio.gather(asyncio.shield(previous), started)
+        else:
+            await started
         context = current_handling.set(Handling(self.key, message.msgid, pending.redelivery))
         error: str | None = None
         try:
@@ -173,13 +193,23 @@ class Account:
             error = f"{type(exc).__name__}: {exc}"
         finally:
             current_handling.reset(context)
-        await self._until_written(
-            lambda: self.store.mark_finished(self.key, message.msgid, error), "completion"
-        )
+        self._finish(customer, message.msgid, error)
         self.handled += 1
         metrics.HANDLED.labels("failed" if error else "done").inc()
         if pending.redelivery:
             metrics.HANDLED.labels("redelivered").inc()
+
+    def _finish(self, customer: str, msgid: str, error: str | None) -> None:
+        """Record the completion behind the handler: the customer's next message waits for it."""
+        write = self._until_written(lambda: self.store.mark_finished(self.key, msgid, error), "completion")
+        task = asyncio.create_task(write)
+        self._finishing[customer] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._finishing.get(customer) is done:
+                del self._finishing[customer]
+
+        task.add_done_callback(forget)
 
     async def _until_written(self, write: Callable[[], Awaitable[object]], what: str) -> None:
         """A state write the exactly-once rules rest on: retried until the database takes it."""
@@ -281,14 +311,18 @@ class Account:
         return await self.client.kf_service_state_trans(self.open_kfid, customer, state, servicer_userid)
 
 
-async def resolve(client: WeComClient, spec: AccountSpec) -> tuple[str, str]:
-    """``(open_kfid, name)`` of the account via ``kf/account/list``; raises LookupError with a reason."""
+async def list_accounts(client: WeComClient, label: str) -> list[KfAccount]:
+    """Every account of the client's app (``kf/account/list``, all pages); LookupError with a reason."""
     try:
-        accounts = await client.kf_accounts_all()
+        return await client.kf_accounts_all()
     except WeComError as exc:
-        raise LookupError(f"{spec.label}: kf/account/list refused: {exc}") from None
+        raise LookupError(f"{label}: kf/account/list refused: {exc}") from None
     except httpx.HTTPError as exc:
-        raise LookupError(f"{spec.label}: kf/account/list failed: {exc}") from None
+        raise LookupError(f"{label}: kf/account/list failed: {exc}") from None
+
+
+def resolve(accounts: list[KfAccount], spec: AccountSpec) -> tuple[str, str]:
+    """``(open_kfid, name)`` of ``spec``'s account in its app's listing; LookupError with a reason."""
     for account in accounts:
         if (spec.open_kfid and account.open_kfid == spec.open_kfid) or (
             not spec.open_kfid and spec.name and account.name == spec.name

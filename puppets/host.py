@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 
-from puppets.account import Account, AccountSpec, RuntimeOptions, resolve
+from puppets.account import Account, AccountSpec, RuntimeOptions, list_accounts, resolve
 from puppets.bot import Bot
 from puppets.config import PuppetConfig
 from puppets.manager_link import ManagerLink
@@ -26,7 +26,8 @@ from puppets.routes import Directory, callback_routes
 from puppets.socket_link import SocketLink
 from puppets.store import PuppetStore
 from puppets.tokens import ServiceTokens
-from wecom.client import WeComClient, fetch_access_token
+from wecom.client import KfAccount, WeComClient, fetch_access_token
+from wecom.errors import WeComTransportError
 from wecom.tokens import AccessToken, AccessTokenProvider, GetTokenProvider
 from wxkf.database import Database
 from wxkf.retention import run_purger
@@ -87,7 +88,14 @@ class PuppetHost:
             base, api = token_source(self.config, self.api_base)
 
             async def fetch() -> AccessToken:
-                return await fetch_access_token(self.http, base, spec.corp_id, spec.corp_secret, api=api)
+                try:
+                    return await fetch_access_token(self.http, base, spec.corp_id, spec.corp_secret, api=api)
+                except WeComTransportError as exc:
+                    if base == self.api_base:
+                        raise
+                    # the token service is down: WeCom hands out the same still-valid token itself
+                    log.warning("token service unreachable (%s); asking WeCom's gettoken directly", exc)
+                    return await fetch_access_token(self.http, self.api_base, spec.corp_id, spec.corp_secret)
 
             cached = GetTokenProvider(fetch)
             tokens: AccessTokenProvider = cached
@@ -107,16 +115,19 @@ class PuppetHost:
     async def prepare(self) -> None:
         """Indexes, and every account resolved (before anything is served or registered)."""
         await self.store.ensure_indexes()
+        listings: dict[int, list[KfAccount]] = {}  # one kf/account/list per app, not per account
         for spec in self.config.accounts:
             client = self.client_for(spec)
             try:
-                open_kfid, name = await resolve(client, spec)
+                if id(client) not in listings:
+                    listings[id(client)] = await list_accounts(client, spec.label)
+                open_kfid, name = resolve(listings[id(client)], spec)
             except LookupError as exc:
                 raise StartupError(str(exc)) from None
             if (spec.corp_id, open_kfid) in self.directory.accounts:
                 raise StartupError(f"{spec.label}: the same account is configured twice")
             account = Account(spec, open_kfid, name, client, self.store, self.bot, self.options)
-            self.directory.accounts[(account.corp_id, open_kfid)] = account
+            self.directory.add(account)
             self.accounts.append(account)
 
     async def start(self) -> None:
@@ -156,5 +167,6 @@ class PuppetHost:
         await asyncio.gather(*(link.deregister() for link in self.links))
         await stop_tasks(self._tasks)
         await asyncio.gather(*(account.drain() for account in self.accounts))
+        await asyncio.gather(*(account.puller.flush() for account in self.accounts))
         for account in self.accounts:
             self.bot.detach(account)

@@ -16,7 +16,8 @@ States (one task, one loop): *idle* (waiting for a token, a catch-up or the safe
 new token ends the wait) → *pulling*.
 
 Ordering of writes: each page's items are recorded before the cursor past them is stored
-(:class:`~puppets.store.PuppetStore`), and only then handed on.
+(:class:`~puppets.store.PuppetStore`); the cursor is stored behind the pull, newest value first, so a
+page costs one durable write on the pull's path.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import httpx
 from puppets import metrics
 from wecom.errors import ApiRateLimited, InvalidMsgToken, WeComError
 from wxkf.retry import JITTER
+from wxkf.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ class Puller:
         self._wake = asyncio.Event()
         self._cursor: str | None = None
         self._cursor_loaded = False
+        self._saved_cursor: str | None = None
+        self._saver: asyncio.Task[None] | None = None
         self.pulls = 0  # sync_msg calls made
         self.tokenless_pulls = 0
         self.caught_up = asyncio.Event()  # set after each pull that found nothing more
@@ -120,7 +124,7 @@ class Puller:
             self._catch_up = False  # any pull reads everything after the cursor
             try:
                 if not self._cursor_loaded:
-                    self._cursor = await self._records.cursor(self.account)
+                    self._cursor = self._saved_cursor = await self._records.cursor(self.account)
                     self._cursor_loaded = True
                 await self._pull(token)
                 failures = 0
@@ -185,8 +189,8 @@ class Puller:
             page = await self._fetch(self._cursor, token)
             fresh = await self._records.record(self.account, page.items)
             if page.next_cursor and page.next_cursor != self._cursor:
-                await self._records.save_cursor(self.account, page.next_cursor)
                 self._cursor = page.next_cursor
+                self._save_cursor_soon()
             if fresh:
                 metrics.RECORDED.inc(len(fresh))
                 self._deliver(fresh)
@@ -197,6 +201,40 @@ class Puller:
                 continue
             self.caught_up.set()
             return
+
+    # -- storing the cursor -------------------------------------------------------------------
+    # Off the pull's critical path: the cursor is stored only after the items it covers are recorded
+    # (the pull has awaited that), and a stored cursor that lags behind costs nothing but re-reading a
+    # few pages whose items are recognised as duplicates. One write at a time; the newest value wins.
+
+    def _save_cursor_soon(self) -> None:
+        if self._saver is None or self._saver.done():
+            self._saver = asyncio.create_task(self._save_cursors(), name=f"cursor {self.account}")
+
+    async def _save_cursors(self) -> None:
+        delay = 0.1
+        while self._cursor is not None and self._cursor != self._saved_cursor:
+            cursor = self._cursor
+            try:
+                await self._records.save_cursor(self.account, cursor)
+            except Exception as exc:
+                log.warning(
+                    "%s: storing the cursor failed (%s); retrying in %.1f s", self.account, exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._saved_cursor = cursor
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the newest cursor is stored (on shutdown, after the pull loop was stopped); give up
+        after ``timeout`` s (the database is away: the next start re-reads a little more)."""
+        if self._saver is None or self._saver.done():
+            return
+        done, _ = await asyncio.wait({self._saver}, timeout=timeout)
+        if not done:
+            log.warning("%s: the newest cursor could not be stored before stopping", self.account)
+            await stop_tasks([self._saver])
 
 
 def _backoff(bounds: tuple[float, float], failures: int) -> float:

@@ -53,24 +53,32 @@ def refuse(status: int, reason: str, detail: str = "") -> Response:
 
 
 class Directory:
-    """The accounts this process serves, found by corp and open_kfid."""
+    """The accounts this process serves, found by corp and open_kfid; one crypt per distinct app."""
 
     def __init__(self, accounts: Iterable[Account], *, has_manager: bool) -> None:
-        self.accounts = {(account.corp_id, account.open_kfid): account for account in accounts}
+        self.accounts: dict[tuple[str, str], Account] = {}
+        self._crypts: dict[str, list[MsgCrypt]] = {}  # corp -> its apps' crypts
+        self._by_open_kfid: dict[str, list[Account]] = {}
         self.has_manager = has_manager
+        for account in accounts:
+            self.add(account)
+
+    def add(self, account: Account) -> None:
+        self.accounts[(account.corp_id, account.open_kfid)] = account
+        self._by_open_kfid.setdefault(account.open_kfid, []).append(account)
+        crypts = self._crypts.setdefault(account.corp_id, [])
+        if not any(c.token == account.crypt.token and c.same_key(account.crypt) for c in crypts):
+            crypts.append(account.crypt)
 
     def crypts(self, corp_id: str | None = None) -> list[MsgCrypt]:
-        """One crypt per distinct app (token + key) of ``corp_id`` (or of every corp)."""
-        found: list[MsgCrypt] = []
-        for account in self.accounts.values():
-            if corp_id is not None and account.corp_id != corp_id:
-                continue
-            if not any(c.token == account.crypt.token and c.same_key(account.crypt) for c in found):
-                found.append(account.crypt)
-        return found
+        """The crypts of ``corp_id``'s apps (or of every corp's)."""
+        if corp_id is not None:
+            return self._crypts.get(corp_id, [])
+        return [crypt for crypts in self._crypts.values() for crypt in crypts]
 
     def by_open_kfid(self, open_kfid: str) -> list[Account]:
-        return [account for account in self.accounts.values() if account.open_kfid == open_kfid]
+        """Usually one; the same open_kfid in two corps is told apart by the delivery's signature."""
+        return self._by_open_kfid.get(open_kfid, [])
 
 
 def signature_ok(account: Account, request: Request, body: bytes) -> bool:

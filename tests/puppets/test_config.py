@@ -136,3 +136,17 @@ async def test_an_account_the_app_cannot_serve_stops_the_start_with_one_line(
     status, stderr = await run_puppet("--bot", "examples.echo:bot", "--config", str(config), env=puppet_env)
     assert status == 1
     assert one_line(stderr) == f"wxkf: {corp.corpid}/wkNOBODY: no such kf account for this corp app"
+
+
+def test_tokens_come_from_access_token_url_else_the_manager_else_wecom() -> None:
+    from puppets.config import PuppetConfig
+    from puppets.host import token_source
+
+    wecom = "https://qyapi.weixin.qq.com/cgi-bin"
+    assert token_source(PuppetConfig(accounts=[]), wecom) == (wecom, "gettoken")
+    with_manager = PuppetConfig(accounts=[], manager="http://hub:8080")
+    assert token_source(with_manager, wecom) == ("http://hub:8080/puppetWxkfManager", "getToken")
+    explicit = PuppetConfig(
+        accounts=[], manager="http://hub:8080", token_url="http://tokens:9/cgi-bin/gettoken"
+    )
+    assert token_source(explicit, wecom) == ("http://tokens:9/cgi-bin", "gettoken")

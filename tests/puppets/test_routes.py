@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from puppets import Bot, Image, TextMessage
+from simulator.state import SimState
 from tests.puppets.conftest import Corp, Hosted, wait_until
 from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, signed_post
 
@@ -69,3 +70,35 @@ async def test_media_replies_upload_once_per_content(corp: Corp, hosted: Host) -
     first, second = await wait_until(two_images, what="two images")
     assert first == second
     assert await puppet.host.store.media.count_documents({}) == 1
+
+
+async def test_a_node_manager_that_issues_no_secret_may_deliver_unsigned(
+    corp: Corp, hosted: Host, sim: tuple[str, SimState]
+) -> None:
+    """The Node manager signs nothing and returns no webhookSecret: its deliveries are accepted, as the
+    Node puppet accepts them (here the manager is unreachable, so no secret was ever issued, and tokens
+    come from WeCom's gettoken instead of the manager's getToken)."""
+    bot = Bot()
+    texts: list[str] = []
+
+    @bot.on_text
+    async def note(message: TextMessage) -> None:
+        texts.append(message.text)
+
+    puppet = await hosted(bot, callback=False, manager="http://127.0.0.1:9")
+    await asyncio.wait_for(puppet.account.puller.caught_up.wait(), 10)
+    await corp.says("via the node manager")
+    state = sim[1]
+    wecom_corp = state.wecom.directory.corp(corp.corpid)
+    token = state.wecom.kf.issue_msg_token(wecom_corp, wecom_corp.accounts[corp.kf])
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(
+            puppet.url + "/callback/decrypted", json={"token": token, "openKfId": corp.kf}
+        )
+    assert answer.status_code == 200 and answer.text == "roger"
+    await wait_until(lambda: _nonempty(texts), what="the message")
+    assert texts == ["via the node manager"]
+
+
+async def _nonempty(items: list[str]) -> bool:
+    return bool(items)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import httpx
 import pytest
 from pymongo.errors import PyMongoError
 
@@ -20,10 +21,15 @@ from puppets import (
     SendCountLimit,
     TextMessage,
 )
+from puppets.account import AccountSpec
+from puppets.config import PuppetConfig
+from puppets.host import PuppetHost
 from puppets.sending import derive_msgid
 from puppets.store import DONE, FAILED, NOT_DELIVERED, SENT, Pending
 from simulator.state import SimState
 from tests.puppets.conftest import Corp, Hosted, wait_until
+from wecom.client import KfAccount, WeComClient
+from wxkf.database import Database
 
 Host = Callable[..., Awaitable[Hosted]]
 
@@ -413,3 +419,30 @@ async def test_a_handler_that_hangs_is_cancelled_marked_failed_and_its_customer_
     assert await corp.wait_received(1) == ["ok: next"]
     hung = await puppet.host.store.messages.find_one({"item.text.content": "hang"})
     assert hung is not None and hung["state"] == FAILED and hung["error"] == "timed out after 0.5 s"
+
+
+async def test_accounts_of_one_app_are_resolved_with_one_listing(
+    corp: Corp, db: Database, sim: tuple[str, SimState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(5):
+        added = await corp.http.post(
+            corp.control("/accounts"), json={"open_kfid": f"wkEXTRA{n}", "name": f"E{n}"}
+        )
+        assert added.is_success
+    listings = 0
+    real = WeComClient.kf_accounts_all
+
+    async def counted(self: WeComClient, page_size: int = 100) -> list[KfAccount]:
+        nonlocal listings
+        listings += 1
+        return await real(self, page_size)
+
+    monkeypatch.setattr(WeComClient, "kf_accounts_all", counted)
+    specs = [
+        AccountSpec(corp.corpid, corp.secret, corp.token, corp.aes_key, open_kfid=kf)
+        for kf in [corp.kf, *(f"wkEXTRA{n}" for n in range(5))]
+    ]
+    async with httpx.AsyncClient() as http:
+        host = PuppetHost(PuppetConfig(accounts=specs), Bot(), db, http, sim[0] + "/cgi-bin")
+        await host.prepare()
+    assert len(host.accounts) == 6 and listings == 1
