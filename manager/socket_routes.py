@@ -252,6 +252,9 @@ def socket_routes(manager: Manager) -> list[BaseRoute]:
         except BaseException:
             sockets.unproven -= 1
             raise
-        await _Session(manager, sockets, Connection(websocket, sockets.limits)).run()
+        try:
+            await _Session(manager, sockets, Connection(websocket, sockets.limits)).run()
+        except Exception as exc:  # the connection broke under a receive or a send: it is over
+            log.warning("puppet socket ended: %s", f"{type(exc).__name__}: {exc}"[:200])
 
     return [WebSocketRoute(PATH, endpoint)]

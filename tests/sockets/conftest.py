@@ -104,14 +104,17 @@ def accounts_toml(port: int, manager: str, accounts: list[Corp], **top: Any) -> 
 def socket_puppet(
     tmp_path: Path, puppet_env: dict[str, str], make_puppet: Callable[..., PuppetProcess]
 ) -> Callable[..., PuppetProcess]:
-    """``socket_puppet(hub, [accounts])``: ``wxkf puppet --transport ws`` serving them with the echo bot."""
+    """``socket_puppet(hub, [accounts], bot)``: ``wxkf puppet --transport ws`` serving them (default bot:
+    the echo bot)."""
 
-    def make(hub: ServiceProcess, accounts: list[Corp], **top: Any) -> PuppetProcess:
+    def make(
+        hub: ServiceProcess, accounts: list[Corp], bot: str = "examples.echo:bot", **top: Any
+    ) -> PuppetProcess:
         port = free_port()
         config = tmp_path / f"socket-puppet-{port}.toml"
         config.write_text(accounts_toml(port, hub.url, accounts, **top))
         process = make_puppet()  # registered for cleanup; its arguments are replaced below
-        process.args = ["--bot", "examples.echo:bot", "--config", str(config), "--transport", "ws"]
+        process.args = ["--bot", bot, "--config", str(config), "--transport", "ws"]
         process.port = port
         return process
 
