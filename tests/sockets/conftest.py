@@ -24,6 +24,7 @@ from tests.puppets.conftest import (  # noqa: F401 - fixtures
     Corp,
     PuppetProcess,
     corp,
+    hosted,
     make_puppet,
     puppet_env,
     sim,
