@@ -31,6 +31,7 @@ from manager.puppets import Puppet
 from manager.service import Manager, Registration, RegistrationRefused
 from manager.sockets import (
     POLICY,
+    REFUSALS,
     SOCKET_ENDPOINT,
     TOO_BIG,
     TRY_LATER,
@@ -137,7 +138,8 @@ class _Session:
             self.counted_unproven = False
             self.sockets.unproven -= 1
 
-    async def refuse(self, code: int, reason: str) -> None:
+    async def refuse(self, code: int, reason: str, label: str) -> None:
+        REFUSALS.labels(label).inc()
         log.warning("puppet socket closed: %s", reason)
         await self.connection.close(code, reason)
 
@@ -151,17 +153,17 @@ class _Session:
                     return
                 text = message.get("text")
                 if text is None:
-                    await self.refuse(UNSUPPORTED, "binary frames are not part of the protocol")
+                    await self.refuse(UNSUPPORTED, "binary frames are not part of the protocol", "binary")
                     return
                 if len(text) > self.limits.frame_bytes or len(text.encode()) > self.limits.frame_bytes:
-                    await self.refuse(TOO_BIG, f"frame exceeds {self.limits.frame_bytes} bytes")
+                    await self.refuse(TOO_BIG, f"frame exceeds {self.limits.frame_bytes} bytes", "too_big")
                     return
                 try:
                     frame = FRAMES.validate_json(text)
                 except ValidationError as exc:
                     first = exc.errors()[0]
                     where = ".".join(str(part) for part in first["loc"]) or "frame"
-                    await self.refuse(POLICY, f"malformed frame: {where}: {first['msg']}"[:120])
+                    await self.refuse(POLICY, f"malformed frame: {where}: {first['msg']}"[:120], "malformed")
                     return
                 if isinstance(frame, AuthFrame):
                     await self._proof_slots.acquire()
@@ -169,7 +171,11 @@ class _Session:
                     self._proofs.add(task)
                     task.add_done_callback(self._proof_done)
                 elif frame.account not in self.connection.accounts:
-                    await self.refuse(POLICY, f"{frame.type} for an account not proven on this connection")
+                    await self.refuse(
+                        POLICY,
+                        f"{frame.type} for an account not proven on this connection",
+                        "unproven_account",
+                    )
                     return
                 elif isinstance(frame, AckFrame):
                     if not self.connection.acked(frame.id, frame.account, frame.status, frame.message):
@@ -192,7 +198,7 @@ class _Session:
     async def _close_if_unproven(self) -> None:
         await asyncio.sleep(self.limits.proof_deadline)
         if not self.connection.accounts:
-            await self.refuse(POLICY, f"no account proven within {self.limits.proof_deadline:g} s")
+            await self.refuse(POLICY, f"no account proven within {self.limits.proof_deadline:g} s", "silent")
 
     async def _prove(self, frame: AuthFrame) -> None:
         key = account_key(frame.corpId, frame.kfId)
@@ -203,11 +209,14 @@ class _Session:
             puppet, secret = await prove(self.manager, frame)
         except ProofRefused as exc:
             connection.failed_proofs += 1
+            REFUSALS.labels(exc.reason).inc()
             log.warning("puppet socket: proof for %s refused: %s", key[:200], exc.message)
             answer = {"type": "refused", "id": frame.id, "account": key, "reason": exc.reason}
             await self._answer(answer | {"message": exc.message})
             if connection.failed_proofs >= self.limits.failed_proofs:
-                await self.refuse(POLICY, f"{connection.failed_proofs} proofs refused on this connection")
+                await self.refuse(
+                    POLICY, f"{connection.failed_proofs} proofs refused on this connection", "proofs"
+                )
             return
         except Exception:
             log.exception("puppet socket: proving %s failed", key)
@@ -243,6 +252,7 @@ def socket_routes(manager: Manager) -> list[BaseRoute]:
 
     async def endpoint(websocket: WebSocket) -> None:
         if sockets.unproven >= sockets.limits.unproven_connections:
+            REFUSALS.labels("busy").inc()
             log.warning("puppet socket refused: %d connections are waiting to prove", sockets.unproven)
             await websocket.close(TRY_LATER)  # before accept: the handshake is refused
             return

@@ -31,12 +31,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter, Gauge
 from starlette.websockets import WebSocket, WebSocketState
 
 from wxkf import webhooks
 from wxkf.delivery import DeliveryError, Unreachable, is_permanent
 
 log = logging.getLogger(__name__)
+
+ACCOUNTS = Gauge(
+    "wxkf_manager_socket_accounts", "Accounts whose puppet is connected to this process's socket"
+)
+REFUSALS = Counter(
+    "wxkf_manager_socket_refusals_total",
+    "Socket proofs refused and connections closed, by reason",
+    ["reason"],
+)
 
 #: the endpoint a puppet registers to take its deliveries over its WebSocket
 SOCKET_ENDPOINT = "ws:"
@@ -145,11 +155,13 @@ class PuppetSockets:
         """``connection`` proved ``key``: it takes the account's deliveries from now on."""
         connection.accounts.add(key)
         self._by_account[key] = connection
+        ACCOUNTS.set(len(self._by_account))
 
     def detach(self, key: str, connection: Connection) -> None:
         connection.accounts.discard(key)
         if self._by_account.get(key) is connection:
             del self._by_account[key]
+            ACCOUNTS.set(len(self._by_account))
 
     def drop(self, connection: Connection) -> None:
         """The connection closed: its accounts have no socket until they are proven again."""

@@ -141,6 +141,10 @@ async def test_a_malformed_frame_closes_the_connection_with_a_reason(
     assert closed_code == code
     assert closed_reason.startswith(reason), closed_reason
     assert await _healthy(hub)
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{hub.url}/metrics")).text
+    label = {1009: "too_big", 1003: "binary"}.get(code, "malformed")
+    assert f'wxkf_manager_socket_refusals_total{{reason="{label}"}} 1.0' in metrics
 
 
 async def test_a_silent_connection_is_closed_and_secrets_in_the_url_are_not_read(
