@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 PATH = "/puppetWxkfManager/ws"
 FRAME_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
-CONCURRENT_PROOFS = 16  # per connection; further auth frames wait to be read
+CONCURRENT_PROOFS = 16  # checked at once per connection; the others wait their turn
 
 
 class AuthFrame(BaseModel):
@@ -166,10 +166,13 @@ class _Session:
                     await self.refuse(POLICY, f"malformed frame: {where}: {first['msg']}"[:120], "malformed")
                     return
                 if isinstance(frame, AuthFrame):
-                    await self._proof_slots.acquire()
+                    # never block the reading: acks of proven accounts must not wait behind proofs
+                    if len(self._proofs) >= self.limits.accounts:
+                        await self.refuse(POLICY, "too many proofs pending on this connection", "proofs")
+                        return
                     task = asyncio.create_task(self._prove(frame))
                     self._proofs.add(task)
-                    task.add_done_callback(self._proof_done)
+                    task.add_done_callback(self._proofs.discard)
                 elif frame.account not in self.connection.accounts:
                     await self.refuse(
                         POLICY,
@@ -191,10 +194,6 @@ class _Session:
                 self.counted_unproven = False
                 self.sockets.unproven -= 1
 
-    def _proof_done(self, task: asyncio.Task[None]) -> None:
-        self._proofs.discard(task)
-        self._proof_slots.release()
-
     async def _close_if_unproven(self) -> None:
         await asyncio.sleep(self.limits.proof_deadline)
         if not self.connection.accounts:
@@ -206,7 +205,8 @@ class _Session:
         try:
             if key not in connection.accounts and len(connection.accounts) >= self.limits.accounts:
                 raise ProofRefused("too_many_accounts", f"at most {self.limits.accounts} per connection")
-            puppet, secret = await prove(self.manager, frame)
+            async with self._proof_slots:
+                puppet, secret = await prove(self.manager, frame)
         except ProofRefused as exc:
             connection.failed_proofs += 1
             REFUSALS.labels(exc.reason).inc()

@@ -152,7 +152,11 @@ class PuppetSockets:
         return connection is not None and not connection.closed
 
     def attach(self, key: str, connection: Connection) -> None:
-        """``connection`` proved ``key``: it takes the account's deliveries from now on."""
+        """``connection`` proved ``key``: it takes the account's deliveries from now on (from any
+        connection that proved it before, which may be a dead one of the same puppet)."""
+        previous = self._by_account.get(key)
+        if previous is not None and previous is not connection:
+            previous.accounts.discard(key)
         connection.accounts.add(key)
         self._by_account[key] = connection
         ACCOUNTS.set(len(self._by_account))

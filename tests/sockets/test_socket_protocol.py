@@ -163,3 +163,21 @@ async def test_a_silent_connection_is_closed_and_secrets_in_the_url_are_not_read
 async def _healthy(hub: ServiceProcess) -> bool:
     async with httpx.AsyncClient() as http:
         return (await http.get(f"{hub.url}/healthz")).status_code == 200
+
+
+async def test_the_newest_connection_to_prove_an_account_takes_its_deliveries(
+    corp: Corp, hub: ServiceProcess, raw_socket: Callable[[], Any]
+) -> None:
+    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
+    account = f"{corp.corpid}/{corp.kf}"
+    async with raw_socket() as old, raw_socket() as new:
+        secret = (await old.register(corp))["webhookSecret"]
+        await new.send({"type": "auth", "corpId": corp.corpid, "kfId": corp.kf, "webhookSecret": secret})
+        assert (await new.receive())["type"] == "authed"
+        await corp.says("one")
+        frame = await delivery(new, account)
+        await new.send({"type": "ack", "id": frame["id"], "account": account, "status": 200})
+        # the old connection (a puppet's half-open one, say) no longer speaks for the account
+        await old.send({"type": "leave", "account": account})
+        assert await old.closed() == (1008, "leave for an account not proven on this connection")
+        assert (await info(hub, corp, secret))["registered"] is True
