@@ -79,7 +79,12 @@ class SocketLink:
             while True:
                 try:
                     async with connect(
-                        self.url, max_size=MAX_FRAME, open_timeout=10, ping_interval=20, ping_timeout=20
+                        self.url,
+                        max_size=MAX_FRAME,
+                        open_timeout=10,
+                        ping_interval=20,
+                        ping_timeout=20,
+                        compression=None,  # small frames: deflating each costs CPU on both ends for little
                     ) as ws:
                         self.connections += 1
                         log.info("connected to the manager's socket at %s", self.url)
