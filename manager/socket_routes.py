@@ -167,7 +167,7 @@ class _Session:
                     return
                 if isinstance(frame, AuthFrame):
                     # never block the reading: acks of proven accounts must not wait behind proofs
-                    if len(self._proofs) >= self.limits.accounts:
+                    if len(self._proofs) >= max(self.limits.accounts, CONCURRENT_PROOFS):
                         await self.refuse(POLICY, "too many proofs pending on this connection", "proofs")
                         return
                     task = asyncio.create_task(self._prove(frame))
