@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 import httpx
+import pytest
 
 from puppets import Bot, Image, TextMessage
 from simulator.state import SimState
@@ -102,3 +104,24 @@ async def test_a_node_manager_that_issues_no_secret_may_deliver_unsigned(
 
 async def _nonempty(items: list[str]) -> bool:
     return bool(items)
+
+
+async def test_a_sender_that_hangs_up_mid_body_is_no_error(
+    corp: Corp, hosted: Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WeCom gives up after 5 s and retries: a callback cut off mid-body is logged, not a 500 traceback."""
+    caplog.set_level(logging.INFO)
+    puppet = await hosted(Bot(), callback=False)
+    host, port = puppet.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /callback?msg_signature=a&timestamp=1&nonce=n HTTP/1.1\r\nHost: x\r\n")
+    writer.write(b"Content-Length: 1000\r\n\r\n<xml>")
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    await wait_until(lambda: _logged(caplog, "disconnected before its body"), what="the disconnect")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in record.getMessage() for record in caplog.records)
