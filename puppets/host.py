@@ -30,6 +30,7 @@ from wecom.client import KfAccount, WeComClient, fetch_access_token
 from wecom.errors import WeComTransportError
 from wecom.tokens import AccessToken, AccessTokenProvider, GetTokenProvider
 from wxkf.database import Database
+from wxkf.http import common_routes
 from wxkf.retention import run_purger
 from wxkf.tasks import stop_tasks
 
@@ -78,6 +79,8 @@ class PuppetHost:
         self._link_tasks: list[asyncio.Task[Any]] = []
 
     def app(self) -> Starlette:
+        if self.config.transport == "ws" and self.config.manager:  # deliveries come over the socket only
+            return Starlette(routes=common_routes())
         return Starlette(routes=callback_routes(self.directory))
 
     def client_for(self, spec: AccountSpec) -> WeComClient:
@@ -142,7 +145,7 @@ class PuppetHost:
             self.socket_link = SocketLink(
                 self.config.manager,
                 self.accounts,
-                self.app(),
+                Starlette(routes=callback_routes(self.directory)),  # frames run through them in-process
                 registration_token=self.config.registration_token,
             )
             self._link_tasks.append(asyncio.create_task(self.socket_link.run(), name="manager socket"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import httpx
+
 from tests.puppets.conftest import Corp, PuppetProcess, wait_until
 from tests.sockets.conftest import hub_log, info
 from tests.support.services import ServiceProcess
@@ -27,6 +29,10 @@ async def test_echo_over_the_socket_then_a_clean_stop_deregisters(
     await corp.says("ding")
     assert await corp.wait_received(1) == ["echo: ding"]
     assert "registered puppet for" in hub_log(hub)
+    async with httpx.AsyncClient() as http:  # deliveries come only over the socket: no callback route
+        forged = await http.post(f"{puppet.url}/callback/decrypted", json={"token": "t", "openKfId": corp.kf})
+        assert forged.status_code == 404
+        assert (await http.get(f"{puppet.url}/healthz")).status_code == 200
     assert await puppet.terminate() == 0
     assert "deregistered" in puppet.log()
     assert (await info(hub, corp, corp.secret))["registered"] is False
