@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import httpx
@@ -90,3 +91,21 @@ async def test_the_puppet_reconnects_after_the_hub_restarts_and_loses_nothing(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_a_hub_stopped_with_sigterm_exits_cleanly_with_a_socket_open_and_the_puppet_resumes(
+    corp: Corp, hub: ServiceProcess, socket_puppet: Callable[..., PuppetProcess]
+) -> None:
+    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
+    puppet = socket_puppet(hub, [corp])
+    await puppet.start()
+    await wait_until(lambda: _async(proofs(puppet) == 1), what="the proof over the socket")
+    assert hub.process is not None
+    hub.process.terminate()
+    assert await asyncio.to_thread(hub.process.wait, 30) == 0
+    assert "Traceback" not in hub_log(hub)
+    await wait_until(lambda: _async("reconnecting in" in puppet.log()), what="the puppet noticing")
+    await hub.start()
+    await wait_until(lambda: _async(proofs(puppet, "resumed") == 1), timeout=60, what="the resumed proof")
+    await corp.says("after")
+    assert await corp.wait_received(1) == ["echo: after"]
