@@ -181,3 +181,28 @@ async def test_the_newest_connection_to_prove_an_account_takes_its_deliveries(
         await old.send({"type": "leave", "account": account})
         assert await old.closed() == (1008, "leave for an account not proven on this connection")
         assert (await info(hub, corp, secret))["registered"] is True
+
+
+async def test_an_account_registered_over_http_is_resumed_on_a_socket_only_with_the_endpoint_ws(
+    corp: Corp, hub: ServiceProcess, raw_socket: Callable[[], Any]
+) -> None:
+    async def register(endpoint: str) -> str:
+        body = {"kfId": corp.kf, "endpoint": endpoint, "corpId": corp.corpid, "corpSecret": corp.secret}
+        body |= {"token": corp.token, "encodingAESKey": corp.aes_key}
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(f"{hub.url}/puppetWxkfManager/register", json=body)
+        assert answer.status_code == 200, answer.text
+        secret: str = answer.json()["webhookSecret"]
+        return secret
+
+    async def resume(secret: str) -> dict[str, Any]:
+        async with raw_socket() as client:
+            await client.send(
+                {"type": "auth", "corpId": corp.corpid, "kfId": corp.kf, "webhookSecret": secret}
+            )
+            return await client.receive()
+
+    http_secret = await register("http://127.0.0.1:9")
+    assert (await resume(http_secret))["reason"] == "not_a_socket_puppet"
+    ws_secret = await register("ws:")
+    assert (await resume(ws_secret))["type"] == "authed"
