@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -52,13 +53,16 @@ async def test_bad_callbacks_get_a_4xx_with_a_reason_and_change_nothing(corp: Co
     assert puppet.account.puller.pulls == pulls
 
 
-async def test_media_replies_upload_once_per_content(corp: Corp, hosted: Host) -> None:
+async def test_media_replies_upload_once_per_content(corp: Corp, hosted: Host, tmp_path: Path) -> None:
     bot = Bot()
     picture = b"\x89PNG\r\n\x1a\n" + b"pixels" * 100
+    (tmp_path / "logo.png").write_bytes(picture)
 
     @bot.on_text
     async def send_picture(message: TextMessage) -> None:
-        await message.reply(Image(picture, filename="logo.png"))
+        # the same content once as bytes, once from a file: one upload
+        source = picture if message.text == "one" else tmp_path / "logo.png"
+        await message.reply(Image(source, filename="logo.png"))
 
     puppet = await hosted(bot)
     await corp.says("one", wait=True)
