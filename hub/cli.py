@@ -191,6 +191,63 @@ def sim(
             fail(f"--seed {seed}: {exc}")
 
 
+@app.command()
+def puppet(
+    bot: Annotated[
+        str, typer.Option("--bot", metavar="MODULE:ATTR", help="The bot to run, e.g. examples.echo:bot.")
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", metavar="FILE", help="Accounts to serve (TOML). Default: the PUPPET_WXKF_* variables."
+        ),
+    ] = None,
+    host: HostOption = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Callback port.", show_default="PUPPET_WXKF_CALLBACK_PORT"),
+    ] = None,
+    transport: Annotated[
+        str | None,
+        typer.Option(
+            "--transport",
+            metavar="http|ws",
+            help="http: the manager POSTs to this puppet; ws: it connects out to the manager's WebSocket.",
+            show_default="transport in the config, else http",
+        ),
+    ] = None,
+) -> None:
+    """Run a puppet: pull each kf account's messages and hand them to the bot (docs/puppets.md)."""
+    from dataclasses import replace
+
+    from puppets.config import ConfigError
+    from puppets.host import StartupError
+    from puppets.main import BotError, load_bot, load_config, run
+
+    with friendly_errors():
+        settings = startup()
+        try:
+            loaded = load_config(config)
+            loaded = replace(loaded, host=host or loaded.host, port=loaded.port if port is None else port)
+            if transport not in (None, "http", "ws"):
+                raise ConfigError(f"--transport {transport}: expected http or ws")
+            loaded = replace(loaded, transport=transport or loaded.transport)
+            if loaded.transport == "ws" and not loaded.manager:
+                raise ConfigError(
+                    "--transport ws needs a manager (manager in the config or MANAGER_ENDPOINT)"
+                )
+            chosen = load_bot(bot)
+        except (ConfigError, BotError) as exc:
+            fail(str(exc), EXIT_BAD_SETTINGS)
+        try:
+            with asyncio.Runner(loop_factory=fast_event_loop()) as runner:
+                runner.run(run(loaded, chosen, settings))
+        except (ConfigError, StartupError) as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
 # -- admin commands: a running server's admin API ------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from manager.dispatcher import DispatchConfig
 from manager.forwarded import GatewayAuth
 from manager.routes import compat_routes
 from manager.service import Manager, ManagerConfig
+from manager.socket_routes import socket_routes
 from token_service.app import build_token_service
 from token_service.routes import token_routes
 from token_service.service import TokenService
@@ -115,6 +116,7 @@ class Hub:
             routes=[
                 # the manager's /callback/decrypted/{corpId} must precede /callback/{corpId}/{app}
                 *compat_routes(self.manager, admin_token, GatewayAuth.from_settings(self.runtime.settings)),
+                *socket_routes(self.manager),
                 *callback_routes(self.gateway),
                 *token_routes(self.tokens),
                 *gateway_admin_routes(

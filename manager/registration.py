@@ -23,6 +23,7 @@ import httpx
 from gateway.registry import AppRegistry
 from manager.mailbox import account_key
 from manager.puppets import Puppet, PuppetRegistry
+from manager.sockets import SOCKET_ENDPOINT
 from token_service.service import OverBudget, TokenService, TokenUnavailable
 from wecom.client import KfAccount, WeComClient
 from wecom.crypto import MsgCrypt
@@ -124,7 +125,11 @@ class Registrar:
         except ValueError as exc:
             raise Refusal(400, "bad_keys", f"token/encodingAESKey: {exc}") from None
         try:
-            endpoint = await validate_endpoint(reg.endpoint, self._allowed_networks)
+            endpoint = (  # a socket puppet (manager.sockets) is reached over its own connection
+                SOCKET_ENDPOINT
+                if reg.endpoint == SOCKET_ENDPOINT
+                else await validate_endpoint(reg.endpoint, self._allowed_networks)
+            )
         except ValueError as exc:  # EndpointError, or any parse error it does not yet wrap
             raise Refusal(400, "bad_endpoint", f"endpoint refused: {exc}") from None
         open_kfid, name = await self._prove_account(reg)

@@ -20,6 +20,7 @@ from manager.mailbox import DECRYPTED, RAW, Latest, MailboxStore, account_key
 from manager.puppets import Puppet, PuppetRegistry
 from manager.recovery import Recovery
 from manager.registration import Registrar
+from manager.sockets import PuppetSockets
 from token_service.service import TokenService
 from wxkf import retention
 from wxkf.database import Database
@@ -85,11 +86,13 @@ class Manager:
             timeout=timeout,
         )
 
+        self.sockets = PuppetSockets()  # puppets connected out to /puppetWxkfManager/ws
+
         async def deliver(puppet: Puppet, latest: Latest) -> None:
-            await delivery.deliver(self.puppet_http, puppet, latest, timeout)
+            await delivery.deliver(self.puppet_http, puppet, latest, timeout, self.sockets)
 
         async def probe(puppet: Puppet) -> bool:
-            return await delivery.probe(self.puppet_http, puppet)
+            return await delivery.probe(self.puppet_http, puppet, sockets=self.sockets)
 
         self._tasks: list[asyncio.Task[None]] = []
         self._unroutable_warned: dict[str, float] = {}

@@ -171,10 +171,12 @@ def _field(payload: Payload, name: str, api: str) -> Any:
 
 
 async def fetch_access_token(
-    http: httpx.AsyncClient, base_url: str, corp_id: str, secret: str
+    http: httpx.AsyncClient, base_url: str, corp_id: str, secret: str, *, api: str = "gettoken"
 ) -> AccessToken:
-    """``GET gettoken``. Raises the typed :class:`~wecom.errors.WeComError` (40001: wrong secret)."""
-    api = "gettoken"
+    """``GET gettoken``. Raises the typed :class:`~wecom.errors.WeComError` (40001: wrong secret).
+
+    ``api`` names another path answering in gettoken's shape (the Node manager's ``getToken``).
+    """
     response = await _send(http, "GET", _url(base_url, api), params={"corpid": corp_id, "corpsecret": secret})
     payload = _payload(response, api)
     raise_for_payload(payload, api)

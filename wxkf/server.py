@@ -66,6 +66,7 @@ async def serve(
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         server_header=False,
+        ws_max_size=1024 * 1024,  # per WebSocket message; /puppetWxkfManager/ws allows far less
     )
     server = _Server(config, on_started)
     failure = runtime.database.failure if runtime is not None else None

@@ -1,0 +1,175 @@
+"""Everything one ``wxkf puppet`` process runs for its accounts, started and stopped in order.
+
+Start: indexes → per corp app one API client and token cache → each account resolved with
+``kf/account/list`` (a refusal stops the start with one line) → its unfinished messages queued and its
+puller started → registration with the manager, when there is one.
+
+Stop (SIGTERM/SIGINT): deregister (the manager parks new events) → stop pulling → let running
+handlers finish → close. Whatever was still queued is recorded and is handled at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+
+from puppets.account import Account, AccountSpec, RuntimeOptions, list_accounts, resolve
+from puppets.bot import Bot
+from puppets.config import PuppetConfig
+from puppets.manager_link import ManagerLink
+from puppets.routes import Directory, callback_routes
+from puppets.socket_link import SocketLink
+from puppets.store import PuppetStore
+from puppets.tokens import ServiceTokens
+from wecom.client import KfAccount, WeComClient, fetch_access_token
+from wecom.errors import WeComTransportError
+from wecom.tokens import AccessToken, AccessTokenProvider, GetTokenProvider
+from wxkf.database import Database
+from wxkf.http import common_routes
+from wxkf.retention import run_purger
+from wxkf.tasks import stop_tasks
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """An account cannot be served (unknown, no privilege, secret refused); one line says which."""
+
+
+def token_source(config: PuppetConfig, api_base: str) -> tuple[str, str]:
+    """``(base URL, api)`` answering gettoken: ``token_url``, else the manager's getToken, else WeCom."""
+    if config.token_url:
+        base, _, api = config.token_url.rpartition("/")
+        return base, api
+    if config.manager:
+        return f"{config.manager}/puppetWxkfManager", "getToken"
+    return api_base, "gettoken"
+
+
+class PuppetHost:
+    def __init__(
+        self,
+        config: PuppetConfig,
+        bot: Bot,
+        db: Database,
+        http: httpx.AsyncClient,
+        api_base: str,
+        *,
+        options: RuntimeOptions | None = None,
+    ) -> None:
+        self.config = config
+        self.bot = bot
+        self.http = http
+        self.api_base = api_base.rstrip("/")
+        self.store = PuppetStore(db, retention=config.retention_days * 86400)
+        self.options = options or RuntimeOptions(
+            safety_interval=config.safety_pull_interval, handler_timeout=config.handler_timeout
+        )
+        self.directory = Directory([], has_manager=config.manager is not None)
+        self.accounts: list[Account] = []
+        self.links: list[ManagerLink] = []
+        self.socket_link: SocketLink | None = None  # --transport ws: one socket for every account
+        self._clients: dict[tuple[str, str], WeComClient] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._link_tasks: list[asyncio.Task[Any]] = []
+
+    def app(self) -> Starlette:
+        if self.config.transport == "ws" and self.config.manager:  # deliveries come over the socket only
+            return Starlette(routes=common_routes())
+        return Starlette(routes=callback_routes(self.directory))
+
+    def client_for(self, spec: AccountSpec) -> WeComClient:
+        """One client and token cache per corp app, shared by its accounts."""
+        key = (spec.corp_id, spec.corp_secret)
+        client = self._clients.get(key)
+        if client is None:
+            base, api = token_source(self.config, self.api_base)
+
+            async def fetch() -> AccessToken:
+                try:
+                    return await fetch_access_token(self.http, base, spec.corp_id, spec.corp_secret, api=api)
+                except WeComTransportError as exc:
+                    if base == self.api_base:
+                        raise
+                    # the token service is down: WeCom hands out the same still-valid token itself
+                    log.warning("token service unreachable (%s); asking WeCom's gettoken directly", exc)
+                    return await fetch_access_token(self.http, self.api_base, spec.corp_id, spec.corp_secret)
+
+            cached = GetTokenProvider(fetch)
+            tokens: AccessTokenProvider = cached
+            if self.config.manager and not self.config.token_url:
+                invalidate = f"{self.config.manager}/token/invalidate"
+                tokens = ServiceTokens(cached, self.http, invalidate, spec.corp_id, spec.corp_secret)
+            client = WeComClient(self.http, self.api_base, tokens)
+            self._clients[key] = client
+        return client
+
+    def _spawn(self, work: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        task.set_name(name)
+        self._tasks.append(task)
+        return task
+
+    async def prepare(self) -> None:
+        """Indexes, and every account resolved (before anything is served or registered)."""
+        await self.store.ensure_indexes()
+        listings: dict[int, list[KfAccount]] = {}  # one kf/account/list per app, not per account
+        for spec in self.config.accounts:
+            client = self.client_for(spec)
+            try:
+                if id(client) not in listings:
+                    listings[id(client)] = await list_accounts(client, spec.label)
+                open_kfid, name = resolve(listings[id(client)], spec)
+            except LookupError as exc:
+                raise StartupError(str(exc)) from None
+            if (spec.corp_id, open_kfid) in self.directory.accounts:
+                raise StartupError(f"{spec.label}: the same account is configured twice")
+            account = Account(spec, open_kfid, name, client, self.store, self.bot, self.options)
+            self.directory.add(account)
+            self.accounts.append(account)
+
+    async def start(self) -> None:
+        """Hand unfinished work to the bot, pull, register (after :meth:`prepare`)."""
+        if not self.accounts:
+            await self.prepare()
+        for account in self.accounts:
+            self.bot.attach(account)
+            await account.start(self._spawn)
+            log.info("serving %s (%s)", account.key, account.name)
+        if self.config.manager and self.config.transport == "ws":
+            self.socket_link = SocketLink(
+                self.config.manager,
+                self.accounts,
+                Starlette(routes=callback_routes(self.directory)),  # frames run through them in-process
+                registration_token=self.config.registration_token,
+            )
+            self._link_tasks.append(asyncio.create_task(self.socket_link.run(), name="manager socket"))
+        elif self.config.manager:
+            for account in self.accounts:
+                link = ManagerLink(
+                    self.http,
+                    self.config.manager,
+                    self.config.endpoint,
+                    account,
+                    interval=self.config.heartbeat_interval,
+                    registration_token=self.config.registration_token,
+                )
+                self.links.append(link)
+                self._link_tasks.append(asyncio.create_task(link.run(), name=f"manager link {account.key}"))
+        self._tasks.append(asyncio.create_task(run_purger(self.store.purge, "puppet records"), name="purger"))
+
+    async def stop(self) -> None:
+        if self.socket_link is not None:
+            await self.socket_link.leave()
+        await stop_tasks(self._link_tasks)
+        await asyncio.gather(*(link.deregister() for link in self.links))
+        await stop_tasks(self._tasks)
+        await asyncio.gather(*(account.drain() for account in self.accounts))
+        await asyncio.gather(*(account.puller.flush() for account in self.accounts))
+        for account in self.accounts:
+            self.bot.detach(account)

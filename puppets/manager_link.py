@@ -1,0 +1,137 @@
+"""Staying registered with the manager (the compat API), one loop per account.
+
+*unregistered* → ``POST /puppetWxkfManager/register`` (the Node body) → *registered* (keeps the
+``webhookSecret``; heartbeats every ``interval``) → a heartbeat refused or unanswered → *lost* →
+re-register with jittered exponential backoff (1 s up to 60 s) → *registered* again, and the account
+pulls without a token once: callbacks WeCom gave up on while the manager was unreachable are never
+coming, so the puppet catches up by itself. :meth:`ManagerLink.deregister` ends it on shutdown.
+
+A manager that issues no secret (the Node one) is accepted: the account then takes unsigned
+deliveries, as a Node puppet does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+
+from puppets.account import Account
+from wxkf.retry import JITTER
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/puppetWxkfManager"
+BACKOFF = (1.0, 60.0)
+
+
+class Refused(Exception):
+    """The manager answered with a non-zero code."""
+
+
+class ManagerLink:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        manager: str,
+        endpoint: str,
+        account: Account,
+        *,
+        interval: float = 15.0,
+        registration_token: str | None = None,
+    ) -> None:
+        self.http = http
+        self.manager = manager.rstrip("/")
+        self.endpoint = endpoint
+        self.account = account
+        self.interval = interval
+        self._registration_token = registration_token
+        self.registered = asyncio.Event()
+        self.registrations = 0
+
+    def _body(self) -> dict[str, str]:
+        """The Node puppet's registration body (plus the hub's registration token, if configured)."""
+        spec = self.account.spec
+        body = {
+            "kfId": self.account.open_kfid,
+            "kfName": self.account.name,
+            "endpoint": self.endpoint,
+            "corpId": spec.corp_id,
+            "corpSecret": spec.corp_secret,
+            "token": spec.token,
+            "encodingAESKey": spec.encoding_aes_key,
+        }
+        if self._registration_token:
+            body["registrationToken"] = self._registration_token
+        return body
+
+    async def _post(self, route: str, body: dict[str, Any], bearer: str | None = None) -> dict[str, Any]:
+        headers = {"authorization": f"Bearer {bearer}"} if bearer else {}
+        response = await self.http.post(f"{self.manager}{PREFIX}/{route}", json=body, headers=headers)
+        try:
+            answer = response.json()
+        except ValueError:
+            raise Refused(f"{route}: HTTP {response.status_code}, not JSON") from None
+        if not isinstance(answer, dict) or answer.get("code") != 0:
+            message = answer.get("message") if isinstance(answer, dict) else None
+            raise Refused(f"{route}: HTTP {response.status_code}: {message}")
+        return answer
+
+    async def register(self) -> None:
+        answer = await self._post("register", self._body())
+        secret = answer.get("webhookSecret")
+        self.account.set_webhook_secret(secret if isinstance(secret, str) else None)
+        self.registrations += 1
+        self.registered.set()
+        log.info("%s: registered with the manager at %s", self.account.key, self.manager)
+
+    async def heartbeat(self) -> None:
+        body = {"corpId": self.account.corp_id, "kfId": self.account.open_kfid}
+        secret = self.account.webhook_secrets[0] if self.account.webhook_secrets else None
+        if secret is None:  # a Node manager has no heartbeat: registering again is its sign of life
+            await self.register()
+            return
+        await self._post("heartbeat", body, bearer=secret)
+
+    async def run(self) -> None:
+        """Register, heartbeat; on loss re-register with backoff, then catch up."""
+        failures = 0
+        while True:
+            try:
+                if self.registered.is_set():
+                    await self.heartbeat()
+                else:
+                    recovering = failures > 0 or self.registrations > 0
+                    await self.register()
+                    if recovering:  # callbacks may have been lost while we were not registered
+                        self.account.puller.catch_up()
+                failures = 0
+                delay = self.interval * JITTER.uniform(0.9, 1.1)
+            except (httpx.HTTPError, Refused) as exc:
+                failures += 1
+                if self.registered.is_set():
+                    log.warning("%s: lost the manager (%s); registering again", self.account.key, exc)
+                    self.registered.clear()
+                    delay = 0.0
+                else:
+                    delay = min(BACKOFF[1], BACKOFF[0] * 2 ** (failures - 1)) * JITTER.uniform(0.8, 1.2)
+                    log.warning(
+                        "%s: registration failed (%s); next try in %.0f s", self.account.key, exc, delay
+                    )
+            await asyncio.sleep(delay)
+
+    async def deregister(self) -> None:
+        if not self.registered.is_set():
+            return
+        body = {"corpId": self.account.corp_id, "kfId": self.account.open_kfid, "kfName": self.account.name}
+        secret = self.account.webhook_secrets[0] if self.account.webhook_secrets else None
+        if secret is None:
+            body["corpSecret"] = self.account.spec.corp_secret
+        try:
+            await self._post("deregister", body, bearer=secret)
+            log.info("%s: deregistered", self.account.key)
+        except (httpx.HTTPError, Refused) as exc:
+            log.warning("%s: deregistration failed: %s", self.account.key, exc)
+        self.registered.clear()

@@ -1,0 +1,184 @@
+"""The puppet's callback routes (the Node puppet's contract), authenticated.
+
+* ``GET /callback`` — WeCom's URL verification, for running as WeCom's direct callback target.
+* ``POST /callback`` — the encrypted XML exactly as WeCom sent it (directly, or relayed by the
+  manager with the original query). WeCom's ``msg_signature`` is checked and the payload decrypted
+  with the app whose corp is ``ToUserName``; the event's ``OpenKfId`` picks the account.
+* ``POST /callback/decrypted`` — ``{"token", "openKfId"}`` from a manager; answers ``roger``.
+
+When the manager gave the account a ``webhookSecret``, every delivery must carry a valid Standard
+Webhooks signature made with it (or with the previous one, for deliveries in flight across a
+re-registration): a forged or replayed delivery gets a 401 and changes nothing. Without a manager,
+``/callback/decrypted`` is refused: only WeCom's signed XML is accepted. A Node manager issues no
+secret; its unsigned deliveries are accepted, as the Node puppet accepts them.
+
+A callback only hands its token to the account's puller and is answered at once; the pull runs
+behind the answer (WeCom waits at most 5 s, the manager 10 s). Nothing a caller sends creates state
+beyond the one newest token per account.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from puppets import metrics
+from puppets.account import Account
+from wecom.crypto import CryptoError, MsgCrypt
+from wecom.models import CallbackEnvelope, EventError, KfMsgOrEvent, parse_event
+from wecom.xml import XMLError
+from wxkf import webhooks
+from wxkf.http import BodyTooLarge, common_routes, read_body
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+
+
+class DecryptedIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    token: str = Field(min_length=1, max_length=512)
+    openKfId: str = Field(min_length=1, max_length=128)
+
+
+def refuse(status: int, reason: str, detail: str = "") -> Response:
+    metrics.REFUSED.labels(reason).inc()
+    log.warning("callback refused: %s%s", reason, f" ({detail})" if detail else "")
+    return PlainTextResponse(reason, status_code=status)
+
+
+class Directory:
+    """The accounts this process serves, found by corp and open_kfid; one crypt per distinct app."""
+
+    def __init__(self, accounts: Iterable[Account], *, has_manager: bool) -> None:
+        self.accounts: dict[tuple[str, str], Account] = {}
+        self._crypts: dict[str, list[MsgCrypt]] = {}  # corp -> its apps' crypts
+        self._by_open_kfid: dict[str, list[Account]] = {}
+        self.has_manager = has_manager
+        for account in accounts:
+            self.add(account)
+
+    def add(self, account: Account) -> None:
+        self.accounts[(account.corp_id, account.open_kfid)] = account
+        self._by_open_kfid.setdefault(account.open_kfid, []).append(account)
+        crypts = self._crypts.setdefault(account.corp_id, [])
+        if not any(c.token == account.crypt.token and c.same_key(account.crypt) for c in crypts):
+            crypts.append(account.crypt)
+
+    def crypts(self, corp_id: str | None = None) -> list[MsgCrypt]:
+        """The crypts of ``corp_id``'s apps (or of every corp's)."""
+        if corp_id is not None:
+            return self._crypts.get(corp_id, [])
+        return [crypt for crypts in self._crypts.values() for crypt in crypts]
+
+    def by_open_kfid(self, open_kfid: str) -> list[Account]:
+        """Usually one; the same open_kfid in two corps is told apart by the delivery's signature."""
+        return self._by_open_kfid.get(open_kfid, [])
+
+
+def signature_ok(account: Account, request: Request, body: bytes) -> bool:
+    """True if the delivery needs no signature (no secret was issued) or one of ours matches."""
+    if not account.signed_deliveries:
+        return True
+    for secret in account.webhook_secrets:
+        try:
+            webhooks.verify(secret, request.headers, body)
+        except webhooks.WebhookVerificationError:
+            continue
+        return True
+    return False
+
+
+def callback_routes(directory: Directory) -> list[BaseRoute]:
+    async def verify_url(request: Request) -> Response:
+        q = request.query_params
+        try:
+            parts = (q["msg_signature"], q["timestamp"], q["nonce"], q["echostr"])
+        except KeyError as exc:
+            return refuse(400, "missing_parameter", str(exc))
+        for crypt in directory.crypts():
+            try:
+                return Response(crypt.verify_url(*parts), media_type="text/plain")
+            except CryptoError:
+                continue
+        return refuse(403, "bad_signature", "URL verification")
+
+    async def raw(request: Request) -> Response:
+        q = request.query_params
+        try:
+            body = await read_body(request, MAX_BODY)
+        except BodyTooLarge:
+            return refuse(413, "too_large")
+        except ClientDisconnect:  # the sender gave up (WeCom after 5 s) and will retry: nothing to do
+            log.info("callback sender disconnected before its body was read")
+            return Response(status_code=400)
+        try:
+            parts = (q["msg_signature"], q["timestamp"], q["nonce"])
+            envelope = CallbackEnvelope.from_xml(body)
+        except KeyError as exc:
+            return refuse(400, "missing_parameter", str(exc))
+        except XMLError as exc:
+            return refuse(400, f"xml_{exc.reason}", str(exc))
+        except EventError as exc:
+            return refuse(400, exc.reason, str(exc))
+        plaintext: bytes | None = None
+        for crypt in directory.crypts(envelope.to_user_name):
+            try:
+                plaintext = crypt.open(parts[0], parts[1], parts[2], envelope.encrypt)
+                break
+            except CryptoError:
+                continue
+        if plaintext is None:
+            return refuse(403, "bad_signature", f"corp {envelope.to_user_name[:64]}")
+        try:
+            event = parse_event(plaintext)
+        except XMLError as exc:
+            return refuse(400, f"xml_{exc.reason}", str(exc))
+        except EventError as exc:
+            return refuse(400, exc.reason, str(exc))
+        if not isinstance(event, KfMsgOrEvent):
+            return PlainTextResponse("success")  # not a kf event: nothing to pull
+        account = directory.accounts.get((event.to_user_name, event.open_kf_id))
+        if account is None:
+            log.info("callback for an account this puppet does not serve: %s", event.open_kf_id[:64])
+            return PlainTextResponse("success")
+        if not signature_ok(account, request, body):
+            return refuse(401, "bad_webhook_signature", account.key)
+        account.puller.callback(event.token)
+        return PlainTextResponse("success")
+
+    async def decrypted(request: Request) -> Response:
+        try:
+            body = await read_body(request, MAX_BODY)
+        except BodyTooLarge:
+            return refuse(413, "too_large")
+        except ClientDisconnect:  # the sender gave up (WeCom after 5 s) and will retry: nothing to do
+            log.info("callback sender disconnected before its body was read")
+            return Response(status_code=400)
+        if not directory.has_manager:
+            return refuse(403, "no_manager", "decrypted callbacks come only from a manager")
+        try:
+            parsed = DecryptedIn.model_validate_json(body)
+        except ValidationError as exc:
+            return refuse(400, "bad_request", f"{exc.error_count()} error(s) in the JSON body")
+        candidates = directory.by_open_kfid(parsed.openKfId)
+        if not candidates:
+            log.info("decrypted callback for an account this puppet does not serve")
+            return PlainTextResponse("roger")
+        for account in candidates:
+            if signature_ok(account, request, body):
+                account.puller.callback(parsed.token)
+                return PlainTextResponse("roger")
+        return refuse(401, "bad_webhook_signature", candidates[0].key)
+
+    return [
+        Route("/callback", verify_url, methods=["GET"]),
+        Route("/callback", raw, methods=["POST"]),
+        Route("/callback/decrypted", decrypted, methods=["POST"]),
+        *common_routes(),
+    ]

@@ -1,0 +1,273 @@
+"""What a puppet keeps in the database: each account's cursor, every message it pulled, what it sent.
+
+Collections (one set for every account of every puppet process on the database):
+
+| collection | ``_id`` | holds |
+|---|---|---|
+| ``puppet_accounts`` | ``corp/open_kfid`` | the ``sync_msg`` cursor |
+| ``puppet_messages`` | ``corp/open_kfid/msgid`` | each pulled item, its handling state, the customer |
+| ``puppet_sends`` | ``corp/open_kfid/msgid`` | each message sent, its delivery state |
+| ``puppet_media`` | ``corp/type/sha256`` | uploaded media ids, for reuse within their 3 days |
+
+The invariants that make delivery to the bot exactly once:
+
+* a page's items are recorded (inserts by ``_id``, duplicates ignored) *before* the cursor
+  past them is stored, both acknowledged durably; a crash in between re-pulls the page and the
+  duplicates are recognised;
+* a message is ``new`` until its handler starts, ``handling`` while it runs (written before the
+  handler is called), then ``done`` or ``failed``; at start-up the unfinished ones are handed to the
+  bot again, the ``handling`` ones marked as redeliveries;
+* recorded messages are kept at least as long as WeCom can return them (3 days) so a re-pulled one is
+  always recognised; finished ones carry an ``expire_at`` (the retention) and are purged in batches.
+
+Queries are by ``_id`` or by an index whose prefix is the account (``pending`` is set only while a
+message is unfinished), never one of the shapes SecantusDB scans (:mod:`wxkf.database`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from pymongo import ASCENDING, UpdateOne
+
+from wxkf.database import Collection, Database, Document, durable
+from wxkf.group_commit import GroupCommit
+from wxkf.retention import ensure_expiry_index, expiry, purge_expired
+
+ACCOUNTS = "puppet_accounts"
+MESSAGES = "puppet_messages"
+SENDS = "puppet_sends"
+MEDIA = "puppet_media"
+
+#: how long WeCom's sync_msg can return a message: dedup must remember at least this long
+WECOM_READABLE = 3 * 86400
+MIN_RETENTION = WECOM_READABLE + 86400
+
+# message states
+NEW, HANDLING, DONE, FAILED = "new", "handling", "done", "failed"
+# send states
+SENT, SEND_FAILED, NOT_DELIVERED = "sent", "failed", "not_delivered"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An unfinished message found at start-up."""
+
+    item: Document
+    redelivery: bool
+
+
+def message_key(account: str, msgid: str) -> str:
+    return f"{account}/{msgid}"
+
+
+class PuppetStore:
+    """The puppet's collections on one database. ``retention``: seconds finished records are kept."""
+
+    def __init__(self, db: Database, *, retention: float = 30 * 86400, clock: Any = time.time) -> None:
+        self.retention = max(retention, MIN_RETENTION)
+        self._clock = clock
+        self.accounts: Collection = durable(db[ACCOUNTS])
+        self.messages: Collection = durable(db[MESSAGES])
+        self.sends: Collection = durable(db[SENDS])
+        self.media: Collection = durable(db[MEDIA])
+        self._message_writes = GroupCommit(self.messages)
+        self._cursor_writes = GroupCommit(self.accounts)
+        self._send_records = GroupCommit(self.sends)
+
+    async def ensure_indexes(self) -> None:
+        await self.messages.create_index(
+            [("account", ASCENDING), ("pending", ASCENDING), ("seq", ASCENDING)], name="pending"
+        )
+        await self.messages.create_index(
+            [("account", ASCENDING), ("customer", ASCENDING), ("send_time", ASCENDING)], name="conversation"
+        )
+        await self.sends.create_index(
+            [("account", ASCENDING), ("customer", ASCENDING), ("at", ASCENDING)], name="conversation"
+        )
+        for collection in (self.messages, self.sends, self.media):
+            await ensure_expiry_index(collection)
+
+    # -- cursor -----------------------------------------------------------------------------
+    async def cursor(self, account: str) -> str | None:
+        doc = await self.accounts.find_one({"_id": account}, projection={"cursor": 1})
+        return doc.get("cursor") or None if doc else None
+
+    async def save_cursor(self, account: str, cursor: str) -> None:
+        update = {"$set": {"cursor": cursor, "updated_at": self._clock()}}
+        await self._cursor_writes.write(UpdateOne({"_id": account}, update, upsert=True))
+
+    # -- messages ---------------------------------------------------------------------------
+    async def record(self, account: str, items: Sequence[Document]) -> list[Document]:
+        """Record a page durably; return the items not seen before, in page order."""
+        if not items:
+            return []
+        base = time.time_ns()
+        docs = [
+            {
+                "_id": message_key(account, str(item.get("msgid", ""))),
+                "account": account,
+                "customer": customer_of(item),
+                "send_time": item.get("send_time", 0),
+                "seq": base + index,
+                "state": NEW,
+                "pending": True,
+                "item": item,
+            }
+            for index, item in enumerate(items)
+        ]
+        # One group commit for every account's pages and state changes: concurrent pulls share a round.
+        inserted = await asyncio.gather(*(self._message_writes.insert(doc) for doc in docs))
+        return [item for item, new in zip(items, inserted, strict=True) if new]
+
+    async def pending(self, account: str) -> list[Pending]:
+        """The account's unfinished messages, oldest first (one indexed range, done at start-up)."""
+        cursor = self.messages.find(
+            {"account": account, "pending": True}, projection={"item": 1, "state": 1}
+        ).sort("seq", ASCENDING)
+        return [Pending(doc["item"], doc.get("state") == HANDLING) async for doc in cursor]
+
+    async def mark_handling(self, account: str, msgid: str) -> None:
+        update = {"$set": {"state": HANDLING, "started_at": self._clock()}}
+        await self._message_writes.write(UpdateOne({"_id": message_key(account, msgid)}, update))
+
+    async def mark_finished(self, account: str, msgid: str, error: str | None = None) -> None:
+        now = self._clock()
+        fields: dict[str, Any] = {
+            "state": FAILED if error else DONE,
+            "finished_at": now,
+            "expire_at": expiry(now, self.retention),
+        }
+        if error:
+            fields["error"] = error[:2000]
+        update = {"$set": fields, "$unset": {"pending": ""}}
+        await self._message_writes.write(UpdateOne({"_id": message_key(account, msgid)}, update))
+
+    async def message(self, account: str, msgid: str) -> Document | None:
+        return await self.messages.find_one({"_id": message_key(account, msgid)})
+
+    # -- sends ------------------------------------------------------------------------------
+    async def sent(self, account: str, msgid: str) -> Document | None:
+        return await self.sends.find_one({"_id": message_key(account, msgid)})
+
+    async def record_send(
+        self,
+        account: str,
+        customer: str,
+        msgid: str,
+        msgtype: str,
+        body: Document,
+        *,
+        state: str,
+        for_msgid: str | None = None,
+        errcode: int | None = None,
+    ) -> None:
+        now = self._clock()
+        fields: dict[str, Any] = {
+            "account": account,
+            "customer": customer,
+            "msgid": msgid,
+            "msgtype": msgtype,
+            "body": body,
+            "state": state,
+            "for_msgid": for_msgid,
+            "at": now,
+            "expire_at": expiry(now, self.retention),
+        }
+        if errcode is not None:
+            fields["errcode"] = errcode
+        await self._send_records.write(
+            UpdateOne({"_id": message_key(account, msgid)}, {"$set": fields}, upsert=True)
+        )
+
+    async def mark_not_delivered(self, account: str, msgid: str, fail_type: int) -> bool:
+        """A ``msg_send_fail`` event: the send ``msgid`` did not reach the customer."""
+        result = await self.sends.update_one(
+            {"_id": message_key(account, msgid)},
+            {"$set": {"state": NOT_DELIVERED, "fail_type": fail_type}},
+        )
+        return result.matched_count > 0
+
+    # -- conversations ----------------------------------------------------------------------
+    async def conversation(self, account: str, customer: str, limit: int = 100) -> list[Document]:
+        """The customer's last ``limit`` messages and sends, oldest first.
+
+        Each entry: ``{"direction": "in"|"out", "msgid", "msgtype", "at", ...}``; incoming ones carry
+        the item and the handling state, outgoing ones the body and delivery state.
+        """
+        where = {"account": account, "customer": customer}
+        incoming = [
+            {
+                "direction": "in",
+                "msgid": doc["item"].get("msgid"),
+                "msgtype": doc["item"].get("msgtype"),
+                "origin": doc["item"].get("origin"),
+                "at": float(doc.get("send_time") or 0),
+                "state": doc.get("state"),
+                "item": doc["item"],
+                "_order": (int(doc.get("send_time") or 0), (doc.get("seq") or 0) / 1e9),
+            }
+            async for doc in self.messages.find(where).sort("send_time", -1).limit(limit)
+        ]
+        outgoing = [
+            {
+                "direction": "out",
+                "msgid": doc.get("msgid"),
+                "msgtype": doc.get("msgtype"),
+                "at": float(doc.get("at") or 0),
+                "state": doc.get("state"),
+                "body": doc.get("body"),
+                "for_msgid": doc.get("for_msgid"),
+                "_order": (int(doc.get("at") or 0), float(doc.get("at") or 0)),
+            }
+            async for doc in self.sends.find(where).sort("at", -1).limit(limit)
+        ]
+        # WeCom's send_time has whole seconds; within one second our own clock (when an item was
+        # recorded, when a send was made) gives the order, so a reply follows what it answers.
+        entries = sorted(incoming + outgoing, key=itemgetter("_order"))[-limit:]
+        for entry in entries:
+            del entry["_order"]
+        return entries
+
+    # -- media ------------------------------------------------------------------------------
+    async def media_id(self, key: str) -> str | None:
+        doc = await self.media.find_one({"_id": key})
+        if doc is None or doc.get("usable_until", 0) <= self._clock():
+            return None
+        media_id = doc.get("media_id")
+        return media_id if isinstance(media_id, str) else None
+
+    async def save_media(self, key: str, media_id: str, usable_until: float) -> None:
+        await self.media.update_one(
+            {"_id": key},
+            {
+                "$set": {
+                    "media_id": media_id,
+                    "usable_until": usable_until,
+                    "expire_at": expiry(usable_until, 0),
+                }
+            },
+            upsert=True,
+        )
+
+    # -- retention --------------------------------------------------------------------------
+    async def purge(self) -> int:
+        now = self._clock()
+        total = 0
+        for collection in (self.messages, self.sends, self.media):
+            total += await purge_expired(collection, now)
+        return total
+
+
+def customer_of(item: Document) -> str:
+    """The external_userid an item belongs to ("" for account-level events)."""
+    if item.get("msgtype") == "event":
+        event = item.get("event")
+        if isinstance(event, dict):
+            return str(event.get("external_userid") or "")
+    return str(item.get("external_userid") or "")
