@@ -19,6 +19,10 @@ async def serve(app: Starlette, host: str, port: int) -> None:
     SIGTERM's would kill the process before the caller's cleanup, and asyncio.run's SIGINT handler would
     cancel that cleanup half-way. So the handler it finds is ours, and only asks it to exit (again).
     Logging is ours (``wxkf.logging``); uvicorn's access log stays off.
+
+    The caller's address is the TCP peer's, never a header: uvicorn by default believes
+    ``X-Forwarded-For`` from 127.0.0.1, which let any local process (or a reverse proxy passing the
+    header through) claim an address inside ``WXKF_GATEWAY_NETWORKS`` or a fresh gettoken budget.
     """
     config = uvicorn.Config(
         app,
@@ -29,6 +33,7 @@ async def serve(app: Starlette, host: str, port: int) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
         server_header=False,
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     # Everything built so far (modules, services, caches) lives as long as the process: keep it out

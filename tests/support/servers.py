@@ -50,6 +50,7 @@ async def serve_app(
         lifespan=lifespan,  # type: ignore[arg-type]
         log_config=None,
         access_log=False,
+        proxy_headers=False,  # as wxkf.server: the caller's address is the TCP peer's
         timeout_graceful_shutdown=graceful,  # type: ignore[arg-type]  # any number works
     )
     server = _Server(config)
