@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -18,6 +19,10 @@ from starlette.routing import BaseRoute, Route
 Endpoint = Callable[[Request], Awaitable[Response]]
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
+
+# Seconds a request's whole body may take to arrive (the server has no such limit of its own): a
+# client trickling its body (slow-loris) otherwise holds a socket and a handler as long as it likes.
+BODY_TIMEOUT = 10.0
 
 
 class Refusal(Exception):
@@ -89,8 +94,9 @@ def refusing(endpoint: Endpoint, render: Render = as_json) -> Endpoint:
     return guarded
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read at most ``limit`` bytes; refuse early on a large Content-Length, and while streaming."""
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """Read at most ``limit`` bytes within ``timeout`` seconds (default :data:`BODY_TIMEOUT`); refuse
+    early on a large Content-Length, while streaming, and a body still arriving at the deadline (408)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -99,13 +105,18 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise Refusal(400, "bad_length", "Content-Length is not a number") from None
         if too_large:
             raise BodyTooLarge(limit)
+    seconds = BODY_TIMEOUT if timeout is None else timeout
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Refusal(408, "slow_body", f"body not received within {seconds:g} s") from None
     return b"".join(chunks)
 
 
