@@ -5,11 +5,63 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Seconds a connection may take to send a request's headers: from when it opened, or from the
+# previous response on a kept-alive connection (the body has its own deadline, wxkf.http.BODY_TIMEOUT).
+HEADER_TIMEOUT = 10.0
+
+
+class HeaderDeadline(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    """uvicorn's HTTP protocol, closing a connection that has not sent a whole request's headers within
+    :data:`HEADER_TIMEOUT`.
+
+    uvicorn arms no timer before a connection's first response: a client that connects and sends
+    nothing, or trickles its headers (slow-loris), holds a socket for as long as it likes, and enough
+    of them leave no file descriptor for WeCom's callbacks. A request being handled is never cut.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+
+    def _arm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+        self._header_deadline = self.loop.call_later(HEADER_TIMEOUT, self._header_deadline_passed)
+
+    def _header_deadline_passed(self) -> None:
+        self._header_deadline = None
+        idle = self.cycle is None or self.cycle.response_complete  # no request's headers arrived since
+        if idle and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_deadline()
+
+    def handle_websocket_upgrade(self, *args: Any) -> None:
+        self._disarm_header_deadline()  # the transport belongs to the WebSocket from here on
+        super().handle_websocket_upgrade(*args)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
 
 
 async def serve(app: Starlette, host: str, port: int) -> None:
@@ -20,6 +72,7 @@ async def serve(app: Starlette, host: str, port: int) -> None:
     cancel that cleanup half-way. So the handler it finds is ours, and only asks it to exit (again).
     Logging is ours (``wxkf.logging``); uvicorn's access log stays off.
 
+    Connections that send no request's headers in time are closed (:class:`HeaderDeadline`).
     The caller's address is the TCP peer's, never a header: uvicorn by default believes
     ``X-Forwarded-For`` from 127.0.0.1, which let any local process (or a reverse proxy passing the
     header through) claim an address inside ``WXKF_GATEWAY_NETWORKS`` or a fresh gettoken budget.
@@ -34,6 +87,7 @@ async def serve(app: Starlette, host: str, port: int) -> None:
         timeout_graceful_shutdown=10,
         server_header=False,
         proxy_headers=False,
+        http=HeaderDeadline,
     )
     server = uvicorn.Server(config)
     # Everything built so far (modules, services, caches) lives as long as the process: keep it out

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
+import websockets
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from tests.gateway.conftest import RunningGateway
+from tests.support.servers import serve_app
+from tests.support.services import ServiceProcess, free_port, service_env
 from wxkf import http as wxkf_http
+from wxkf import server as wxkf_server
+from wxkf.settings import Settings
 
 
 async def _slow_post(url: str, path: str, declared: int, interval: float) -> bytes:
@@ -42,3 +54,79 @@ async def test_a_callback_body_trickled_byte_by_byte_is_cut_off_with_a_408(
         answer = await _slow_post(gw.url, path, declared=200, interval=0.1)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"slow_body" in answer
+
+
+async def _held_for(url: str, first_bytes: bytes, limit: float) -> float | None:
+    """Send ``first_bytes``, then nothing: seconds until the server closed (None: not within ``limit``)."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(first_bytes)
+    started = asyncio.get_running_loop().time()
+    try:
+        await asyncio.wait_for(reader.read(), limit)
+    except TimeoutError:
+        return None
+    finally:
+        writer.close()
+    return asyncio.get_running_loop().time() - started
+
+
+@pytest.mark.parametrize(
+    "first_bytes",
+    [b"", b"POST /callback/ww1 HTTP/1.1\r\nhost: x\r\n"],
+    ids=["connects and says nothing", "sends half its headers"],
+)
+async def test_a_connection_that_never_finishes_its_headers_is_closed(
+    gw: RunningGateway, monkeypatch: pytest.MonkeyPatch, first_bytes: bytes
+) -> None:
+    # uvicorn arms no timer before a connection's first response: such connections were held forever
+    monkeypatch.setattr(wxkf_server, "HEADER_TIMEOUT", 0.5)
+    held = await _held_for(gw.url, first_bytes, limit=10)
+    assert held is not None, "the connection is still open after 10 s"
+
+
+async def test_a_request_slower_than_the_header_deadline_is_still_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(wxkf_server, "HEADER_TIMEOUT", 0.3)
+
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(1.0)  # a handler at work (a registration waits for WeCom), not a sync
+        return PlainTextResponse("done")
+
+    app = Starlette(routes=[Route("/slow", slow), Route("/fast", lambda request: PlainTextResponse("ok"))])
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/slow")).text == "done"
+        # a kept-alive connection in use is re-armed at every response
+        for _ in range(3):
+            assert (await http.get("/slow")).text == "done"
+
+
+async def test_a_websocket_outlives_the_header_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wxkf_server, "HEADER_TIMEOUT", 0.3)
+
+    async def echo(socket: WebSocket) -> None:
+        await socket.accept()
+        await socket.send_text(await socket.receive_text())
+        await socket.close()
+
+    app = Starlette(routes=[WebSocketRoute("/ws", echo)])
+    async with serve_app(app) as url, websockets.connect(url.replace("http", "ws") + "/ws") as socket:
+        await asyncio.sleep(1.0)  # a quiet WebSocket, three deadlines long
+        await socket.send("still here")
+        assert await socket.recv() == "still here"
+
+
+async def test_wxkf_gateway_closes_a_connection_that_sends_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # the same deadline where production serves (wxkf.server.serve), at its default
+    gateway = ServiceProcess(
+        "gateway", service_env(settings, tmp_path / "data"), tmp_path / "gw.log", free_port()
+    )
+    await gateway.start()
+    try:
+        held = await _held_for(gateway.url, b"", limit=wxkf_server.HEADER_TIMEOUT + 10)
+    finally:
+        gateway.stop()
+    assert held is not None and held >= wxkf_server.HEADER_TIMEOUT - 1
