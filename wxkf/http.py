@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # Seconds a request's whole body may take to arrive (the server has no such limit of its own): a
 # client trickling its body (slow-loris) otherwise holds a socket and a handler as long as it likes.
 BODY_TIMEOUT = 10.0
+MESSAGE_LIMIT = 300  # characters of a refusal's message
 
 
 class Refusal(Exception):
@@ -31,9 +32,13 @@ class Refusal(Exception):
     ``status`` is the HTTP status, ``reason`` a short machine-readable word (a metric label, the
     prefix of a plain-text answer), ``message`` says why in words the caller can act on. Routes raise
     it; :func:`refusing` (or :func:`refused`) turns it into the route family's answer and logs it.
+    Messages often quote the request (an id, a name), so one is cut at :data:`MESSAGE_LIMIT`
+    characters: a refusal never echoes, or logs, more of an attacker's input than that.
     """
 
     def __init__(self, status: int, reason: str, message: str) -> None:
+        if len(message) > MESSAGE_LIMIT:
+            message = message[: MESSAGE_LIMIT - 3] + "..."
         super().__init__(message)
         self.status = status
         self.reason = reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -130,3 +131,15 @@ async def test_wxkf_gateway_closes_a_connection_that_sends_nothing(
     finally:
         gateway.stop()
     assert held is not None and held >= wxkf_server.HEADER_TIMEOUT - 1
+
+
+@pytest.mark.parametrize("path", ["/callback/" + "w" * 60_000, "/callback/ww1/" + "a" * 60_000])
+async def test_a_huge_corp_id_or_app_name_is_neither_echoed_nor_logged_whole(
+    gw: RunningGateway, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    # every byte of the path came back in the 404 and went into a warning: log amplification
+    caplog.set_level(logging.WARNING)
+    answer = await gw.http.post(path + "?msg_signature=a&timestamp=1&nonce=n", content=b"<xml/>")
+    assert answer.status_code == 404
+    assert len(answer.content) <= 400
+    assert caplog.records and all(len(record.getMessage()) <= 800 for record in caplog.records)
