@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,6 +20,7 @@ from starlette.websockets import WebSocket
 from tests.gateway.conftest import RunningGateway
 from tests.support.servers import serve_app
 from tests.support.services import ServiceProcess, free_port, service_env
+from tests.support.wecom_callbacks import kf_event_xml, signed_post
 from wxkf import http as wxkf_http
 from wxkf import server as wxkf_server
 from wxkf.settings import Settings
@@ -143,3 +145,19 @@ async def test_a_huge_corp_id_or_app_name_is_neither_echoed_nor_logged_whole(
     assert answer.status_code == 404
     assert len(answer.content) <= 400
     assert caplog.records and all(len(record.getMessage()) <= 800 for record in caplog.records)
+
+
+async def test_a_captured_callback_replayed_after_the_retention_is_refused(gw: RunningGateway) -> None:
+    # WeCom's signature covers the timestamp, but nothing checked it: once the original's document was
+    # purged (WXKF_RETENTION_DAYS), a captured callback was stored and forwarded again as new
+    age = gw.gateway.config.retention + 3600
+    query, body = signed_post(
+        gw.keys, kf_event_xml(gw.keys.corp_id, "wkOLD", "old-token"), timestamp=str(int(time.time() - age))
+    )
+    replayed = await gw.http.post(f"/callback/{gw.keys.corp_id}?{query}", content=body)
+    assert replayed.status_code == 400 and replayed.text.startswith("stale_timestamp:"), replayed.text
+    # a timestamp from a clock a few minutes off is WeCom's own, and accepted
+    query, body = signed_post(
+        gw.keys, kf_event_xml(gw.keys.corp_id, "wkNEW", "new-token"), timestamp=str(int(time.time() - 600))
+    )
+    assert (await gw.http.post(f"/callback/{gw.keys.corp_id}?{query}", content=body)).text == "success"
