@@ -15,11 +15,18 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Seconds a connection may take to send a request's headers: from when it opened, or from the
 # previous response on a kept-alive connection (the body has its own deadline, wxkf.http.BODY_TIMEOUT).
 HEADER_TIMEOUT = 10.0
+# Bytes a request's line and headers may take (httptools sets no limit: a 50 MB header was buffered
+# whole and answered); more is answered 431 and the connection closed.
+MAX_HEADER_BYTES = 64 * 1024
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
+    b"connection: close\r\ncontent-length: 36\r\n\r\ntoo_large: request headers too large"
+)
 
 
 class HeaderDeadline(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     """uvicorn's HTTP protocol, closing a connection that has not sent a whole request's headers within
-    :data:`HEADER_TIMEOUT`.
+    :data:`HEADER_TIMEOUT`, or whose request line and headers exceed :data:`MAX_HEADER_BYTES`.
 
     uvicorn arms no timer before a connection's first response: a client that connects and sends
     nothing, or trickles its headers (slow-loris), holds a socket for as long as it likes, and enough
@@ -29,16 +36,30 @@ class HeaderDeadline(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._header_bytes = 0  # received since the deadline was armed, while no request was complete
+
+    def _waiting_for_headers(self) -> bool:
+        return self.cycle is None or bool(self.cycle.response_complete)
 
     def _arm_header_deadline(self) -> None:
         if self._header_deadline is not None:
             self._header_deadline.cancel()
+        self._header_bytes = 0
         self._header_deadline = self.loop.call_later(HEADER_TIMEOUT, self._header_deadline_passed)
 
     def _header_deadline_passed(self) -> None:
         self._header_deadline = None
-        idle = self.cycle is None or self.cycle.response_complete  # no request's headers arrived since
-        if idle and not self.transport.is_closing():
+        if self._waiting_for_headers() and not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._waiting_for_headers():
+            self._header_bytes = 0  # the headers are complete: what follows is a body
+            return
+        self._header_bytes += len(data)
+        if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+            self.transport.write(_TOO_LARGE)
             self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:
