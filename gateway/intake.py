@@ -8,6 +8,7 @@ rejection reason is testable on its own. Nothing is stored for a rejected callba
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from wxkf.http import Refusal
 
 KF_EVENT = "kf_msg_or_event"
 QUERY_PARAMS = ("msg_signature", "timestamp", "nonce")
+TIMESTAMP = re.compile(r"[0-9]{1,12}")  # seconds since the epoch, as WeCom signs them
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,17 @@ async def verify_url(
     return _decrypt(app, echostr)
 
 
+def check_timestamp(timestamp: str, now: float, max_age: float) -> None:
+    """Refuse a signed ``timestamp`` more than ``max_age`` seconds from ``now``.
+
+    The signature covers the timestamp, so this is what stops a captured callback from being replayed
+    once its document is purged (after the retention, when its id no longer dedupes it)."""
+    if not TIMESTAMP.fullmatch(timestamp):
+        raise Refusal(400, "bad_params", "timestamp is not a number of seconds")
+    if abs(now - int(timestamp)) > max_age:
+        raise Refusal(400, "stale_timestamp", f"timestamp is more than {max_age:.0f} s from now (a replay?)")
+
+
 async def open_callback(
     registry: AppRegistry,
     corp_id: str,
@@ -109,8 +122,12 @@ async def open_callback(
     query: Mapping[str, str],
     raw_query: str,
     body: bytes,
+    *,
+    now: float | None = None,
+    max_age: float | None = None,
 ) -> CallbackEvent:
-    """Verify, decrypt and parse a POSTed callback."""
+    """Verify, decrypt and parse a POSTed callback; with ``now`` and ``max_age``, refuse a callback
+    signed further than that from now (:func:`check_timestamp`)."""
     app = await find_app(registry, corp_id, app_name)
     signature, timestamp, nonce = require_query(query, QUERY_PARAMS)
     try:
@@ -126,6 +143,8 @@ async def open_callback(
         event = parse_event(plaintext)
     except (XMLError, EventError) as exc:
         raise Refusal(400, "bad_event", f"decrypted payload is not a valid event: {exc}") from None
+    if now is not None and max_age is not None:
+        check_timestamp(timestamp, now, max_age)
     if isinstance(event, KfMsgOrEvent):
         return CallbackEvent(
             id=event_id(app, plaintext),

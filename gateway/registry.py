@@ -9,8 +9,11 @@ documents, decrypting only those.
 A corp refresh is what an unauthenticated caller can trigger, so it is bounded three ways: each corp
 is refreshed at most once per ``refresh_interval`` however many callbacks name it (a flood of bad
 signatures costs one small query per interval); a corp found unknown stays unknown for that long
-without a query (a negative cache); and at most ``refreshes_per_second`` corp refreshes run in all,
-so random corp ids cost at most that many indexed lookups a second. The memory of refreshes is
+without a query (a negative cache); and at most ``refreshes_per_second`` corp refreshes run a
+second, so random corp ids cost at most that many indexed lookups a second. Corps this replica
+knows (a bad signature: perhaps a key rotated elsewhere) and corps it does not (perhaps one just
+added elsewhere, or random ids) each have that allowance of their own, so a flood of random corp
+ids, which anyone can send, cannot starve the refresh that picks up a rotated key. The memory of refreshes is
 bounded (``REFRESH_MEMORY`` corps, the oldest forgotten first).
 """
 
@@ -87,8 +90,9 @@ class AppRegistry:
         self._refresh_interval = refresh_interval
         self._refreshed: OrderedDict[str, float] = OrderedDict()  # corp id -> when last refreshed
         self._rate = refreshes_per_second
-        self._allowance = refreshes_per_second  # a token bucket of corp refreshes
-        self._allowance_at = clock()
+        # token buckets of corp refreshes: [corps known here, corps not known here]
+        self._allowance = [refreshes_per_second, refreshes_per_second]
+        self._allowance_at = [clock(), clock()]
         self.refreshes = 0  # corp refreshes run (a measure of what callers made this replica do)
 
     async def ensure_indexes(self) -> None:
@@ -148,11 +152,13 @@ class AppRegistry:
         last = self._refreshed.get(corp_id)
         if last is not None and now - last < self._refresh_interval:
             return False
-        self._allowance = min(self._rate, self._allowance + (now - self._allowance_at) * self._rate)
-        self._allowance_at = now
-        if self._allowance < 1.0:
+        bucket = 0 if corp_id in self._by_corp else 1
+        allowance = self._allowance[bucket] + (now - self._allowance_at[bucket]) * self._rate
+        self._allowance[bucket] = min(self._rate, allowance)
+        self._allowance_at[bucket] = now
+        if self._allowance[bucket] < 1.0:
             return False
-        self._allowance -= 1.0
+        self._allowance[bucket] -= 1.0
         self._refreshed[corp_id] = now
         self._refreshed.move_to_end(corp_id)
         while len(self._refreshed) > REFRESH_MEMORY:

@@ -16,6 +16,9 @@ from wxkf.http import Refusal, as_text, read_body, refusing
 from wxkf.tasks import log_failure
 
 log = logging.getLogger(__name__)
+# Callbacks signed longer ago than the retention (so their documents, which dedupe retries, may be
+# gone) are refused as replays; never less than this, for hosts whose clocks disagree a little.
+MIN_REPLAY_WINDOW = 3600.0
 
 
 def as_counted_text(refusal: Refusal) -> Response:
@@ -44,6 +47,8 @@ def callback_routes(gateway: Gateway, prefix: str = "/callback") -> list[BaseRou
             # and re-parses a whole URL per callback (~2 % of the hub's CPU at 500/s)
             request.scope["query_string"].decode("latin-1"),
             body,
+            now=time.time(),
+            max_age=max(gateway.config.retention, MIN_REPLAY_WINDOW),
         )
         try:
             stored = await gateway.accept(event)

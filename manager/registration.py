@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 ACCOUNT_LIST_TTL = 60.0
 ACCOUNT_LIST_RECHECK = 5.0  # an unknown kfId refetches the listing at most this often
+APPS_PER_CORP = 20  # callback credentials (corp apps) registrations may create per corp
 ACCOUNT_LISTS_KEPT = 1_000  # listings remembered (one per corp app secret), least recent forgotten
 
 
@@ -135,6 +136,14 @@ class Registrar:
         open_kfid, name = await self._prove_account(reg)
         app = self.apps.find_by_credentials(reg.corp_id, reg.token, reg.encoding_aes_key)
         if app is None:
+            if len(self.apps.apps(reg.corp_id)) >= APPS_PER_CORP:
+                # each new pair of callback credentials is a corp app: bounded, whoever holds the secret
+                raise Refusal(
+                    409,
+                    "too_many_apps",
+                    f"corp {reg.corp_id} already has {APPS_PER_CORP} apps (callback Token/EncodingAESKey "
+                    "pairs); register with one it has, or remove one through the admin API",
+                )
             app_name = "kf-" + hashlib.sha256(reg.token.encode()).hexdigest()[:8]
             app = await self.apps.add(reg.corp_id, app_name, reg.token, reg.encoding_aes_key, reg.corp_secret)
         secret = webhooks.generate_secret()

@@ -47,6 +47,7 @@ PROXY_ROUTE = PREFIX + "/wxkfRequestProxy/"
 # WeCom API names the proxy relays: kf/... and media/..., lower-case words, no dot segments
 PROXY_API = re.compile(r"(kf|media)(/[a-z0-9_]{1,64}){1,4}")
 PROXY_BODY_LIMIT = 21 * 1024 * 1024  # media/upload allows 20 MB files
+PROXY_BODY_TIMEOUT = 120.0  # seconds for such a body to arrive (other routes: wxkf.http.BODY_TIMEOUT)
 
 
 class RegisterIn(BaseModel):
@@ -191,7 +192,7 @@ def compat_routes(
                 "unauthenticated",
                 "prove the account: corpid + kfid with corpsecret or bearer webhookSecret",
             )
-        body = await read_body(request, PROXY_BODY_LIMIT)
+        body = await read_body(request, PROXY_BODY_LIMIT, PROXY_BODY_TIMEOUT)
         try:
             issued = await manager.tokens.get(puppet.corp_id, puppet.corp_secret)
         except TokenUnavailable as exc:

@@ -8,7 +8,9 @@ for every connection a delivery makes (:mod:`wxkf.delivery`):
   the like to the path, a query would be silently moved or mangled), a path of RFC 3986 characters;
 * the host is an IP literal or a DNS name of LDH labels (letters, digits, ``-``, ``_``) of at most 63
   characters, 253 in all; internationalised names are accepted in their IDNA form;
-* link-local, cloud metadata, multicast, unspecified and reserved addresses are always refused;
+* link-local, cloud metadata, multicast, unspecified and reserved addresses are always refused,
+  also when an IPv6 address carries one for a gateway to unwrap (IPv4-mapped or -compatible,
+  NAT64 ``64:ff9b::``, 6to4 ``2002::``, Teredo);
 * with an allow-list (``WXKF_ALLOWED_NETWORKS``) every address a host resolves to must lie in it.
   Without one, loopback and private addresses are allowed: puppets are the operator's own processes
   and live exactly there (the same host under ``wxkf up``, a private network in production). A hub
@@ -43,6 +45,14 @@ ALWAYS_REFUSED: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("224.0.0.0/4"),
     ipaddress.ip_network("ff00::/8"),
     ipaddress.ip_network("240.0.0.0/4"),
+    ipaddress.ip_network("192.0.0.0/24"),  # IETF protocol assignments, incl. Oracle Cloud metadata
+)
+# IPv6 forms that carry an IPv4 address a gateway may unwrap: IPv4-compatible (deprecated), NAT64
+# (well-known and local-use prefixes); 6to4 and Teredo are unwrapped by ipaddress itself
+_EMBEDDING_V4: tuple[ipaddress.IPv6Network, ...] = (
+    ipaddress.IPv6Network("::/96"),
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
 )
 _LABEL = re.compile(r"^[a-z0-9_-]{1,63}$")
 _NETLOC = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?$")
@@ -60,14 +70,36 @@ def parse_networks(text: str | None) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (mapped, compatible, NAT64, 6to4, Teredo), if any."""
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    found = []
+    if any(address in network for network in _EMBEDDING_V4) and int(address) > 1:  # not :: or ::1
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    return found
+
+
 def check_address(address: IPAddress, allowed: Sequence[IPNetwork]) -> None:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = embedded_ipv4(address)
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        for inner in carried:  # a gateway on the way would connect to these
+            _check_always_refused(inner)
+    _check_always_refused(address)
+    if allowed and not any(address.version == n.version and address in n for n in allowed):
+        raise EndpointError(f"address {address} is outside the allowed networks (WXKF_ALLOWED_NETWORKS)")
+
+
+def _check_always_refused(address: IPAddress) -> None:
     for network in ALWAYS_REFUSED:
         if address.version == network.version and address in network:
             raise EndpointError(f"address {address} is link-local, metadata or reserved")
-    if allowed and not any(address.version == n.version and address in n for n in allowed):
-        raise EndpointError(f"address {address} is outside the allowed networks (WXKF_ALLOWED_NETWORKS)")
 
 
 def literal_address(host: str) -> IPAddress | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -21,6 +22,11 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
 
+# Seconds a request's whole body may take to arrive (the server has no such limit of its own): a
+# client trickling its body (slow-loris) otherwise holds a socket and a handler as long as it likes.
+BODY_TIMEOUT = 10.0
+MESSAGE_LIMIT = 300  # characters of a refusal's message
+
 
 class Refusal(Exception):
     """A request refused, for every route of every service: the one "status + message" exception.
@@ -28,9 +34,13 @@ class Refusal(Exception):
     ``status`` is the HTTP status, ``reason`` a short machine-readable word (a metric label, the
     prefix of a plain-text answer), ``message`` says why in words the caller can act on. Routes raise
     it; :func:`refusing` (or :func:`refused`) turns it into the route family's answer and logs it.
+    Messages often quote the request (an id, a name), so one is cut at :data:`MESSAGE_LIMIT`
+    characters: a refusal never echoes, or logs, more of an attacker's input than that.
     """
 
     def __init__(self, status: int, reason: str, message: str) -> None:
+        if len(message) > MESSAGE_LIMIT:
+            message = message[: MESSAGE_LIMIT - 3] + "..."
         super().__init__(message)
         self.status = status
         self.reason = reason
@@ -101,8 +111,9 @@ def refusing(endpoint: Endpoint, render: Render = as_json) -> Endpoint:
     return guarded
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read at most ``limit`` bytes; refuse early on a large Content-Length, and while streaming."""
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """Read at most ``limit`` bytes within ``timeout`` seconds (default :data:`BODY_TIMEOUT`); refuse
+    early on a large Content-Length, while streaming, and a body still arriving at the deadline (408)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -111,13 +122,18 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise Refusal(400, "bad_length", "Content-Length is not a number") from None
         if too_large:
             raise BodyTooLarge(limit)
+    seconds = BODY_TIMEOUT if timeout is None else timeout
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Refusal(408, "slow_body", f"body not received within {seconds:g} s") from None
     return b"".join(chunks)
 
 

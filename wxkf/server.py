@@ -7,9 +7,11 @@ import gc
 import signal
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from wxkf import health
 from wxkf.database import DatabaseError
@@ -19,6 +21,78 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Requests still open this long after a stop signal are cancelled (their callers get no answer; WeCom
 # retries). Part of the bounded shutdown: docs/architecture.md, "The database as a failure domain".
 GRACEFUL_SHUTDOWN = 5
+
+# Seconds a connection may take to send a request's headers: from when it opened, or from the
+# previous response on a kept-alive connection (the body has its own deadline, wxkf.http.BODY_TIMEOUT).
+HEADER_TIMEOUT = 10.0
+# Bytes a request's line and headers may take (httptools sets no limit: a 50 MB header was buffered
+# whole and answered); more is answered 431 and the connection closed.
+MAX_HEADER_BYTES = 64 * 1024
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
+    b"connection: close\r\ncontent-length: 36\r\n\r\ntoo_large: request headers too large"
+)
+
+
+class HeaderDeadline(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    """uvicorn's HTTP protocol, closing a connection that has not sent a whole request's headers within
+    :data:`HEADER_TIMEOUT`, or whose request line and headers exceed :data:`MAX_HEADER_BYTES`.
+
+    uvicorn arms no timer before a connection's first response: a client that connects and sends
+    nothing, or trickles its headers (slow-loris), holds a socket for as long as it likes, and enough
+    of them leave no file descriptor for WeCom's callbacks. A request being handled is never cut.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._header_bytes = 0  # received since the deadline was armed, while no request was complete
+
+    def _waiting_for_headers(self) -> bool:
+        return self.cycle is None or bool(self.cycle.response_complete)
+
+    def _arm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+        self._header_bytes = 0
+        self._header_deadline = self.loop.call_later(HEADER_TIMEOUT, self._header_deadline_passed)
+
+    def _header_deadline_passed(self) -> None:
+        self._header_deadline = None
+        if self._waiting_for_headers() and not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._waiting_for_headers():
+            self._header_bytes = 0  # the headers are complete: what follows is a body
+            return
+        self._header_bytes += len(data)
+        if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+            self.transport.write(_TOO_LARGE)
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_deadline()
+
+    def handle_websocket_upgrade(self, *args: Any) -> None:
+        self._disarm_header_deadline()  # the transport belongs to the WebSocket from here on
+        super().handle_websocket_upgrade(*args)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
 
 
 class _Server(uvicorn.Server):
@@ -56,6 +130,11 @@ async def serve(
     SIGTERM's would kill the process before the caller's cleanup, and asyncio.run's SIGINT handler would
     cancel that cleanup half-way. So the handler it finds is ours, and only asks it to exit (again).
     Logging is ours (``wxkf.logging``); uvicorn's access log stays off.
+
+    Connections that send no request's headers in time are closed (:class:`HeaderDeadline`).
+    The caller's address is the TCP peer's, never a header: uvicorn by default believes
+    ``X-Forwarded-For`` from 127.0.0.1, which let any local process (or a reverse proxy passing the
+    header through) claim an address inside ``WXKF_GATEWAY_NETWORKS`` or a fresh gettoken budget.
     """
     config = uvicorn.Config(
         app,
@@ -67,6 +146,8 @@ async def serve(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         server_header=False,
         ws_max_size=1024 * 1024,  # per WebSocket message; /puppetWxkfManager/ws allows far less
+        proxy_headers=False,
+        http=HeaderDeadline,
     )
     server = _Server(config, on_started)
     failure = runtime.database.failure if runtime is not None else None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,10 @@ from pydantic import SecretStr
 from pymongo import MongoClient
 
 from gateway.inbox import COLLECTION as INBOX
-from gateway.intake import KF_EVENT, event_id
+from gateway.inbox import DEFAULT_RETENTION
+from gateway.intake import KF_EVENT, TIMESTAMP, event_id
 from gateway.registry import DEFAULT_APP
+from gateway.routes import MIN_REPLAY_WINDOW
 from manager.forwarded import UNREGISTERED_LIMIT
 from tests.gateway.conftest import RunningGateway
 from tests.manager.test_compat_e2e import ADMIN, World
@@ -113,7 +116,13 @@ def expected(keys: CorpAppKeys, sent: Sent) -> bytes | None:
             parse_event(plaintext)
         except (XMLError, EventError):
             return None
+        # a POST signed further from now than the replay window is refused as a replay
+        if not TIMESTAMP.fullmatch(values[1]) or abs(time.time() - int(values[1])) > REPLAY_WINDOW:
+            return None
     return plaintext
+
+
+REPLAY_WINDOW = max(DEFAULT_RETENTION, MIN_REPLAY_WINDOW)  # the gateways here keep the default retention
 
 
 # -- strategies ---------------------------------------------------------------------------------
@@ -267,7 +276,11 @@ def escape(text: str) -> str:
 @st.composite
 def queries(draw: st.DrawFn, keys: CorpAppKeys, signed: str, *, echostr: str | None) -> list[tuple[str, str]]:
     """A signed query string, sometimes signed wrongly or with strange timestamps and nonces."""
-    timestamp = draw(st.just("1700000000") | st.text(max_size=20, min_size=1))
+    timestamp = draw(
+        st.just(str(int(time.time())))
+        | st.just("1700000000")  # a replay from 2023
+        | st.text(max_size=20, min_size=1)
+    )
     nonce = draw(st.text(alphabet="0123456789abcdef", min_size=1, max_size=10) | ANY_TEXT)
     token = draw(st.sampled_from([keys.token] * 6 + ["not-the-token"]))
     signature = MsgCrypt(token, keys.aes_key, keys.corp_id).sign(timestamp, nonce, signed)

@@ -78,7 +78,8 @@ async def test_forwarded_events_need_the_gateway_token(world: World) -> None:
     assert (await forward(world, world.corpid, body)).status_code == 401
     wrong = await forward(world, world.corpid, body, authorization="Bearer " + GATEWAY_TOKEN[:-1])
     assert wrong.status_code == 401 and "WXKF_GATEWAY_TOKEN" in wrong.text
-    assert await stored(world) == before
+    # events only: the registered account's own mailbox may appear meanwhile (its dispatcher)
+    assert (await stored(world))[0] == before[0]
     right = await forward(world, world.corpid, body, authorization=f"Bearer {GATEWAY_TOKEN}")
     assert right.status_code == 200 and right.text == "roger"
     assert (await stored(world))[0] == before[0] + 1
@@ -101,7 +102,7 @@ async def test_forwarded_events_need_a_caller_inside_the_gateway_networks(
         assert answer.text == "roger"
     else:
         assert answer.status_code == 403 and "WXKF_GATEWAY_NETWORKS" in answer.text
-        assert await stored(world) == before
+        assert (await stored(world))[0] == before[0]  # events only, as above
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
+from wxkf.server import HeaderDeadline
+
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 
@@ -50,6 +52,8 @@ async def serve_app(
         lifespan=lifespan,  # type: ignore[arg-type]
         log_config=None,
         access_log=False,
+        proxy_headers=False,  # as wxkf.server: the caller's address is the TCP peer's
+        http=HeaderDeadline,  # as wxkf.server: a connection sends its headers in time or is closed
         timeout_graceful_shutdown=graceful,  # type: ignore[arg-type]  # any number works
     )
     server = _Server(config)
