@@ -231,9 +231,15 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def stack(
-    accounts: int, puppet_ports: int, *, start_puppets: bool = True, keep: bool = False
+    accounts: int,
+    puppet_ports: int,
+    *,
+    start_puppets: bool = True,
+    keep: bool = False,
+    hub_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Stack]:
-    """Start simulator and hub (and the puppets unless told not to); stop all of them on exit."""
+    """Start simulator and hub (and the puppets unless told not to); stop all of them on exit.
+    ``hub_env`` adds to the hub's environment (settings, or ``PYTHONPATH`` to run another tree)."""
     workdir = Path(tempfile.mkdtemp(prefix="wxkf-bench-manager-"))
     corp = Corp.random(accounts)
     seed = workdir / "seed.json"
@@ -256,6 +262,7 @@ async def stack(
             "WECOM_API_BASE": f"http://127.0.0.1:{sim_port}/cgi-bin",
             "HOST": "127.0.0.1",
             "PORT": str(hub_port),
+            **(hub_env or {}),
         },
     )
     puppets = Child(

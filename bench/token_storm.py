@@ -2,6 +2,8 @@
 
 ``python -m bench.token_storm [--rounds 5] [--requests 1000] [--clients 20] [--wrk-duration 30]``;
 ``--quick`` is a smoke run (2 rounds, 5 s of wrk). Needs ``wrk`` (``apt-get install wrk``).
+``--source DIR`` runs the token services from another source tree (``git archive`` of an older commit),
+to compare before and after side by side.
 
 Setup, as an operator would run two replicas:
 
@@ -14,7 +16,9 @@ Setup, as an operator would run two replicas:
 Each round creates a fresh app in the simulator (so no replica has a token for it, in memory or in
 the database), then ``--clients`` aiohttp sessions, half on each replica, open their connections and
 wait at a barrier; released together, they send ``--requests`` ``GET /cgi-bin/gettoken`` in all.
-Goal: exactly one upstream call per round, and every answer the same token.
+Goal: at most one upstream call per replica per round, and every answer the same token. (Nothing is
+stored for a pair before WeCom has issued a token for it, so replicas cannot share the very first
+call; WeCom answers the second with the same token. Renewals are shared: bench/token_lifetime.py.)
 
 Then the cached path: wrk against one replica, and against both at once (one wrk each).
 """
@@ -61,11 +65,16 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(workdir: Path) -> AsyncIterator[Stack]:
-    """Simulator, one database, two token-service replicas on it; all stopped on exit."""
-    sim_port, *ports = free_ports(3)
+async def stack(
+    workdir: Path, *, replicas: int = 2, config: dict[str, Any] | None = None, source: Path | None = None
+) -> AsyncIterator[Stack]:
+    """Simulator (gettoken rate limit off, ``config`` on top) with the corp ``CORP_ID``, one database,
+    ``replicas`` token services on it (run from ``source``, another checkout, if given); all stopped
+    on exit."""
+    sim_port, *ports = free_ports(1 + replicas)
     seed = workdir / "seed.json"
-    seed.write_text(json.dumps({"config": {"gettoken_rate": None}, "corps": [{"corpid": CORP_ID}]}))
+    sim_config = {"gettoken_rate": None, **(config or {})}
+    seed.write_text(json.dumps({"config": sim_config, "corps": [{"corpid": CORP_ID}]}))
     sim = Child(
         "simulator",
         [*wxkf_argv("sim"), "--port", str(sim_port), "--seed", str(seed)],
@@ -75,7 +84,7 @@ async def stack(workdir: Path) -> AsyncIterator[Stack]:
         db = EmbeddedMongo(workdir / "db")
         uri = await cleanup.enter_async_context(db)
         secret_key = base64.b64encode(os.urandom(32)).decode()
-        replicas = [
+        services = [
             Child(
                 f"token-service-{i}",
                 wxkf_argv("token-service"),
@@ -87,19 +96,20 @@ async def stack(workdir: Path) -> AsyncIterator[Stack]:
                     "WXKF_DATA_DIR": str(workdir / f"replica-{i}"),
                     "HOST": "127.0.0.1",
                     "PORT": str(port),
+                    **({"PYTHONPATH": str(source)} if source is not None else {}),
                 },
             )
             for i, port in enumerate(ports)
         ]
-        for child in (sim, *replicas):
+        for child in (sim, *services):
             child.start()
             cleanup.callback(child.stop)
         sim_url = f"http://127.0.0.1:{sim_port}"
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         await sim.wait_http(sim_url + "/sim/config")
-        for child, url in zip(replicas, urls, strict=True):
+        for child, url in zip(services, urls, strict=True):
             await child.wait_http(url + "/healthz")
-        yield Stack(sim, sim_url, replicas, urls, db)
+        yield Stack(sim, sim_url, services, urls, db)
 
 
 async def new_app(http: aiohttp.ClientSession, run: Stack) -> tuple[int, str]:
@@ -236,9 +246,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "replicas": 2,
         "wrk_connections": args.wrk_connections,
         "wrk_duration_s": args.wrk_duration,
+        "token_service_source": str(args.source or "this checkout"),
     }
     try:
-        async with stack(workdir) as run, aiohttp.ClientSession() as http:
+        async with stack(workdir, source=args.source) as run, aiohttp.ClientSession() as http:
             for _ in range(args.rounds):
                 result = await storm_round(http, run, args.requests, args.clients)
                 report["rounds"].append(result)
@@ -259,6 +270,9 @@ def main() -> None:
     parser.add_argument("--wrk-duration", type=float, default=30.0)
     parser.add_argument("--wrk-connections", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 5 s of wrk")
+    parser.add_argument(
+        "--source", type=Path, default=None, help="run the token services from this tree (before/after)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, database)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args()
@@ -268,7 +282,11 @@ def main() -> None:
     print_report("token storm", report)
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    failed = [r for r in report["rounds"] if r["upstream_gettoken_calls"] != 1 or not r["all_same_token"]]
+    failed = [
+        r
+        for r in report["rounds"]
+        if not 1 <= r["upstream_gettoken_calls"] <= report["settings"]["replicas"] or not r["all_same_token"]
+    ]
     sys.exit(1 if failed else 0)
 
 

@@ -8,6 +8,7 @@ from gateway.admin import admin_routes
 from gateway.manager_link import HttpManagerSink, ManagerIntake
 from gateway.routes import callback_routes
 from gateway.service import Gateway, GatewayConfig
+from wxkf.delivery import DeliveryClient
 from wxkf.endpoints import parse_networks
 from wxkf.http import common_routes
 from wxkf.retry import RetrySchedule, parse_delays
@@ -32,16 +33,22 @@ def build_gateway(runtime: Runtime, manager_intake: ManagerIntake | None = None)
     """A gateway handing kf events to an in-process ``manager_intake``, else forwarding them to
     ``MANAGER_ENDPOINT`` if set."""
     endpoint = runtime.settings.manager_endpoint
+    config = gateway_config(runtime)
+    deliveries = DeliveryClient(config.allowed_networks)
     manager_sink = None
     if manager_intake is None and endpoint is not None:
-        manager_sink = HttpManagerSink(runtime.http, str(endpoint))
+        token = runtime.settings.wxkf_gateway_token
+        manager_sink = HttpManagerSink(
+            deliveries, str(endpoint), token=token.get_secret_value() if token else None
+        )
     return Gateway(
         runtime.db,
         runtime.box,
         runtime.http,
-        gateway_config(runtime),
+        config,
         manager_sink=manager_sink,
         manager_intake=manager_intake,
+        deliveries=deliveries,
     )
 
 

@@ -1,11 +1,22 @@
 """Forward stored callbacks to their targets (the manager, subscriptions), retried until acknowledged.
 
 Each target has its own FIFO and worker, so one slow or dead receiver holds up only its own events.
-Delivery happens in waves of up to ``concurrency`` events. When a wave has failures the target backs
-off along the :class:`~wxkf.retry.RetrySchedule` (only the oldest event probes it); the first success
-drains its whole backlog at once. An event still undelivered after the schedule's total time is
-dead-lettered (kept and visible), except for targets named in ``persistent``: those are retried
-until acknowledged, at the schedule's last interval.
+Delivery happens in waves of up to ``concurrency`` events. Each attempt ends one of three ways
+(:mod:`wxkf.delivery`):
+
+- acknowledged (a 2xx): the event is done for that target;
+- refused for good (``DeliveryError.permanent``: a 3xx, or a 4xx other than 408/425/429, or a target
+  that no longer exists): the event is dead-lettered for that target at once, kept and visible
+  (``Inbox.dead_letters``) and replayable, so it never blocks the events behind it;
+- failed for now (unreachable, timed out, 5xx, 408/425/429): the event goes back to the head of the
+  queue and the target backs off along the :class:`~wxkf.retry.RetrySchedule`, only the oldest event
+  probing it; the first success drains the whole backlog at once. An event still failing after the
+  schedule's total time is dead-lettered, except for targets named in ``persistent`` (the manager):
+  those are retried until acknowledged, probed at least every ``persistent_probe_interval`` seconds.
+
+Invariant: an event taken from a queue is either finished (done or dead) or back in the queue before
+the wave ends, whatever raises; a failing database write costs a retry, never the event or the worker.
+A target whose queue is empty and whose sink is gone (a deleted subscription) is dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from typing import Any, Protocol
 
 from gateway.inbox import DEAD, DONE, Inbox
 from wxkf.delivery import DeliveryError
-from wxkf.retry import RetrySchedule
+from wxkf.retry import JITTER, RetrySchedule
 from wxkf.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
@@ -55,6 +66,7 @@ class Forwarder:
         clock: Callable[[], float] = time.time,
         on_result: Callable[[str, str], None] | None = None,
         persistent: frozenset[str] = frozenset(),
+        persistent_probe_interval: float = 30.0,
     ) -> None:
         self._inbox = inbox
         self._resolve = resolve
@@ -64,27 +76,42 @@ class Forwarder:
         self._targets: dict[str, _Target] = {}
         self._remaining: dict[str, set[str]] = {}
         self._outcome: dict[str, str] = {}
-        self._finished: list[tuple[str, str]] = []
+        self._finished: list[tuple[str, str, str]] = []  # (event id, dead target or "", its error)
         self._finish_wake = asyncio.Event()
         self._finisher: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
         self._on_result = on_result or (lambda target, result: None)
         self._closed = False
         self._persistent = persistent
+        self._persistent_probe_interval = persistent_probe_interval
         self._idle = asyncio.Event()
         self._idle.set()
 
     # -- feeding ----------------------------------------------------------------------------
     def submit(self, doc: dict[str, Any]) -> None:
-        """Queue a stored document's pending targets (called after the durable write)."""
-        pending = [name for name, state in doc.get("targets", {}).items() if state.get("state") == "pending"]
-        if not pending or doc["_id"] in self._remaining:
+        """Queue a stored document's pending targets (called after the durable write).
+
+        Targets already queued for this event are left alone, so a replay of one dead-lettered target
+        while another is still being forwarded adds only the replayed one.
+        """
+        pending = {name for name, state in doc.get("targets", {}).items() if state.get("state") == "pending"}
+        remaining = self._remaining.get(doc["_id"], set())
+        new = pending - remaining
+        if not new:
             return
-        self._remaining[doc["_id"]] = set(pending)
+        self._remaining[doc["_id"]] = remaining | new
+        self._outcome.pop(doc["_id"], None)  # a replay: the dead-lettered target gets another chance
         self._idle.clear()
-        for name in pending:
+        for name in sorted(new):
             target = self._target(name)
             target.queue.append(doc)
             target.wake.set()
+
+    def prune(self) -> None:
+        """Let idle workers whose target is gone (a deleted subscription) end; call after a reload."""
+        for target in self._targets.values():
+            if not target.queue:
+                target.wake.set()
 
     async def recover(self, owner: str | None = None) -> int:
         """Queue every unfinished document of ``owner`` (default: this replica). Returns the count."""
@@ -103,6 +130,11 @@ class Forwarder:
     def backlog(self) -> int:
         return len(self._remaining)
 
+    @property
+    def targets(self) -> list[str]:
+        """Names of the targets that have a worker."""
+        return list(self._targets)
+
     def target_backlog(self, name: str) -> int:
         target = self._targets.get(name)
         return len(target.queue) if target else 0
@@ -120,7 +152,7 @@ class Forwarder:
             [self._finisher] if self._finisher else []
         )
         await stop_tasks(tasks)
-        await self._flush_finished()
+        await self.flush()
 
     # -- workers ----------------------------------------------------------------------------
     def _target(self, name: str) -> _Target:
@@ -135,6 +167,10 @@ class Forwarder:
     async def _run_target(self, target: _Target) -> None:
         while not self._closed:
             if not target.queue:
+                if self._resolve(target.name) is None:  # nothing queued and nowhere to send: done
+                    if self._targets.get(target.name) is target:
+                        del self._targets[target.name]
+                    return
                 target.wake.clear()
                 await target.wake.wait()
                 continue
@@ -144,58 +180,91 @@ class Forwarder:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(target.wake.wait(), timeout=wait)
                 continue
-            await self._wave(target)
+            try:
+                await self._wave(target)
+            except Exception:  # the wave put its events back; back off and try again
+                log.exception("forwarding to %s failed unexpectedly; retrying", target.name)
+                target.failures += 1
+                target.resume_at = self._clock() + self._delay(target)
 
     async def _wave(self, target: _Target) -> None:
         size = self._concurrency if target.failures == 0 else 1
         wave = [target.queue.popleft() for _ in range(min(size, len(target.queue)))]
-        sink = self._resolve(target.name)
-        if sink is None:  # e.g. a subscription deleted after the event was stored
-            for doc in wave:
-                self._finish(doc["_id"], target.name, DEAD, "target no longer exists")
-            return
-        results = await asyncio.gather(*(self._attempt(sink, doc) for doc in wave))
-        failed = []
+        try:
+            results = await self._attempt_all(target.name, wave)
+        except BaseException:  # cancelled (shutdown) or a bug: nothing of the wave may be lost
+            target.queue.extendleft(reversed(wave))
+            raise
+        # From here to the requeue nothing awaits, so every event is finished or queued again.
+        retry: list[tuple[dict[str, Any], DeliveryError]] = []
+        dead: list[tuple[dict[str, Any], DeliveryError]] = []
+        now = self._clock()
+        horizon = sum(self._schedule.delays)
         for doc, error in zip(wave, results, strict=True):
             if error is None:
                 self._finish(doc["_id"], target.name, DONE, None)
+            elif error.permanent or (
+                target.name not in self._persistent and now - doc["received_at"] > horizon
+            ):
+                self._finish(doc["_id"], target.name, DEAD, str(error))
+                dead.append((doc, error))
             else:
-                failed.append((doc, error))
-        if not failed:
+                doc["targets"][target.name]["attempts"] = doc["targets"][target.name].get("attempts", 0) + 1
+                retry.append((doc, error))
+        target.queue.extendleft(reversed([doc for doc, _ in retry]))
+        if dead:
+            log.warning(
+                "dead-lettered %d event(s) for %s (replay: POST /admin/events/{id}/replay), first %s: %s",
+                len(dead),
+                target.name,
+                dead[0][0]["_id"],
+                dead[0][1],
+            )
+        if not retry:  # acknowledged or refused: either way the receiver answers
             target.failures = 0
             target.resume_at = 0.0
             return
         target.failures += 1
-        now = self._clock()
-        horizon = sum(self._schedule.delays)
-        for doc, error in reversed(failed):
-            attempts = doc["targets"][target.name].get("attempts", 0) + 1
-            doc["targets"][target.name]["attempts"] = attempts
-            if target.name not in self._persistent and now - doc["received_at"] > horizon:
-                log.warning("dead-lettering event %s for %s: %s", doc["_id"], target.name, error)
-                self._finish(doc["_id"], target.name, DEAD, error)
-                continue
-            target.queue.appendleft(doc)
-            await self._inbox.record_attempt(doc["_id"], target.name, attempts, error)
-        delay = self._schedule.delay_after(min(target.failures, len(self._schedule.delays)))
-        target.resume_at = now + (delay or 0.0)
+        delay = self._delay(target)
+        target.resume_at = now + delay
         log.warning(
             "forward to %s failed (%s); %d queued, next attempt in %.1f s",
             target.name,
-            failed[0][1],
+            retry[0][1],
             len(target.queue),
-            delay or 0.0,
+            delay,
         )
+        try:
+            for doc, error in retry:
+                attempts = doc["targets"][target.name]["attempts"]
+                await self._inbox.record_attempt(doc["_id"], target.name, attempts, str(error))
+        except Exception as exc:  # bookkeeping only: the events are queued either way
+            log.warning("could not record failed forwards to %s: %s", target.name, exc)
 
-    async def _attempt(self, sink: Sink, doc: Mapping[str, Any]) -> str | None:
+    def _delay(self, target: _Target) -> float:
+        """Seconds to wait after ``target.failures`` failed waves in a row."""
+        delay = self._schedule.delay_after(min(target.failures, len(self._schedule.delays))) or 0.0
+        if target.name in self._persistent:  # never given up on: keep probing it often enough
+            # jittered below the cap, so replicas that lost the manager together do not probe in step
+            delay = min(delay, self._persistent_probe_interval * JITTER.uniform(0.8, 1.0))
+        return delay
+
+    async def _attempt_all(self, name: str, wave: list[dict[str, Any]]) -> list[DeliveryError | None]:
+        sink = self._resolve(name)
+        if sink is None:  # e.g. a subscription deleted after the event was stored
+            gone = DeliveryError("target no longer exists", permanent=True)
+            return [gone] * len(wave)
+        return await asyncio.gather(*(self._attempt(sink, doc) for doc in wave))
+
+    async def _attempt(self, sink: Sink, doc: Mapping[str, Any]) -> DeliveryError | None:
         try:
             await sink.deliver(doc)
             return None
         except DeliveryError as exc:
-            return str(exc)
-        except Exception as exc:  # a bug in a sink must not kill the worker
+            return exc
+        except Exception as exc:  # a bug in a sink must not kill the worker, nor drop the event
             log.exception("sink failed unexpectedly")
-            return f"internal error: {type(exc).__name__}"
+            return DeliveryError(f"internal error: {type(exc).__name__}")
 
     # -- completion -------------------------------------------------------------------------
     def _finish(self, event_id: str, target: str, state: str, error: str | None) -> None:
@@ -206,7 +275,7 @@ class Forwarder:
         remaining.discard(target)
         if state == DEAD:
             self._outcome[event_id] = DEAD
-        self._finished.append((event_id, target if state == DEAD else ""))
+        self._finished.append((event_id, target, error or "") if state == DEAD else (event_id, "", ""))
         if not remaining:
             del self._remaining[event_id]
         self._finish_wake.set()
@@ -218,22 +287,27 @@ class Forwarder:
             await self._finish_wake.wait()
             self._finish_wake.clear()
             try:
-                await self._flush_finished()
+                await self.flush()
             except Exception:
                 log.exception("recording finished forwards failed; will retry")
                 await asyncio.sleep(1.0)
                 self._finish_wake.set()
 
-    async def _flush_finished(self) -> None:
-        """Batch the state updates: one update_many for every event that is completely done."""
+    async def flush(self) -> None:
+        """Record every forward finished so far in the inbox (batched: one update_many for every event
+        that is completely done). One flush at a time, so a caller also waits for one in progress."""
+        async with self._flush_lock:
+            await self._flush_batch()
+
+    async def _flush_batch(self) -> None:
         batch, self._finished = self._finished, []
         done: list[str] = []
         dead: list[str] = []
         seen: set[str] = set()
         try:
-            for event_id, dead_target in batch:
+            for event_id, dead_target, error in batch:
                 if dead_target:
-                    await self._inbox.finish_target(event_id, dead_target, DEAD)
+                    await self._inbox.dead_letter(event_id, dead_target, error)
                 if event_id in self._remaining or event_id in seen:
                     continue
                 seen.add(event_id)

@@ -1,4 +1,5 @@
-"""Turn one HTTP callback into a verified, decrypted :class:`CallbackEvent`, or a precise rejection.
+"""Turn one HTTP callback into a verified, decrypted :class:`CallbackEvent`, or a precise
+:class:`~wxkf.http.Refusal`.
 
 Pure logic with no I/O besides the registry lookup, so the HTTP route stays a thin shell and every
 rejection reason is testable on its own. Nothing is stored for a rejected callback.
@@ -15,19 +16,10 @@ from gateway.registry import AppRegistry, CorpApp
 from wecom.crypto import CryptoError, ReceiveIdError, SignatureError
 from wecom.models import EventError, KfMsgOrEvent, parse_event
 from wecom.xml import XMLError, parse_xml
+from wxkf.http import Refusal
 
 KF_EVENT = "kf_msg_or_event"
 QUERY_PARAMS = ("msg_signature", "timestamp", "nonce")
-
-
-class Rejected(Exception):
-    """A callback refused with an HTTP status and a short machine-readable reason."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +49,10 @@ def event_id(app: CorpApp, plaintext: bytes) -> str:
 def require_query(query: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, ...]:
     missing = [name for name in names if not query.get(name)]
     if missing:
-        raise Rejected(400, "missing_params", f"missing query parameter(s): {', '.join(missing)}")
+        raise Refusal(400, "missing_params", f"missing query parameter(s): {', '.join(missing)}")
     values = tuple(query[name] for name in names)
     if any(len(value) > 512 for value in values):
-        raise Rejected(400, "bad_params", "query parameter too long")
+        raise Refusal(400, "bad_params", "query parameter too long")
     return values
 
 
@@ -68,19 +60,19 @@ async def find_app(registry: AppRegistry, corp_id: str, app_name: str | None) ->
     app = await registry.resolve(corp_id, app_name)
     if app is None:
         what = f"app {app_name!r} of corp {corp_id!r}" if app_name else f"corp {corp_id!r}"
-        raise Rejected(404, "unknown_app", f"no registered {what}")
+        raise Refusal(404, "unknown_app", f"no registered {what}")
     return app
 
 
 async def _verified(
     registry: AppRegistry, app: CorpApp, signature: str, timestamp: str, nonce: str, encrypt: str
 ) -> CorpApp:
-    """Verify the signature; on failure reload the registry once (a rotated token) and retry."""
+    """Verify the signature; on failure refresh the corp once (a rotated token) and retry."""
     try:
         app.crypt.verify(signature, timestamp, nonce, encrypt)
         return app
     except SignatureError:
-        if await registry.reload_if_allowed():
+        if await registry.refresh(app.corp_id):
             fresh = registry.lookup(app.corp_id, app.name)
             if fresh is not None and fresh is not app:
                 try:
@@ -88,16 +80,16 @@ async def _verified(
                     return fresh
                 except SignatureError:
                     pass
-        raise Rejected(403, "bad_signature", "msg_signature does not match") from None
+        raise Refusal(403, "bad_signature", "msg_signature does not match") from None
 
 
 def _decrypt(app: CorpApp, encrypt: str) -> bytes:
     try:
         return app.crypt.decrypt(encrypt)
     except ReceiveIdError:
-        raise Rejected(403, "wrong_receiveid", "payload was encrypted for another corp") from None
+        raise Refusal(403, "wrong_receiveid", "payload was encrypted for another corp") from None
     except CryptoError as exc:
-        raise Rejected(400, exc.reason, f"cannot decrypt payload: {exc}") from None
+        raise Refusal(400, exc.reason, f"cannot decrypt payload: {exc}") from None
 
 
 async def verify_url(
@@ -124,16 +116,16 @@ async def open_callback(
     try:
         envelope = parse_xml(body)
     except XMLError as exc:
-        raise Rejected(400, f"xml_{exc.reason}", f"bad callback XML: {exc}") from None
+        raise Refusal(400, f"xml_{exc.reason}", f"bad callback XML: {exc}") from None
     encrypt = envelope.get("Encrypt")
     if not isinstance(encrypt, str) or not encrypt:
-        raise Rejected(400, "missing_encrypt", "callback XML has no Encrypt element")
+        raise Refusal(400, "missing_encrypt", "callback XML has no Encrypt element")
     app = await _verified(registry, app, signature, timestamp, nonce, encrypt)
     plaintext = _decrypt(app, encrypt)
     try:
         event = parse_event(plaintext)
     except (XMLError, EventError) as exc:
-        raise Rejected(400, "bad_event", f"decrypted payload is not a valid event: {exc}") from None
+        raise Refusal(400, "bad_event", f"decrypted payload is not a valid event: {exc}") from None
     if isinstance(event, KfMsgOrEvent):
         return CallbackEvent(
             id=event_id(app, plaintext),

@@ -16,13 +16,14 @@ import httpx
 
 from gateway import metrics
 from gateway.forwarder import Forwarder, Sink
-from gateway.inbox import DEFAULT_RETENTION, Inbox, new_document
+from gateway.inbox import DEFAULT_RETENTION, PENDING, Inbox, new_document
 from gateway.intake import CallbackEvent
 from gateway.manager_link import MANAGER_TARGET, ManagerIntake
 from gateway.registry import AppRegistry
 from gateway.subscriptions import TARGET_PREFIX, Subscriptions, SubscriptionSink
 from wxkf import retention
 from wxkf.database import Database
+from wxkf.delivery import DeliveryClient
 from wxkf.endpoints import IPNetwork
 from wxkf.retry import RetrySchedule
 from wxkf.secretbox import SecretBox
@@ -42,6 +43,7 @@ class GatewayConfig:
     registry_reload_interval: float = 30.0
     allowed_networks: tuple[IPNetwork, ...] = ()
     retention: float = DEFAULT_RETENTION
+    manager_probe_interval: float = 30.0  # the longest wait between forwards to a failing manager
 
 
 class Gateway:
@@ -54,10 +56,13 @@ class Gateway:
         *,
         manager_sink: Sink | None = None,
         manager_intake: ManagerIntake | None = None,
+        deliveries: DeliveryClient | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.http = http
+        # every forward (manager, subscriptions) under the endpoint rules; closed by stop()
+        self.deliveries = deliveries or DeliveryClient(config.allowed_networks)
         self.registry = AppRegistry(db, box, clock=clock)
         self.subscriptions = Subscriptions(db, box, clock=clock)
         self.inbox = Inbox(db, config.replica_id, clock=clock, keep_for=config.retention)
@@ -71,6 +76,7 @@ class Gateway:
             clock=clock,
             on_result=self._count_result,
             persistent=frozenset({MANAGER_TARGET}),
+            persistent_probe_interval=config.manager_probe_interval,
         )
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
@@ -97,6 +103,7 @@ class Gateway:
     async def stop(self) -> None:
         await stop_tasks(self._tasks)
         await self.forwarder.close()
+        await self.deliveries.aclose()
 
     # -- intake -----------------------------------------------------------------------------
     def targets_for(self, event: CallbackEvent) -> list[str]:
@@ -132,8 +139,34 @@ class Gateway:
             return self.manager_sink
         if target.startswith(TARGET_PREFIX):
             subscription = self.subscriptions.get(target.removeprefix(TARGET_PREFIX))
-            return SubscriptionSink(self.http, subscription) if subscription else None
+            return SubscriptionSink(self.deliveries, subscription) if subscription else None
         return None
+
+    async def replay(self, event_id: str) -> list[str] | None:
+        """Forward a dead-lettered event again to the targets that gave up on it; returns the names of
+        the event's targets now pending (those, and any still being forwarded), or None if it has none."""
+        doc = await self.inbox.replay(event_id)
+        if doc is None:
+            return None
+        self.forwarder.submit(doc)
+        metrics.BACKLOG.set(self.forwarder.backlog)
+        return [name for name, state in doc["targets"].items() if state["state"] == PENDING]
+
+    async def replay_dead_letters(self, target: str | None, limit: int) -> tuple[int, bool]:
+        """Replay the oldest ``limit`` dead letters (those ``target`` gave up on, if given); returns how
+        many were replayed and whether more are left."""
+        replayed = 0
+        after = ""
+        while page := await self.inbox.dead_letters(after, 100):
+            for dead in page:
+                after = dead["key"]
+                if target is not None and target not in dead["targets"]:
+                    continue
+                if replayed == limit:
+                    return replayed, True
+                if await self.replay(dead["_id"]) is not None:
+                    replayed += 1
+        return replayed, False
 
     def _count_result(self, target: str, result: str) -> None:
         kind = MANAGER_TARGET if target == MANAGER_TARGET else "subscription"
@@ -143,7 +176,15 @@ class Gateway:
     # -- liveness and takeover --------------------------------------------------------------
     async def _liveness(self) -> None:
         await self.inbox.heartbeat()
-        for owner in await self.inbox.dead_replicas(self.config.replica_timeout):
+        # stores that failed a while ago but left their document (WeCom's retry may have gone to
+        # another replica, which found a duplicate): queue them here, where they are owned
+        for doc in await self.inbox.unsure(older_than=self.config.heartbeat_interval):
+            log.warning("queueing event %s: its store failed, yet it was stored", doc["_id"])
+            self.forwarder.submit(doc)
+        dead = await self.inbox.dead_replicas(self.config.replica_timeout)
+        if dead:  # their events may be for subscriptions made there since this replica's last reload
+            await self.subscriptions.reload()
+        for owner in dead:
             taken = await self.forwarder.recover(owner)
             await self.inbox.forget_replica(owner)
             log.warning("took over %d unforwarded events of dead replica %s", taken, owner)
@@ -151,3 +192,4 @@ class Gateway:
     async def _reload(self) -> None:
         await self.registry.reload()
         await self.subscriptions.reload()
+        self.forwarder.prune()  # workers of deleted subscriptions end

@@ -14,11 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from wxkf import webhooks
 from wxkf.database import Database, durable
-from wxkf.delivery import post
+from wxkf.delivery import DeliveryClient
 from wxkf.endpoints import IPNetwork, validate_endpoint
 from wxkf.secretbox import SecretBox
 
@@ -81,15 +79,19 @@ def delivery_body(doc: Mapping[str, Any]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionSink:
-    http: httpx.AsyncClient
+    http: DeliveryClient
     subscription: Subscription
     timeout: float = 10.0
 
     async def deliver(self, doc: Mapping[str, Any]) -> None:
-        body = delivery_body(doc)
-        headers = webhooks.headers(self.subscription.secret, doc["_id"], body)
-        headers["content-type"] = "application/json"
-        await post(self.http, self.subscription.url, content=body, headers=headers, timeout=self.timeout)
+        await self.http.post(
+            self.subscription.url,
+            delivery_body(doc),
+            content_type="application/json",
+            event_id=doc["_id"],
+            secret=self.subscription.secret,
+            timeout=self.timeout,
+        )
 
 
 class Subscriptions:

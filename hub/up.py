@@ -18,6 +18,7 @@ from gateway.registry import AppRegistry
 from gateway.routes import callback_routes
 from manager.admin import admin_routes as manager_admin_routes
 from manager.dispatcher import DispatchConfig
+from manager.forwarded import GatewayAuth
 from manager.routes import compat_routes
 from manager.service import Manager, ManagerConfig
 from token_service.app import build_token_service
@@ -44,6 +45,7 @@ def build_manager(
         dispatch=dispatch or DispatchConfig(owner=owner, schedule=schedule),
         registration_token=registration_token.get_secret_value() if registration_token else None,
         allowed_networks=parse_networks(settings.wxkf_allowed_networks),
+        delivery_connections_per_host=settings.wxkf_delivery_connections_per_host,
         retention=settings.wxkf_retention_days * 86400,
         replica_timeout=settings.wxkf_replica_timeout,
     )
@@ -85,10 +87,12 @@ class Hub:
         return Starlette(
             routes=[
                 # the manager's /callback/decrypted/{corpId} must precede /callback/{corpId}/{app}
-                *compat_routes(self.manager, admin_token),
+                *compat_routes(self.manager, admin_token, GatewayAuth.from_settings(self.runtime.settings)),
                 *callback_routes(self.gateway),
                 *token_routes(self.tokens),
-                *gateway_admin_routes(self.gateway, admin_token),
+                *gateway_admin_routes(
+                    self.gateway, admin_token, [("manager_events", self.manager.mailboxes.event)]
+                ),
                 *manager_admin_routes(self.manager, admin_token),
                 *common_routes(),
             ]

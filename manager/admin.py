@@ -11,7 +11,8 @@ from starlette.routing import BaseRoute, Route
 
 from manager.mailbox import Mailbox, account_key
 from manager.service import Manager
-from wxkf.http import BadRequest, admin_only, error, parse_json
+from wxkf.http import Refusal, admin_only, parse_json
+from wxkf.paging import page_params
 
 
 class ReplayIn(BaseModel):
@@ -47,14 +48,14 @@ async def replay(manager: Manager, body: ReplayIn) -> dict[str, object]:
     if body.event_id:
         newest = await manager.mailboxes.event(body.event_id)
         if newest is None:
-            raise BadRequest("no such event", 404)
+            raise Refusal(404, "not_found", "no such event")
         count = 1
     else:
         assert body.corp_id and body.open_kfid and body.since
         since = f"{int(body.since.timestamp() * 1e9):020d}"
         count, newest = await manager.mailboxes.newest_since(account_key(body.corp_id, body.open_kfid), since)
         if newest is None:
-            raise BadRequest("no events for that account since then", 404)
+            raise Refusal(404, "not_found", "no events for that account since then")
     latest = await manager.mailboxes.requeue(newest["account"], newest)
     manager.dispatcher.notify(newest["account"], latest)
     return {"replayed": count, "account": newest["account"], "delivering": latest.event_id}
@@ -79,8 +80,9 @@ def admin_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
         key = account_key(request.path_params["corp_id"], request.path_params["open_kfid"])
         mailbox = await manager.mailboxes.get(key)
         if mailbox is None:
-            return error("no such account", 404)
-        docs = await manager.mailboxes.events(key)
+            raise Refusal(404, "not_found", "no such account")
+        after, limit = page_params(request)
+        docs = await manager.mailboxes.events(key, after, limit)
         delivered = max(mailbox.delivered, manager.dispatcher.delivered_through(key))
         view = [
             {
@@ -95,7 +97,8 @@ def admin_routes(manager: Manager, admin_token: str | None) -> list[BaseRoute]:
             }
             for doc in docs
         ]
-        return JSONResponse({"account": key, "events": view})
+        next_page = docs[-1]["arrival"] if len(docs) == limit else None
+        return JSONResponse({"account": key, "events": view, "next": next_page})
 
     async def replay_route(request: Request) -> Response:
         body = await parse_json(request, ReplayIn)

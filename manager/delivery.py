@@ -1,11 +1,12 @@
-"""The wire format of a dispatch to a puppet, exactly as Node puppets expect it, plus signatures.
+"""The wire format of a dispatch to a puppet, exactly as Node puppets expect it.
 
 * a callback that came in encrypted goes to ``{endpoint}/callback`` as the original XML with the
   original query string (the puppet verifies and decrypts it itself);
 * a decrypted one goes to ``{endpoint}/callback/decrypted`` as ``{"token", "openKfId"}``.
 
-Every delivery also carries Standard Webhooks headers signed with the puppet's own secret (issued at
-registration); Node puppets ignore them, ours verify them. ``webhook-id`` is the stable event id.
+Every delivery is also signed per Standard Webhooks with the puppet's own secret (issued at
+registration) by :class:`~wxkf.delivery.DeliveryClient`; Node puppets ignore the headers, ours verify
+them. ``webhook-id`` is the stable event id.
 """
 
 from __future__ import annotations
@@ -14,34 +15,34 @@ import json
 
 from manager.mailbox import RAW, Latest
 from manager.puppets import Puppet
-from wxkf import webhooks
-from wxkf.outbound import Outbound
+from wxkf.delivery import DeliveryClient
 
 
-def request_for(puppet: Puppet, latest: Latest) -> tuple[str, bytes, dict[str, str]]:
-    """URL, body and headers of one delivery."""
+def request_for(puppet: Puppet, latest: Latest) -> tuple[str, bytes, str]:
+    """URL, body and content type of one delivery."""
     if latest.mode == RAW:
         url = f"{puppet.endpoint}/callback"
         if latest.query:
             url += "?" + latest.query
-        body = (latest.body or "").encode()
-        content_type = "application/xml"
-    else:
-        url = f"{puppet.endpoint}/callback/decrypted"
-        body = json.dumps({"token": latest.token, "openKfId": puppet.open_kfid}).encode()
-        content_type = "application/json"
-    headers = webhooks.headers(puppet.webhook_secret, latest.event_id, body)
-    headers["content-type"] = content_type
-    return url, body, headers
+        return url, (latest.body or "").encode(), "application/xml"
+    body = json.dumps({"token": latest.token, "openKfId": puppet.open_kfid}).encode()
+    return f"{puppet.endpoint}/callback/decrypted", body, "application/json"
 
 
-async def deliver(http: Outbound, puppet: Puppet, latest: Latest, timeout: float) -> None:
-    """Raises :class:`~wxkf.outbound.Unreachable` (the puppet is down) or
+async def deliver(http: DeliveryClient, puppet: Puppet, latest: Latest, timeout: float) -> None:
+    """Raises :class:`~wxkf.delivery.Unreachable` (the puppet is down) or
     :class:`~wxkf.delivery.DeliveryError` (it answered, but not with a 2xx)."""
-    url, body, headers = request_for(puppet, latest)
-    await http.post(url, body, headers, timeout)
+    url, body, content_type = request_for(puppet, latest)
+    await http.post(
+        url,
+        body,
+        content_type=content_type,
+        event_id=latest.event_id,
+        secret=puppet.webhook_secret,
+        timeout=timeout,
+    )
 
 
-async def probe(http: Outbound, puppet: Puppet, timeout: float = 3.0) -> bool:
+async def probe(http: DeliveryClient, puppet: Puppet, timeout: float = 3.0) -> bool:
     """Is anything answering HTTP at the puppet's callback URL? (Any status counts as alive.)"""
     return await http.reachable(f"{puppet.endpoint}/callback", timeout)

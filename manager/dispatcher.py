@@ -35,7 +35,7 @@ from manager.ledger import Ledger
 from manager.mailbox import Latest, Mailbox, MailboxStore
 from manager.puppets import Puppet, PuppetRegistry
 from wxkf.delivery import DeliveryError
-from wxkf.outbound import Unreachable as PuppetUnreachable
+from wxkf.delivery import Unreachable as PuppetUnreachable
 from wxkf.retry import RetrySchedule
 from wxkf.tasks import run_every, stop_tasks
 

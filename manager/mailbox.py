@@ -22,7 +22,7 @@ from typing import Any
 from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
-from wxkf import retention
+from wxkf import paging, retention
 from wxkf.database import Database, chunks, durable, up_to
 from wxkf.group_commit import GroupCommit
 
@@ -385,11 +385,10 @@ class MailboxStore:
     async def event(self, event_id: str) -> dict[str, Any] | None:
         return await self._events.find_one({"_id": event_id})
 
-    async def events(self, key: str, since_arrival: str = "", limit: int = 1000) -> list[dict[str, Any]]:
-        """The oldest ``limit`` events of an account from ``since_arrival`` on."""
-        cursor = self._events.find({"account": key, "arrival": {"$gte": since_arrival}}, limit=limit).sort(
-            "arrival", ASCENDING
-        )
+    async def events(self, key: str, after: str = "", limit: int = 1000) -> list[dict[str, Any]]:
+        """The oldest ``limit`` events of an account whose arrival key is above ``after`` (one page)."""
+        query = {"account": key, "arrival": paging.after(after)}
+        cursor = self._events.find(query, limit=limit).sort("arrival", ASCENDING)
         return [doc async for doc in cursor]
 
     async def newest_since(self, key: str, since_arrival: str) -> tuple[int, dict[str, Any] | None]:

@@ -1,10 +1,9 @@
-"""The manager: registration by proof, event intake into per-account mailboxes, dispatch, liveness."""
+"""The manager: event intake into per-account mailboxes, dispatch, liveness."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -20,65 +19,16 @@ from manager.ledger import Ledger
 from manager.mailbox import DECRYPTED, RAW, Latest, MailboxStore, account_key
 from manager.puppets import Puppet, PuppetRegistry
 from manager.recovery import Recovery
-from token_service.service import TokenService, TokenUnavailable
-from wecom.client import KfAccount, WeComClient
-from wecom.crypto import MsgCrypt
-from wecom.errors import WeComError
-from wxkf import retention, webhooks
+from manager.registration import Registrar
+from token_service.service import TokenService
+from wxkf import retention
 from wxkf.database import Database
-from wxkf.endpoints import EndpointError, IPNetwork, validate_endpoint
-from wxkf.outbound import Outbound
+from wxkf.delivery import DEFAULT_CONNECTIONS_PER_HOST, DeliveryClient
+from wxkf.endpoints import IPNetwork
 from wxkf.secretbox import SecretBox
-from wxkf.single_flight import SingleFlight
 from wxkf.tasks import run_every, stop_tasks
 
 log = logging.getLogger(__name__)
-
-ACCOUNT_LIST_TTL = 60.0
-ACCOUNT_LIST_RECHECK = 5.0  # an unknown kfId refetches the listing at most this often
-
-
-@dataclass(frozen=True)
-class AccountListing:
-    """One app's ``kf/account/list``, indexed for the lookups registration makes."""
-
-    fetched_at: float
-    by_id: dict[str, KfAccount]
-    by_name: dict[str, KfAccount]
-
-    @classmethod
-    def of(cls, fetched_at: float, accounts: list[KfAccount]) -> AccountListing:
-        by_name: dict[str, KfAccount] = {}
-        for account in accounts:
-            by_name.setdefault(account.name, account)  # the first, as a linear search would find
-        return cls(fetched_at, {account.open_kfid: account for account in accounts}, by_name)
-
-    def find(self, kf_id: str, kf_name: str) -> KfAccount | None:
-        if kf_id:
-            return self.by_id.get(kf_id)
-        return self.by_name.get(kf_name) if kf_name else None
-
-
-class RegistrationRefused(Exception):
-    """Registration denied; ``status`` is the HTTP status and the message says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Registration:
-    """A register request (compat field names live in the route)."""
-
-    corp_id: str
-    corp_secret: str = field(repr=False)
-    kf_id: str
-    kf_name: str
-    endpoint: str
-    token: str = field(repr=False)
-    encoding_aes_key: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -86,6 +36,7 @@ class ManagerConfig:
     owner: str
     dispatch: DispatchConfig
     delivery_timeout: float = 10.0
+    delivery_connections_per_host: int = DEFAULT_CONNECTIONS_PER_HOST
     registration_token: str | None = field(default=None, repr=False)
     allowed_networks: tuple[IPNetwork, ...] = ()
     retention: float = 7 * 86400.0
@@ -107,6 +58,7 @@ class Manager:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.db = db
         self.http = http
         self.tokens = tokens
         self.apps = apps
@@ -118,11 +70,13 @@ class Manager:
             db, self.mailboxes, self.ledger, config.owner, timeout=config.replica_timeout, clock=clock
         )
         self._clock = clock
-        self._account_lists: dict[str, AccountListing] = {}
-        self._listing_fetches: SingleFlight[AccountListing] = SingleFlight()
         timeout = config.delivery_timeout
 
-        self.puppet_http = Outbound(config.allowed_networks, timeout=timeout)
+        self.puppet_http = DeliveryClient(
+            config.allowed_networks,
+            connections_per_host=config.delivery_connections_per_host,
+            timeout=timeout,
+        )
 
         async def deliver(puppet: Puppet, latest: Latest) -> None:
             await delivery.deliver(self.puppet_http, puppet, latest, timeout)
@@ -134,6 +88,17 @@ class Manager:
         self._unroutable_warned: dict[str, float] = {}
         self.dispatcher = Dispatcher(
             self.mailboxes, self.puppets, deliver, probe, config.dispatch, ledger=self.ledger, clock=clock
+        )
+        self.registration = Registrar(
+            self.puppets,
+            apps,
+            tokens,
+            http,
+            api_base,
+            on_registered=self.dispatcher.back_online,
+            registration_token=config.registration_token,
+            allowed_networks=config.allowed_networks,
+            clock=clock,
         )
 
     async def start(self) -> None:
@@ -236,97 +201,6 @@ class Manager:
             body=event.body,
             query=event.query,
         )
-
-    # -- registration -----------------------------------------------------------------------
-    def registration_token_ok(self, presented: str | None) -> bool:
-        expected = self.config.registration_token
-        if not expected:
-            return True
-        return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
-
-    async def register(self, reg: Registration) -> tuple[Puppet, str]:
-        """Verify by proof, store, un-park; returns the puppet and its new webhook secret."""
-        try:
-            MsgCrypt(reg.token, reg.encoding_aes_key, reg.corp_id)
-        except ValueError as exc:
-            raise RegistrationRefused(400, f"token/encodingAESKey: {exc}") from None
-        try:
-            endpoint = await validate_endpoint(reg.endpoint, self.config.allowed_networks)
-        except EndpointError as exc:
-            raise RegistrationRefused(400, f"endpoint refused: {exc}") from None
-        open_kfid, name = await self._prove_account(reg)
-        app = self.apps.find_by_credentials(reg.corp_id, reg.token, reg.encoding_aes_key)
-        if app is None:
-            app_name = "kf-" + hashlib.sha256(reg.token.encode()).hexdigest()[:8]
-            app = await self.apps.add(reg.corp_id, app_name, reg.token, reg.encoding_aes_key, reg.corp_secret)
-        secret = webhooks.generate_secret()
-        key = account_key(reg.corp_id, open_kfid)
-        puppet = await self.puppets.register(
-            key,
-            corp_id=reg.corp_id,
-            open_kfid=open_kfid,
-            kf_name=name,
-            endpoint=endpoint,
-            app=app.key,
-            corp_secret=reg.corp_secret,
-            webhook_secret=secret,
-        )
-        log.info("registered puppet for %s (%s) at app %s", key, name, app.key)
-        await self.dispatcher.back_online(key)
-        return puppet, secret
-
-    async def _accounts(self, corp_id: str, secret: str, max_age: float) -> AccountListing:
-        """``kf/account/list`` as this secret sees it, at most ``max_age`` seconds old. Remembered, and
-        fetched once for all concurrent callers: a fleet of puppets of one app registering at once (a
-        deploy, a restart) costs one listing, not one per puppet (10,000 accounts are 100 pages)."""
-        key = self.tokens.store.key_for(corp_id, secret)
-        cached = self._account_lists.get(key)
-        if cached is not None and self._clock() - cached.fetched_at < max_age:
-            return cached
-
-        async def fetch() -> AccountListing:
-            client = WeComClient(self.http, self.api_base, self.tokens.provider(corp_id, secret))
-            listing = AccountListing.of(self._clock(), await client.kf_accounts_all())
-            self._account_lists[key] = listing
-            return listing
-
-        return await self._listing_fetches.run(key, fetch)
-
-    async def _prove_account(self, reg: Registration) -> tuple[str, str]:
-        """The secret must fetch a token and list the account with manage_privilege."""
-        try:
-            listing = await self._accounts(reg.corp_id, reg.corp_secret, ACCOUNT_LIST_TTL)
-            found = listing.find(reg.kf_id, reg.kf_name)
-            if found is None:  # maybe created since the listing was fetched: look again, not too often
-                listing = await self._accounts(reg.corp_id, reg.corp_secret, ACCOUNT_LIST_RECHECK)
-                found = listing.find(reg.kf_id, reg.kf_name)
-        except TokenUnavailable as exc:
-            raise RegistrationRefused(403, f"corpSecret refused by WeCom (errcode {exc.errcode})") from None
-        except WeComError as exc:
-            raise RegistrationRefused(403, f"kf/account/list failed: errcode {exc.errcode}") from None
-        except httpx.HTTPError:
-            raise RegistrationRefused(503, "WeCom unreachable; retry later") from None
-        if found is None:
-            which = f"kfId {reg.kf_id}" if reg.kf_id else f"kfName {reg.kf_name!r}"
-            raise RegistrationRefused(403, f"{which} is not an account this corpSecret manages")
-        if not found.manage_privilege:
-            raise RegistrationRefused(403, "this secret's app has no manage_privilege on that account")
-        return found.open_kfid, found.name
-
-    async def deregister(self, corp_id: str, open_kfid: str) -> bool:
-        return await self.puppets.deregister(account_key(corp_id, open_kfid))
-
-    async def authenticate_puppet(self, corp_id: str, open_kfid: str, secret: str | None) -> Puppet | None:
-        """The registered puppet if ``secret`` is its webhook secret or its corp secret."""
-        if not secret:
-            return None
-        puppet = await self.puppets.get(account_key(corp_id, open_kfid))
-        if puppet is None:
-            return None
-        for candidate in (puppet.webhook_secret, puppet.corp_secret):
-            if hmac.compare_digest(candidate.encode(), secret.encode()):
-                return puppet
-        return None
 
     async def heartbeat(self, puppet: Puppet) -> None:
         if await self.puppets.mark_online(puppet.key):

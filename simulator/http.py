@@ -16,7 +16,7 @@ from starlette.responses import Response
 from simulator.delivery import Courier
 from simulator.state import SimState
 from simulator.wecom.errcodes import ApiError
-from wxkf.http import BadRequest, error, parse_json
+from wxkf.http import Refusal, error, parse_json
 
 M = TypeVar("M", bound=BaseModel)
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -49,7 +49,7 @@ def control(endpoint: Endpoint) -> Endpoint:
     async def guarded(request: Request) -> Response:
         try:
             return await endpoint(request)
-        except BadRequest as exc:
+        except Refusal as exc:
             return error(exc.message, exc.status)
         except LookupError as exc:
             return error(str(exc.args[0]) if exc.args else "not found", 404)

@@ -8,6 +8,7 @@ on an event it does not handle.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from wecom.xml import parse_xml
 
 __all__ = [
+    "CORP_ID",
     "KF_MSG_OR_EVENT",
+    "OPEN_KFID",
+    "SYNC_TOKEN",
     "CallbackEnvelope",
     "EventError",
     "KfMessage",
@@ -25,6 +29,12 @@ __all__ = [
 ]
 
 KF_MSG_OR_EVENT = "kf_msg_or_event"
+
+# The shapes of ids taken from requests (check with ``fullmatch``): anything else is refused before it
+# reaches a lookup, a log line or a document.
+CORP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+OPEN_KFID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+SYNC_TOKEN = re.compile(r"[\x21-\x7e]{1,512}")  # a callback's Token: printable ASCII
 
 
 class EventError(ValueError):
@@ -101,14 +111,16 @@ def _create_time(fields: dict[str, str]) -> int | None:
 def parse_event(data: bytes | str) -> KfMsgOrEvent | RawEvent:
     """Parse a decrypted callback.
 
-    Only a ``kf_msg_or_event`` without ToUserName, Token or OpenKfId is an error (:class:`EventError`):
-    it cannot be routed. Anything else, known or not, comes back as a :class:`RawEvent`. XML problems
-    raise :class:`~wecom.xml.XMLError`.
+    Only a ``kf_msg_or_event`` without ToUserName, Token or OpenKfId, or with a MsgType other than
+    ``event``, is an error (:class:`EventError`): it cannot be routed. Anything else, known or not,
+    comes back as a :class:`RawEvent`. XML problems raise :class:`~wecom.xml.XMLError`.
     """
     fields = parse_xml(data)
     msg_type = fields.get("MsgType") or None
     event = fields.get("Event") or None
-    if msg_type == "event" and event == KF_MSG_OR_EVENT:
+    if event == KF_MSG_OR_EVENT and msg_type != "event":
+        raise EventError("bad_field", "MsgType", f"kf_msg_or_event with MsgType {msg_type!r}, not 'event'")
+    if event == KF_MSG_OR_EVENT:
         what = "kf_msg_or_event"
         return KfMsgOrEvent(
             to_user_name=_required(fields, "ToUserName", what),

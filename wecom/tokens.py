@@ -68,6 +68,11 @@ class StaticTokenProvider:
 class GetTokenProvider:
     """One app's token, cached in memory and refreshed ``margin`` seconds before it expires.
 
+    WeCom (and a token service in front of it) answers gettoken with the current token until that
+    expires. The first time a refresh returns the token already held, the provider learns it: from
+    then on it serves each token until it expires and fetches only then, one call per lifetime
+    instead of a call on every ``get()`` inside the margin.
+
     Concurrent ``get()`` calls share a single in-flight fetch (a shielded task, so a cancelled caller
     does not cancel it for the others). If a refresh fails while the cached token has not expired yet,
     that token keeps being served and the next attempt waits ``retry_interval`` seconds, so a WeCom
@@ -89,6 +94,7 @@ class GetTokenProvider:
         self._current: AccessToken | None = None
         self._retry_at = 0.0
         self._inflight: asyncio.Task[AccessToken] | None = None
+        self.reuses_tokens = False  # learned: upstream returns the current token until it expires
         self.fetches = 0  # upstream calls made, for metrics and tests
 
     def __repr__(self) -> str:
@@ -98,7 +104,8 @@ class GetTokenProvider:
         current = self._current
         if current is not None:
             now = self._clock()
-            if now < current.expires_at - self.margin or (now < self._retry_at and now < current.expires_at):
+            refresh_at = current.expires_at - (0.0 if self.reuses_tokens else self.margin)
+            if now < refresh_at or (now < self._retry_at and now < current.expires_at):
                 return current.token
         return (await self._refresh()).token
 
@@ -134,6 +141,10 @@ class GetTokenProvider:
             self._retry_at = now + self.retry_interval
             log.warning("access token refresh failed (%s); serving the cached one", type(exc).__name__)
             return current
+        held = self._current
+        if held is not None and not self.reuses_tokens and hmac.compare_digest(held.token, fresh.token):
+            log.info("gettoken returned the token held; from now on each token is kept until it expires")
+            self.reuses_tokens = True
         self._current = fresh
         self._retry_at = 0.0
         return fresh

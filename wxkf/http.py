@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -15,19 +17,84 @@ from starlette.routing import BaseRoute, Route
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
-class BodyTooLarge(Exception):
-    pass
+class Refusal(Exception):
+    """A request refused, for every route of every service: the one "status + message" exception.
 
+    ``status`` is the HTTP status, ``reason`` a short machine-readable word (a metric label, the
+    prefix of a plain-text answer), ``message`` says why in words the caller can act on. Routes raise
+    it; :func:`refusing` (or :func:`refused`) turns it into the route family's answer and logs it.
+    """
 
-class BadRequest(Exception):
-    """Raised by request parsing helpers; :func:`json_endpoint` turns it into a 400."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
-        self.message = message
         self.status = status
+        self.reason = reason
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"Refusal({self.status}, {self.reason!r}, {self.message!r})"
+
+
+class BodyTooLarge(Refusal):
+    """The body is over the route's limit (a :class:`Refusal` with status 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "too_large", f"body exceeds {limit} bytes")
+
+
+Render = Callable[[Refusal], Response]
+
+
+def as_json(refusal: Refusal) -> Response:
+    """Admin and service APIs: ``{"error": message, "reason": reason}`` with the refusal's status."""
+    return error(refusal.message, refusal.status, reason=refusal.reason)
+
+
+def as_text(refusal: Refusal) -> Response:
+    """Plain ``reason: message`` with the refusal's status (WeCom's callback routes, gateways)."""
+    return PlainTextResponse(f"{refusal.reason}: {refusal.message}", status_code=refusal.status)
+
+
+def as_compat(refusal: Refusal) -> Response:
+    """The Node manager's form: HTTP 200 and ``{code: <non-zero>, message}``. Node puppets use axios,
+    which throws on any non-2xx answer; with a 200 they log ``message`` instead of crashing."""
+    return JSONResponse({"code": refusal.status, "message": refusal.message})
+
+
+def as_compat_wecom(refusal: Refusal) -> Response:
+    """:func:`as_compat` plus WeCom's own error fields, for a route whose successful answers are WeCom's
+    (the request proxy): a client that checks ``errcode`` sees a non-zero one and ``errmsg`` says why.
+    Both codes are the refusal's HTTP status, which is never one of WeCom's errcodes."""
+    body = {"code": refusal.status, "message": refusal.message}
+    return JSONResponse({**body, "errcode": refusal.status, "errmsg": refusal.message})
+
+
+def refused(request: Request, refusal: Refusal, render: Render = as_json) -> Response:
+    """The one place a refusal becomes an answer: logged as a warning, rendered by ``render``."""
+    log.warning(
+        "refused %s %.200r: %s (%s, %d)",
+        request.method,
+        request.scope.get("path", ""),
+        refusal.message,
+        refusal.reason,
+        refusal.status,
+    )
+    return render(refusal)
+
+
+def refusing(endpoint: Endpoint, render: Render = as_json) -> Endpoint:
+    """Wrap ``endpoint`` so a :class:`Refusal` it raises is answered with ``render``."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except Refusal as exc:
+            return refused(request, exc, render)
+
+    return guarded
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -35,39 +102,45 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
-            if int(declared) > limit:
-                raise BodyTooLarge
+            too_large = int(declared) > limit
         except ValueError:
-            raise BodyTooLarge from None
+            raise Refusal(400, "bad_length", "Content-Length is not a number") from None
+        if too_large:
+            raise BodyTooLarge(limit)
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge
+            raise BodyTooLarge(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 async def parse_json(request: Request, model: type[M], limit: int = 64 * 1024, *, empty: Any = None) -> M:
-    """Validate a JSON body into ``model``; any problem becomes a :class:`BadRequest` with the reason.
+    """Validate a JSON body into ``model``; any problem is a :class:`Refusal` that says what.
 
     An empty (or blank) body is read as ``empty``.
     """
-    try:
-        body = await read_body(request, limit)
-    except BodyTooLarge:
-        raise BadRequest(f"body exceeds {limit} bytes", 413) from None
+    body = await read_body(request, limit)
     try:
         data = json.loads(body) if body.strip() else empty
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from None
+        raise Refusal(400, "bad_json", f"body is not JSON: {exc}") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ())) or "body"
-        raise BadRequest(f"{where}: {first.get('msg')}") from None
+        raise Refusal(400, "bad_field", f"{where}: {first.get('msg')}") from None
+
+
+def check_id(value: str, pattern: re.Pattern[str], what: str) -> str:
+    """``value`` if all of it matches ``pattern``; else a 400 :class:`Refusal` naming ``what``."""
+    if not pattern.fullmatch(value):
+        shown = value[:40] + ("..." if len(value) > 40 else "")
+        raise Refusal(400, "bad_id", f"{what} {shown!r} is not a valid id")
+    return value
 
 
 def error(message: str, status: int = 400, **extra: Any) -> JSONResponse:
@@ -87,15 +160,12 @@ def admin_only(token: str | None, endpoint: Endpoint) -> Endpoint:
 
     async def guarded(request: Request) -> Response:
         if not token:
-            return error("admin API disabled: set WXKF_ADMIN_TOKEN", 403)
+            raise Refusal(403, "admin_disabled", "admin API disabled: set WXKF_ADMIN_TOKEN")
         if not bearer_matches(request, token):
-            return error("missing or wrong bearer token", 401)
-        try:
-            return await endpoint(request)
-        except BadRequest as exc:
-            return error(exc.message, exc.status)
+            raise Refusal(401, "unauthorized", "missing or wrong bearer token")
+        return await endpoint(request)
 
-    return guarded
+    return refusing(guarded)
 
 
 def common_routes() -> list[BaseRoute]:

@@ -44,8 +44,22 @@ class Settings(BaseSettings):
     manager_endpoint: AnyHttpUrl | None = Field(
         default=None, description="where `wxkf gateway` forwards kf events (a manager's base URL)"
     )
+    wxkf_gateway_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token `wxkf gateway` sends to MANAGER_ENDPOINT; /callback/decrypted requires it",
+    )
+    wxkf_gateway_networks: str | None = Field(
+        default=None, description="comma-separated CIDRs /callback/decrypted accepts callers from"
+    )
     wxkf_allowed_networks: str | None = Field(
-        default=None, description="comma-separated CIDRs that delivery targets must lie in (default: any)"
+        default=None,
+        description="comma-separated CIDRs delivery targets must lie in (default: any but reserved ones)",
+    )
+    wxkf_delivery_connections_per_host: int = Field(
+        default=256,
+        ge=1,
+        le=10_000,
+        description="concurrent deliveries per puppet host (scheme, host, port); more wait their turn",
     )
     wxkf_max_body: int = Field(
         default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="max callback body"
@@ -84,7 +98,7 @@ class Settings(BaseSettings):
         parse_delays(value)
         return value
 
-    @field_validator("wxkf_allowed_networks")
+    @field_validator("wxkf_allowed_networks", "wxkf_gateway_networks")
     @classmethod
     def _networks(cls, value: str | None) -> str | None:
         parse_networks(value)

@@ -256,6 +256,11 @@ async def invalidate_tokens(request: Request) -> Response:
     return JSONResponse({"invalidated": count})
 
 
+async def token_counts(request: Request) -> Response:
+    """Every gettoken call so far by outcome: requests, refused, issued (a new token), reused."""
+    return JSONResponse(dict(wecom(request).tokens.counts))
+
+
 def describe_robot(request: Request, key: str) -> dict[str, Any]:
     robot = wecom(request).robots.robots[key]
     webhook = f"{str(request.base_url).rstrip('/')}/cgi-bin/webhook/send?key={robot.key}"
@@ -312,6 +317,7 @@ def routes() -> list[BaseRoute]:
         Route(corp + "/customers", control(create_customer), methods=["POST"]),
         Route(corp + "/customers/{external_userid}/received", control(customer_received), methods=["GET"]),
         Route("/sim/tokens/invalidate", control(invalidate_tokens), methods=["POST"]),
+        Route("/sim/tokens", control(token_counts), methods=["GET"]),
         Route("/sim/robots", control(create_robot), methods=["POST"]),
         Route("/sim/robots", control(list_robots), methods=["GET"]),
         Route("/sim/robots/{key}/messages", control(robot_messages), methods=["GET"]),

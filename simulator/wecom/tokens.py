@@ -3,12 +3,15 @@
 As in WeCom, asking again while a token is valid returns that same token (``token_reuse``); a token
 the control API invalidated early is refused with 40014 and the next ``gettoken`` issues a new one;
 an expired one gets 42001. Every ``gettoken`` call is counted per app, and calls beyond
-``gettoken_rate`` get 45009, so a token cache that calls too often shows up in tests.
+``gettoken_rate`` get 45009, so a token cache that calls too often shows up in tests. All calls,
+refused ones included, are also counted by outcome (:attr:`AccessTokens.counts`, ``GET /sim/tokens``):
+``reused`` counts the calls that got back a token issued earlier, i.e. asked before it expired.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 from simulator.clock import Clock
@@ -40,8 +43,20 @@ class AccessTokens:
         self.issued: dict[str, IssuedToken] = {}
         self._current: dict[tuple[str, int], IssuedToken] = {}
         self._limits = Limits([config.gettoken_rate] if config.gettoken_rate else [], clock)
+        self.counts: Counter[str] = Counter({"requests": 0, "refused": 0, "issued": 0, "reused": 0})
 
     def gettoken(self, corpid: str | None, corpsecret: str | None) -> IssuedToken:
+        self.counts["requests"] += 1
+        try:
+            issued, reused = self._gettoken(corpid, corpsecret)
+        except ApiError:
+            self.counts["refused"] += 1
+            raise
+        self.counts["reused" if reused else "issued"] += 1
+        return issued
+
+    def _gettoken(self, corpid: str | None, corpsecret: str | None) -> tuple[IssuedToken, bool]:
+        """The token to answer, and whether it was issued before this call."""
         if not corpid:
             raise ApiError(E.MISSING_CORPID, "corpid missing")
         corp = self.directory.corps.get(corpid)
@@ -63,11 +78,11 @@ class AccessTokens:
             and not current.revoked
             and now < current.expires_at
         ):
-            return current
+            return current, True
         issued = IssuedToken(ids.access_token(), corpid, app.agentid, now + self.config.token_ttl)
         self.issued[issued.token] = issued
         self._current[(corpid, app.agentid)] = issued
-        return issued
+        return issued, False
 
     def authenticate(self, access_token: str | None) -> App:
         """The app ``access_token`` belongs to, or the errcode WeCom answers for it."""

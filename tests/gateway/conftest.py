@@ -15,6 +15,7 @@ from gateway.service import Gateway, GatewayConfig
 from tests.support.recorder import Recorder
 from tests.support.servers import serve_app
 from tests.support.wecom_callbacks import CorpAppKeys
+from wxkf.delivery import DeliveryClient
 from wxkf.retry import RetrySchedule
 from wxkf.runtime import Runtime
 
@@ -37,9 +38,10 @@ def keys() -> CorpAppKeys:
 def make_gateway(
     runtime: Runtime, manager_url: str | None, replica: str = "gw-test", **config: Any
 ) -> Gateway:
-    sink = HttpManagerSink(runtime.http, manager_url) if manager_url else None
     cfg = GatewayConfig(replica_id=replica, schedule=FAST_RETRIES, **config)
-    return Gateway(runtime.db, runtime.box, runtime.http, cfg, manager_sink=sink)
+    deliveries = DeliveryClient(cfg.allowed_networks)  # the gateway closes it
+    sink = HttpManagerSink(deliveries, manager_url) if manager_url else None
+    return Gateway(runtime.db, runtime.box, runtime.http, cfg, manager_sink=sink, deliveries=deliveries)
 
 
 @dataclass

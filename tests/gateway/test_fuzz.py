@@ -1,4 +1,6 @@
 """Thousands of mutated callbacks at a live gateway: never a 5xx, never a dropped connection, no forged 200.
+And mutated requests at every other public route of the whole hub (compat, admin, token): never a 5xx,
+and the puppet-facing compat routes always answer in the Node manager's 2xx form.
 
 Each example starts from a genuine callback and breaks it at one or more layers: the plaintext (then
 encrypted and signed properly, so the mutation reaches the XML parser), the ciphertext (re-signed, so it
@@ -22,14 +24,20 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 from pymongo import MongoClient
 
 from gateway.inbox import COLLECTION as INBOX
 from gateway.intake import KF_EVENT, event_id
 from gateway.registry import DEFAULT_APP
+from manager.forwarded import UNREGISTERED_LIMIT
 from tests.gateway.conftest import RunningGateway
+from tests.manager.test_compat_e2e import ADMIN, World
+from tests.manager.test_compat_e2e import simulator as simulator  # fixtures
+from tests.manager.test_compat_e2e import world as world
 from tests.support.wecom_callbacks import CorpAppKeys
 from wecom.crypto import CryptoError, MsgCrypt
 from wecom.models import EventError, KfMsgOrEvent, parse_event
@@ -189,7 +197,7 @@ def plaintexts(draw: st.DrawFn, corp_id: str) -> str:
         head["CreateTime"] = draw(CREATE_TIME)
     if draw(st.integers(0, 2)):
         fields: dict[str, str | int] = {
-            "MsgType": "event",
+            "MsgType": draw(st.sampled_from(["event"] * 8 + ["text", ""])),  # a kf event must be one
             "Event": KF_EVENT,
             "Token": draw(st.just("sync-token") | XML_TEXT),
             "OpenKfId": draw(st.just("wkAAA") | XML_TEXT),
@@ -197,7 +205,7 @@ def plaintexts(draw: st.DrawFn, corp_id: str) -> str:
     else:
         fields = {
             "MsgType": draw(st.sampled_from(["event", "text", "image", ""]) | XML_TEXT),
-            "Event": draw(st.sampled_from(["change_contact", "enter_agent", ""]) | XML_TEXT),
+            "Event": draw(st.sampled_from(["change_contact", "enter_agent", KF_EVENT, ""]) | XML_TEXT),
             **draw(st.dictionaries(NAMES, XML_TEXT | st.integers(), max_size=4)),
         }
     return build_xml({**head, **fields})
@@ -423,3 +431,234 @@ async def test_mutated_callbacks_never_crash_the_gateway_or_get_through(
     for reached in ("accepted", "bad_signature", "bad_event", "xml_malformed", "xml_doctype", "bad_padding"):
         assert outcomes[reached] > 0, outcomes
     assert (await gw.http.get("/healthz")).status_code == 200
+
+
+# -- the compat, admin and token routes of the whole hub ---------------------------------------------
+@dataclass(frozen=True)
+class Call:
+    """One request to a hub route; ``json`` is sent as a JSON body, else ``content`` as raw bytes."""
+
+    method: str
+    path: str
+    json: Any = None
+    content: bytes | None = None
+    params: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def compat(self) -> bool:
+        """A puppet-facing compat route: refusals are HTTP 200 with a non-zero code."""
+        return self.path.startswith("/puppetWxkfManager/") and "/getToken" not in self.path
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4),
+    max_leaves=10,
+)
+SEGMENTS = (
+    st.sampled_from(["wkMANAGED", "..", ".", "%2e%2e", "%252e", "a%2Fb", "", "x" * 300, "kf", "media"])
+    | ANY_TEXT
+)
+ENDPOINTS = st.sampled_from(
+    [
+        "http://[::1/x",
+        "http://" + "a" * 64 + ".example.org/",
+        "http://[::1]:99999/",
+        "http://127.0.0.1:9/cb?x=1#f",
+        "http://169.254.169.254/",
+        "http://user:pw@127.0.0.1/",
+        "http://xn--/",
+        "http://\u2603.example/",
+        "gopher://127.0.0.1/",
+        "http://127.0.0.1:9",
+    ]
+) | st.text(max_size=60)
+
+
+def field_values(valid: str) -> st.SearchStrategy[Any]:
+    return st.just(valid) | ANY_TEXT | JSON_VALUES | st.just("x" * 5000)
+
+
+@st.composite
+def hub_calls(draw: st.DrawFn, corp: dict[str, str], tokens: dict[str, str]) -> Call:
+    """A request to one of the hub's non-callback routes, with bodies of every wrong shape."""
+    auth = draw(
+        st.sampled_from(
+            [None, f"Bearer {tokens['admin']}", f"Bearer {tokens['gateway']}", "Bearer nope", "Basic x"]
+        )
+    )
+    headers: tuple[tuple[str, str], ...] = (("authorization", auth),) if auth else ()
+    segment = quote(draw(SEGMENTS), safe="")
+    register = {
+        "kfId": "wkMANAGED",
+        "kfName": "Support",
+        "endpoint": "http://127.0.0.1:9",
+        "corpId": corp["corpid"],
+        "corpSecret": corp["secret"],
+        "token": corp["token"],
+        "encodingAESKey": corp["aes_key"],
+    }
+    route = draw(
+        st.sampled_from(
+            [
+                ("POST", "/puppetWxkfManager/register"),
+                ("POST", "/puppetWxkfManager/deregister"),
+                ("POST", "/puppetWxkfManager/heartbeat"),
+                ("GET", "/puppetWxkfManager/getToken"),
+                ("GET", f"/puppetWxkfManager/puppetWxkfInfo/{segment}"),
+                ("POST", f"/puppetWxkfManager/wxkfRequestProxy/kf/{segment}/list"),
+                ("GET", f"/puppetWxkfManager/wxkfRequestProxy/{segment}"),
+                ("POST", f"/callback/decrypted/{corp['corpid']}"),
+                ("POST", f"/callback/decrypted/{segment}"),
+                ("GET", "/admin/apps"),
+                ("POST", "/admin/apps"),
+                ("DELETE", f"/admin/apps/{segment}/{segment}"),
+                ("GET", "/admin/subscriptions"),
+                ("POST", "/admin/subscriptions"),
+                ("DELETE", f"/admin/subscriptions/{segment}"),
+                ("GET", f"/admin/events/{segment}"),
+                ("GET", "/admin/accounts"),
+                ("GET", "/admin/puppets"),
+                ("GET", f"/admin/accounts/{segment}/{segment}/events"),
+                ("POST", "/admin/replay"),
+                ("POST", "/token/invalidate"),
+                ("GET", "/cgi-bin/gettoken"),
+            ]
+        )
+    )
+    method, path = route
+    base: dict[str, Any] = {}
+    if path.endswith("/register"):
+        base = {**register, "endpoint": draw(ENDPOINTS)}
+    elif path.endswith(("/deregister", "/heartbeat")):
+        base = {"corpId": corp["corpid"], "kfId": "wkMANAGED", "corpSecret": corp["secret"]}
+    elif path.startswith("/callback/decrypted/"):
+        base = {"token": "sync-token", "openKfId": "wkMANAGED", "eventId": "event-1"}
+        if draw(st.booleans()):
+            header_text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=80)
+            headers += (("webhook-id", draw(header_text | st.just("e" * 5000))),)
+    elif path == "/admin/apps":
+        base = {"corp_id": corp["corpid"], "token": "t", "encoding_aes_key": corp["aes_key"]}
+    elif path == "/admin/subscriptions":
+        base = {"url": draw(ENDPOINTS), "event_types": ["*"]}
+    elif path == "/admin/replay":
+        base = {"event_id": "event-1", "corp_id": corp["corpid"], "open_kfid": "wkMANAGED"}
+        base["since"] = draw(st.sampled_from(["2020-01-01T00:00:00Z", "9999-12-31T23:59:59", "0001-01-01"]))
+    elif path == "/token/invalidate":
+        base = {"corpid": corp["corpid"], "corpsecret": corp["secret"], "access_token": "x"}
+    params: tuple[tuple[str, str], ...] = ()
+    if method == "GET":
+        names = st.sampled_from(["corpid", "corpsecret", "kfid", "access_token", "offset"])
+        params = tuple(draw(st.lists(st.tuples(names, ANY_TEXT), max_size=3)))
+    shape = draw(st.sampled_from(["fields", "fields", "json", "bytes", "none"]))
+    if shape == "fields" and base:
+        body = {
+            name: draw(field_values(value)) if draw(st.integers(0, 3)) == 0 else value
+            for name, value in base.items()
+        }
+        if draw(st.integers(0, 4)) == 0 and body:
+            body.pop(draw(st.sampled_from(sorted(body))))
+        return Call(method, path, json=body, params=params, headers=headers)
+    if shape == "json":
+        return Call(method, path, json=draw(JSON_VALUES), params=params, headers=headers)
+    if shape == "bytes":
+        content = draw(st.binary(max_size=200) | st.just(b"{" * 5000) | st.just(b" " * 70_000))
+        return Call(method, path, content=content, params=params, headers=headers)
+    return Call(method, path, params=params, headers=headers)
+
+
+def fuzz_hub(url: str, corp: dict[str, str], tokens: dict[str, str], outcomes: Counter[str]) -> None:
+    with httpx.Client(base_url=url, timeout=30.0) as http:
+
+        @settings(
+            max_examples=HUB_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
+        @given(hub_calls(corp, tokens))
+        def hub_never_fails(call: Call) -> None:
+            kwargs: dict[str, Any] = {"params": list(call.params), "headers": dict(call.headers)}
+            if call.json is not None:
+                kwargs["json"] = call.json
+            elif call.content is not None:
+                kwargs["content"] = call.content
+            response = http.request(call.method, call.path, **kwargs)  # a dropped connection raises
+            outcomes[
+                f"{call.method} {call.path.split('/')[1]}/{call.path.split('/')[2]} {response.status_code}"
+            ] += 1
+            assert response.status_code < 500, (call, response.status_code, response.text)
+            # the router's own answers (no route: 404; a path ending in '/': a 307 to the other form)
+            if call.compat and response.status_code not in (307, 404):
+                assert response.status_code == 200, (call, response.status_code, response.text)
+
+        hub_never_fails()
+
+
+HUB_EXAMPLES = 1500
+FUZZ_GATEWAY_TOKEN = "fuzz-gateway-token"
+
+
+@pytest.fixture
+def hub_settings() -> dict[str, Any]:
+    """The fuzzed hub accepts forwarded events with this gateway token, so they reach validation."""
+    return {"wxkf_gateway_token": SecretStr(FUZZ_GATEWAY_TOKEN)}
+
+
+async def test_mutated_requests_never_get_a_5xx_from_compat_admin_or_token_routes(world: World) -> None:
+    assert world.hub is not None and world.hub.manager is not None
+    await world.hub.gateway.registry.add(world.corpid, None, world.token, world.aes_key)
+    corp = {"corpid": world.corpid, "secret": world.secret, "token": world.token, "aes_key": world.aes_key}
+    tokens = {"admin": ADMIN, "gateway": FUZZ_GATEWAY_TOKEN}
+    outcomes: Counter[str] = Counter()
+
+    await asyncio.to_thread(fuzz_hub, world.hub_url, corp, tokens, outcomes)
+
+    print(f"\nhub fuzz: {outcomes.total()} requests, outcomes {dict(sorted(outcomes.items()))}")
+    assert outcomes.total() >= HUB_EXAMPLES * 0.9, outcomes.total()
+    manager = world.hub.manager
+    assert await manager.puppets.count() == 0 or (await manager.puppets.all())[0].open_kfid == "wkMANAGED"
+    per_corp = Counter([doc["corp_id"] async for doc in manager.db["mailboxes"].find({}, {"corp_id": 1})])
+    assert all(count <= UNREGISTERED_LIMIT + 1 for count in per_corp.values()), per_corp
+    assert (await world.http.get(f"{world.hub_url}/healthz")).status_code == 200
+
+
+def fuzz_hub_callbacks(url: str, keys: CorpAppKeys, outcomes: Counter[str]) -> None:
+    with httpx.Client(base_url=url, timeout=30.0) as http:
+
+        @settings(
+            max_examples=HUB_CALLBACK_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=[
+                HealthCheck.too_slow,
+                HealthCheck.data_too_large,
+                HealthCheck.filter_too_much,
+            ],
+        )
+        @given(requests(keys))
+        def hub_takes_exactly_the_valid_callbacks(sent: Sent) -> None:
+            response = send(http, sent)
+            outcomes[outcome(response)] += 1
+            assert response.status_code < 500, (sent, response.status_code, response.text)
+            assert (response.status_code == 200) == (expected(keys, sent) is not None), (sent, response.text)
+
+        hub_takes_exactly_the_valid_callbacks()
+
+
+HUB_CALLBACK_EXAMPLES = 800
+
+
+async def test_mutated_callbacks_at_the_whole_hub_get_no_5xx(world: World) -> None:
+    """Under ``wxkf up`` a kf callback is stored by the manager's intake before WeCom's answer: a
+    malformed kf event must be refused there too, not turned into a 503 that WeCom retries forever."""
+    assert world.hub is not None
+    await world.hub.gateway.registry.add(world.corpid, None, world.token, world.aes_key)
+    keys = CorpAppKeys(world.corpid, world.token, world.aes_key)
+    outcomes: Counter[str] = Counter()
+
+    await asyncio.to_thread(fuzz_hub_callbacks, world.hub_url, keys, outcomes)
+
+    print(f"\nhub callback fuzz: {outcomes.total()} requests, outcomes {dict(outcomes)}")
+    assert outcomes["accepted"] > 0 and outcomes["bad_event"] > 0, outcomes

@@ -5,6 +5,10 @@ original query) and ``POST /callback/decrypted`` (``{token, openKfId}``), answer
 ``roger`` like the original, ignores the extra signature headers our manager adds, and pulls with
 ``kf/sync_msg`` using the callback's Token. Unlike the original it keeps its cursor until the messages
 are handled and never runs two pulls at once, so tests can assert "every message, in order, once".
+
+Its calls to the manager behave like the original's axios calls: a non-2xx answer raises
+(:class:`httpx.HTTPStatusError`), which in the original is an uncaught exception. :meth:`sigint` is
+the original's SIGINT handler (deregister with ``{kfId, kfName, corpId}`` and no secret, then exit).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class NodePuppet:
     handled: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     callbacks: list[str] = field(default_factory=list)  # "raw" or "decrypted", per callback received
+    exit_messages: list[str] = field(default_factory=list)  # what sigint() logged before exiting
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def __post_init__(self) -> None:
@@ -64,9 +69,27 @@ class NodePuppet:
         }
 
     async def register(self, manager_url: str, endpoint: str) -> httpx.Response:
-        return await self.http.post(
+        """Register like the original: a non-2xx answer raises, as axios throws."""
+        response = await self.http.post(
             f"{manager_url}/puppetWxkfManager/register", json=self.register_body(endpoint)
         )
+        return response.raise_for_status()
+
+    async def deregister(self, manager_url: str) -> httpx.Response:
+        """The original's deregister: ``{kfId, kfName, corpId}``, no secret; non-2xx raises."""
+        body = {"kfId": self.kf_id, "kfName": self.kf_name, "corpId": self.corp_id}
+        response = await self.http.post(f"{manager_url}/puppetWxkfManager/deregister", json=body)
+        return response.raise_for_status()
+
+    async def sigint(self, manager_url: str) -> int:
+        """Ctrl-C in the original: deregister, log the answer's message, exit 0; an exception the
+        handler does not catch (axios on a non-2xx answer) ends the process with status 1."""
+        try:
+            answer = (await self.deregister(manager_url)).json()
+        except httpx.HTTPStatusError:
+            return 1
+        self.exit_messages.append(str(answer.get("message")))
+        return 0
 
     async def pull(self, token: str) -> None:
         async with self._pulling:

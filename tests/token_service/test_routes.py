@@ -15,12 +15,17 @@ from simulator.state import SimState
 from tests.support.servers import serve_app
 from tests.support.wecom_callbacks import new_aes_key
 from token_service.app import build_token_service, token_app
+from token_service.service import TokenService
 from wxkf.runtime import open_runtime
 from wxkf.settings import Settings
 
+Served = tuple[str, str, httpx.AsyncClient, dict[str, str], TokenService]
+
 
 @pytest.fixture
-async def service(settings: Settings) -> AsyncIterator[tuple[str, str, httpx.AsyncClient, dict[str, str]]]:
+async def service(
+    settings: Settings,
+) -> AsyncIterator[tuple[str, str, httpx.AsyncClient, dict[str, str], TokenService]]:
     state = SimState(clock=OffsetClock(), config=SimConfig())
     async with serve_app(create_app(state), lifespan="on") as sim_url, httpx.AsyncClient() as http:
         corpid = "ww" + secrets.token_hex(8)
@@ -40,11 +45,11 @@ async def service(settings: Settings) -> AsyncIterator[tuple[str, str, httpx.Asy
             tokens = build_token_service(runtime)
             await tokens.store.ensure_indexes()
             async with serve_app(token_app(tokens)) as url:
-                yield url, sim_url, http, {"corpid": corpid, "corpsecret": app["secret"]}
+                yield url, sim_url, http, {"corpid": corpid, "corpsecret": app["secret"]}, tokens
 
 
 async def test_gettoken_answers_in_wecoms_shape_and_caches(service) -> None:
-    url, sim_url, http, creds = service
+    url, sim_url, http, creds, _ = service
     answers = [(await http.get(f"{url}/cgi-bin/gettoken", params=creds)).json() for _ in range(10)]
     assert {a["errcode"] for a in answers} == {0}
     assert {a["errmsg"] for a in answers} == {"ok"}
@@ -55,7 +60,7 @@ async def test_gettoken_answers_in_wecoms_shape_and_caches(service) -> None:
 
 
 async def test_missing_and_wrong_credentials_get_wecom_errors(service) -> None:
-    url, _, http, creds = service
+    url, _, http, creds, _ = service
     assert (await http.get(f"{url}/cgi-bin/gettoken", params={"corpsecret": "x"})).json()["errcode"] == 41002
     assert (await http.get(f"{url}/cgi-bin/gettoken", params={"corpid": "ww1"})).json()["errcode"] == 41004
     wrong = (await http.get(f"{url}/cgi-bin/gettoken", params={**creds, "corpsecret": "nope"})).json()
@@ -64,7 +69,7 @@ async def test_missing_and_wrong_credentials_get_wecom_errors(service) -> None:
 
 
 async def test_invalidate_after_wecom_revoked_the_token(service) -> None:
-    url, sim_url, http, creds = service
+    url, sim_url, http, creds, _ = service
     first = (await http.get(f"{url}/cgi-bin/gettoken", params=creds)).json()["access_token"]
     revoked = await http.post(f"{sim_url}/sim/tokens/invalidate", json={"access_token": first})
     assert revoked.status_code == 200, revoked.text
@@ -81,3 +86,60 @@ async def test_invalidate_after_wecom_revoked_the_token(service) -> None:
     assert check.json()["errcode"] == 0
     bad = await http.post(f"{url}/token/invalidate", json={"corpid": creds["corpid"]})
     assert bad.status_code == 400
+
+
+async def test_random_credentials_cost_bounded_upstream_calls_and_leave_nothing(service) -> None:
+    """Issue 10, item 4, over HTTP: 50 random secrets, 200 random corpids and 30 invalidations with
+    random secrets from one address. The simulator counts every gettoken it gets, refused or not."""
+    url, sim_url, http, creds, tokens = service
+    proven = (await http.get(f"{url}/cgi-bin/gettoken", params=creds)).json()["access_token"]
+    before = (await http.get(f"{sim_url}/sim/tokens")).json()
+    answers = [
+        await http.get(f"{url}/cgi-bin/gettoken", params={**creds, "corpsecret": secrets.token_hex(16)})
+        for _ in range(50)
+    ]
+    answers += [
+        await http.get(
+            f"{url}/cgi-bin/gettoken",
+            params={"corpid": "ww" + secrets.token_hex(8), "corpsecret": secrets.token_hex(16)},
+        )
+        for _ in range(200)
+    ]
+    answers += [
+        await http.post(
+            f"{url}/token/invalidate",
+            json={**creds, "corpsecret": secrets.token_hex(16), "access_token": "x" * 32},
+        )
+        for _ in range(30)
+    ]
+    after = (await http.get(f"{sim_url}/sim/tokens")).json()
+    # the address's budget: 10 upstream calls, the first spent proving the legitimate pair
+    assert after["requests"] - before["requests"] == tokens.policy.caller_burst - 1 == 9
+    assert {answer.status_code for answer in answers} == {200}  # as WeCom answers, clients read errcode
+    errcodes = [answer.json()["errcode"] for answer in answers]
+    assert set(errcodes) == {40001, 45009}
+    over = [answer for answer in answers if answer.json()["errcode"] == 45009]
+    assert len(over) == len(answers) - 9
+    assert all(int(answer.headers["retry-after"]) >= 1 for answer in over)
+    assert "retry in" in over[0].json()["errmsg"]
+    assert await tokens.store.count() == 1  # the proven pair's document, no other
+    # the legitimate caller at the same address is still served, and renewed when WeCom revokes
+    same = (await http.get(f"{url}/cgi-bin/gettoken", params=creds)).json()
+    assert same["access_token"] == proven
+    await http.post(f"{sim_url}/sim/tokens/invalidate", json={"access_token": proven})
+    renewed = (await http.post(f"{url}/token/invalidate", json={**creds, "access_token": proven})).json()
+    assert renewed["errcode"] == 0 and renewed["access_token"] != proven
+
+
+async def test_malformed_credentials_are_refused_locally(service) -> None:
+    url, sim_url, http, creds, _ = service
+    before = (await http.get(f"{sim_url}/sim/tokens")).json()["requests"]
+    for corpid, errcode in (("ww1\nFAKE log line", 40013), ("ww 1", 40013), ("w" * 65, 40013)):
+        answer = await http.get(f"{url}/cgi-bin/gettoken", params={"corpid": corpid, "corpsecret": "s"})
+        assert (answer.status_code, answer.json()["errcode"]) == (200, errcode)
+    for secret in ("has space", "tab\tinside", "é", "x" * 257):
+        answer = await http.get(f"{url}/cgi-bin/gettoken", params={**creds, "corpsecret": secret})
+        assert answer.json()["errcode"] == 40001
+    body = {**creds, "corpid": "ww\r\n", "access_token": "t"}
+    assert (await http.post(f"{url}/token/invalidate", json=body)).json()["errcode"] == 40013
+    assert (await http.get(f"{sim_url}/sim/tokens")).json()["requests"] == before

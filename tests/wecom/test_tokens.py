@@ -28,6 +28,8 @@ class Upstream:
         self.release.set()
         self.started = asyncio.Event()
         self.fail: int | None = None
+        self.reuse = False  # as WeCom: the current token until it expires
+        self._current: AccessToken | None = None
 
     async def fetch(self) -> AccessToken:
         self.calls += 1
@@ -35,7 +37,11 @@ class Upstream:
         await self.release.wait()
         if self.fail is not None:
             raise error_for(self.fail, "simulated", "gettoken")
-        return AccessToken.expiring_in(f"tok-{self.calls}", 7200, now=self.clock())
+        current = self._current
+        if self.reuse and current is not None and self.clock() < current.expires_at:
+            return current
+        self._current = AccessToken.expiring_in(f"tok-{self.calls}", 7200, now=self.clock())
+        return self._current
 
 
 @pytest.fixture
@@ -107,6 +113,27 @@ async def test_refreshes_margin_before_expiry(
     assert await provider.get() == "tok-1"
     clock.now += 1
     assert await provider.get() == "tok-2"
+
+
+async def test_an_upstream_that_returns_the_held_token_is_asked_once_per_lifetime(
+    provider: GetTokenProvider, upstream: Upstream, clock: Clock
+) -> None:
+    upstream.reuse = True
+    assert await provider.get() == "tok-1"
+    clock.now += 7200 - 300  # inside the margin: one refresh, which gets tok-1 back
+    for _ in range(20):
+        assert await provider.get() == "tok-1"
+        clock.now += 10
+    assert upstream.calls == 2
+    clock.now += 100  # tok-1 expired
+    assert await provider.get() == "tok-3"
+    clock.now += 7200 - 300  # learned: no early refresh in the next lifetime
+    for _ in range(29):
+        assert await provider.get() == "tok-3"
+        clock.now += 10
+    assert upstream.calls == 3
+    clock.now += 10
+    assert await provider.get() == "tok-4"
 
 
 async def test_failed_refresh_serves_the_still_valid_token(
