@@ -9,6 +9,8 @@ customers (one per account) write ``--messages`` texts in total through the simu
 ``--senders`` at a time; each write makes the simulator send a signed callback. The bot records the
 wall-clock time at which each message reached its handler. Reported: messages into handlers per second
 (first write to last handler call) and the write rate the simulator itself sustained, which bounds it.
+In ``latency`` mode (``--modes latency --accounts 20 --rate 100``) messages are written open loop at
+``--rate``, and each one's latency runs from its planned write time to its handler call.
 In ``backlog`` mode the messages are written first, with no callbacks, and the clock starts when the
 puppet is up: its start-up pull drains them, which measures the puppet without the simulator's writes.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -83,7 +86,32 @@ async def write_all(http: httpx.AsyncClient, messages: int, senders: int, accoun
     return messages / (time.time() - started)
 
 
-async def run(accounts: int, messages: int, senders: int, work: Path, backlog: bool) -> dict[str, Any]:
+async def write_at(http: httpx.AsyncClient, messages: int, rate: float, accounts: int) -> dict[int, float]:
+    """Open loop: message *n* is written at *start + n/rate*, whatever the system does; returns the
+    planned times (latency counts from them, so a slow write is not hidden)."""
+    start = time.time() + 0.5
+    planned = {n: start + n / rate for n in range(messages)}
+
+    async def write(n: int) -> None:
+        await asyncio.sleep(max(0.0, planned[n] - time.time()))
+        account = n % accounts
+        body = {"external_userid": f"wm{account:04d}", "msgtype": "text", "text": {"content": f"m{n}"}}
+        response = await http.post(f"/sim/corps/wwbench/accounts/wk{account:04d}/messages", json=body)
+        response.raise_for_status()
+
+    await asyncio.gather(*(write(n) for n in range(messages)))
+    return planned
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def run(
+    accounts: int, messages: int, senders: int, work: Path, mode: str, rate: float
+) -> dict[str, Any]:
+    backlog = mode == "backlog"
     sim_port, puppet_port = free_port(), free_port()
     corp: dict[str, Any] = {
         "corpid": "wwbench",
@@ -118,7 +146,8 @@ async def run(accounts: int, messages: int, senders: int, work: Path, backlog: b
     sim = spawn(["sim", "--port", str(sim_port), "--seed", str(seed)], {}, work / "sim.log")
     puppet = None
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sim_port}", timeout=60) as http:
+        timeout = httpx.Timeout(60.0, pool=None)  # open-loop writes queue for a connection, not fail
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sim_port}", timeout=timeout) as http:
 
             async def sim_up() -> bool:
                 try:
@@ -142,7 +171,11 @@ async def run(accounts: int, messages: int, senders: int, work: Path, backlog: b
 
             await wait_for(puppet_up, "the puppet")
             started = time.time()
-            if not backlog:
+            planned: dict[int, float] = {}
+            if mode == "latency":
+                planned = await write_at(http, messages, rate, accounts)
+                write_rate = rate
+            elif not backlog:
                 write_rate = await write_all(http, messages, senders, accounts)
             written = time.time()
 
@@ -153,8 +186,22 @@ async def run(accounts: int, messages: int, senders: int, work: Path, backlog: b
             arrivals = sorted(float(line.split(" ", 1)[0]) for line in lines(journal))
             handled = {line.split(" ", 1)[1] for line in lines(journal)}
             assert len(handled) == messages, "a message was handled twice or not at all"
+            if planned:
+                latencies = [
+                    float(at) - planned[int(text[1:])]
+                    for at, text in (line.split(" ", 1) for line in lines(journal))
+                ]
+                return {
+                    "mode": mode,
+                    "accounts": accounts,
+                    "messages": messages,
+                    "rate": rate,
+                    "p50_ms": 1000 * percentile(latencies, 0.5),
+                    "p99_ms": 1000 * percentile(latencies, 0.99),
+                    "max_ms": 1000 * max(latencies),
+                }
             return {
-                "mode": "backlog" if backlog else "live",
+                "mode": mode,
                 "accounts": accounts,
                 "messages": messages,
                 "writes_per_s": write_rate,
@@ -181,14 +228,19 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         default="live,backlog",
-        help="live: callbacks as customers write; backlog: the start-up pull",
+        help="live: callbacks as customers write; backlog: the start-up pull; latency: open loop at --rate",
     )
+    parser.add_argument("--rate", type=float, default=100.0, help="messages/s in latency mode")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir with the processes' logs")
     options = parser.parse_args()
     for mode in options.modes.split(","):
         for accounts in (int(n) for n in options.accounts.split(",")):
-            with tempfile.TemporaryDirectory() as tmp:
+            kept = tempfile.mkdtemp(prefix="puppet-bench-") if options.keep else None
+            with contextlib.nullcontext(kept) if kept else tempfile.TemporaryDirectory() as tmp:
+                if kept:
+                    print(f"work dir (logs): {tmp}")
                 result = asyncio.run(
-                    run(accounts, options.messages, options.senders, Path(tmp), mode == "backlog")
+                    run(accounts, options.messages, options.senders, Path(tmp), mode, options.rate)
                 )
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}))
 

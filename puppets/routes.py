@@ -23,7 +23,7 @@ import logging
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -114,6 +114,9 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             body = await read_body(request, MAX_BODY)
         except BodyTooLarge:
             return refuse(413, "too_large")
+        except ClientDisconnect:  # the sender gave up (WeCom after 5 s) and will retry: nothing to do
+            log.info("callback sender disconnected before its body was read")
+            return Response(status_code=400)
         try:
             parts = (q["msg_signature"], q["timestamp"], q["nonce"])
             envelope = CallbackEnvelope.from_xml(body)
@@ -154,6 +157,9 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             body = await read_body(request, MAX_BODY)
         except BodyTooLarge:
             return refuse(413, "too_large")
+        except ClientDisconnect:  # the sender gave up (WeCom after 5 s) and will retry: nothing to do
+            log.info("callback sender disconnected before its body was read")
+            return Response(status_code=400)
         if not directory.has_manager:
             return refuse(403, "no_manager", "decrypted callbacks come only from a manager")
         try:

@@ -11,7 +11,7 @@ Collections (one set for every account of every puppet process on the database):
 
 The invariants that make delivery to the bot exactly once:
 
-* a page's items are recorded (``insert_many``, duplicates by ``_id`` ignored) *before* the cursor
+* a page's items are recorded (inserts by ``_id``, duplicates ignored) *before* the cursor
   past them is stored, both acknowledged durably; a crash in between re-pulls the page and the
   duplicates are recognised;
 * a message is ``new`` until its handler starts, ``handling`` while it runs (written before the
@@ -26,6 +26,7 @@ message is unfinished), never one of the shapes SecantusDB scans (:mod:`wxkf.dat
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,10 +34,9 @@ from operator import itemgetter
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
-from pymongo.errors import BulkWriteError
 
 from wxkf.database import Collection, Database, Document, durable
-from wxkf.group_commit import DUPLICATE_KEY, GroupCommit
+from wxkf.group_commit import GroupCommit
 from wxkf.retention import ensure_expiry_index, expiry, purge_expired
 
 ACCOUNTS = "puppet_accounts"
@@ -76,7 +76,8 @@ class PuppetStore:
         self.messages: Collection = durable(db[MESSAGES])
         self.sends: Collection = durable(db[SENDS])
         self.media: Collection = durable(db[MEDIA])
-        self._message_states = GroupCommit(self.messages)
+        self._message_writes = GroupCommit(self.messages)
+        self._cursor_writes = GroupCommit(self.accounts)
         self._send_records = GroupCommit(self.sends)
 
     async def ensure_indexes(self) -> None:
@@ -98,9 +99,8 @@ class PuppetStore:
         return doc.get("cursor") or None if doc else None
 
     async def save_cursor(self, account: str, cursor: str) -> None:
-        await self.accounts.update_one(
-            {"_id": account}, {"$set": {"cursor": cursor, "updated_at": self._clock()}}, upsert=True
-        )
+        update = {"$set": {"cursor": cursor, "updated_at": self._clock()}}
+        await self._cursor_writes.write(UpdateOne({"_id": account}, update, upsert=True))
 
     # -- messages ---------------------------------------------------------------------------
     async def record(self, account: str, items: Sequence[Document]) -> list[Document]:
@@ -121,15 +121,9 @@ class PuppetStore:
             }
             for index, item in enumerate(items)
         ]
-        duplicates: set[int] = set()
-        try:
-            await self.messages.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            for error in exc.details.get("writeErrors", []):
-                if error.get("code") != DUPLICATE_KEY:
-                    raise
-                duplicates.add(error["index"])
-        return [item for index, item in enumerate(items) if index not in duplicates]
+        # One group commit for every account's pages and state changes: concurrent pulls share a round.
+        inserted = await asyncio.gather(*(self._message_writes.insert(doc) for doc in docs))
+        return [item for item, new in zip(items, inserted, strict=True) if new]
 
     async def pending(self, account: str) -> list[Pending]:
         """The account's unfinished messages, oldest first (one indexed range, done at start-up)."""
@@ -140,7 +134,7 @@ class PuppetStore:
 
     async def mark_handling(self, account: str, msgid: str) -> None:
         update = {"$set": {"state": HANDLING, "started_at": self._clock()}}
-        await self._message_states.write(UpdateOne({"_id": message_key(account, msgid)}, update))
+        await self._message_writes.write(UpdateOne({"_id": message_key(account, msgid)}, update))
 
     async def mark_finished(self, account: str, msgid: str, error: str | None = None) -> None:
         now = self._clock()
@@ -152,7 +146,7 @@ class PuppetStore:
         if error:
             fields["error"] = error[:2000]
         update = {"$set": fields, "$unset": {"pending": ""}}
-        await self._message_states.write(UpdateOne({"_id": message_key(account, msgid)}, update))
+        await self._message_writes.write(UpdateOne({"_id": message_key(account, msgid)}, update))
 
     async def message(self, account: str, msgid: str) -> Document | None:
         return await self.messages.find_one({"_id": message_key(account, msgid)})

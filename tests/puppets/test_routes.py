@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import httpx
+import pytest
 
 from puppets import Bot, Image, TextMessage
 from simulator.state import SimState
@@ -50,13 +53,16 @@ async def test_bad_callbacks_get_a_4xx_with_a_reason_and_change_nothing(corp: Co
     assert puppet.account.puller.pulls == pulls
 
 
-async def test_media_replies_upload_once_per_content(corp: Corp, hosted: Host) -> None:
+async def test_media_replies_upload_once_per_content(corp: Corp, hosted: Host, tmp_path: Path) -> None:
     bot = Bot()
     picture = b"\x89PNG\r\n\x1a\n" + b"pixels" * 100
+    (tmp_path / "logo.png").write_bytes(picture)
 
     @bot.on_text
     async def send_picture(message: TextMessage) -> None:
-        await message.reply(Image(picture, filename="logo.png"))
+        # the same content once as bytes, once from a file: one upload
+        source = picture if message.text == "one" else tmp_path / "logo.png"
+        await message.reply(Image(source, filename="logo.png"))
 
     puppet = await hosted(bot)
     await corp.says("one", wait=True)
@@ -102,3 +108,24 @@ async def test_a_node_manager_that_issues_no_secret_may_deliver_unsigned(
 
 async def _nonempty(items: list[str]) -> bool:
     return bool(items)
+
+
+async def test_a_sender_that_hangs_up_mid_body_is_no_error(
+    corp: Corp, hosted: Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    """WeCom gives up after 5 s and retries: a callback cut off mid-body is logged, not a 500 traceback."""
+    caplog.set_level(logging.INFO)
+    puppet = await hosted(Bot(), callback=False)
+    host, port = puppet.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /callback?msg_signature=a&timestamp=1&nonce=n HTTP/1.1\r\nHost: x\r\n")
+    writer.write(b"Content-Length: 1000\r\n\r\n<xml>")
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+    await wait_until(lambda: _logged(caplog, "disconnected before its body"), what="the disconnect")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in record.getMessage() for record in caplog.records)
