@@ -110,7 +110,7 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Starlette, sock: socket.socket) -> AsyncIterator[None]:
+async def serving(app: Starlette, sock: socket.socket) -> AsyncIterator[asyncio.Task[None]]:
     """Serve ``app`` on the bound ``sock`` for the duration of the block; on leaving, finish the
     requests in flight (bounded) and close."""
     config = uvicorn.Config(
@@ -124,7 +124,7 @@ async def serving(app: Starlette, sock: socket.socket) -> AsyncIterator[None]:
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        yield
+        yield task
     finally:
         server.should_exit = True
         await task
@@ -171,34 +171,33 @@ async def run(settings: Settings, puppets: InHubPuppets) -> None:
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with open_runtime(settings) as runtime, httpx.AsyncClient(timeout=30.0) as http:
+        # unwound in reverse: puppets, their listener, the hub's listener, the hub, the database
+        async with contextlib.AsyncExitStack() as stack:
+            runtime = await stack.enter_async_context(open_runtime(settings))
+            http = await stack.enter_async_context(httpx.AsyncClient(timeout=30.0))
             hub = Hub(runtime)
+            stack.push_async_callback(hub.stop)  # as hub.up.run: also after a failed start
             await hub.start()
-            try:
-                async with serving(hub.app(), hub_sock):
-                    port = hub_sock.getsockname()[1]
-                    endpoint = loopback_url(PUPPET_HOST, puppet_sock.getsockname()[1])
-                    manager = loopback_url(settings.host, port)
-                    config = in_hub_config(puppets.config, settings, manager, endpoint)
-                    host = PuppetHost(config, puppets.bot, runtime.db, http, settings.api_base)
-                    async with serving(host.app(), puppet_sock):
-                        try:
-                            await host.start()
-                            await registered(host, stop)
-                            gc.collect()
-                            gc.freeze()  # as wxkf.server does: long-lived objects out of full collections
-                            log.info(
-                                "hub listening on %s:%s with %d puppet account(s)",
-                                settings.host,
-                                port,
-                                len(host.accounts),
-                            )
-                            await stop.wait()
-                            log.info("stopping: the puppets deregister and finish their running handlers")
-                        finally:
-                            await stop_puppets(host)
-            finally:
-                await hub.stop()
+            hub_server = await stack.enter_async_context(serving(hub.app(), hub_sock))
+            port = hub_sock.getsockname()[1]
+            manager = loopback_url(settings.host, port)
+            endpoint = loopback_url(PUPPET_HOST, puppet_sock.getsockname()[1])
+            config = in_hub_config(puppets.config, settings, manager, endpoint)
+            host = PuppetHost(config, puppets.bot, runtime.db, http, settings.api_base)
+            puppet_server = await stack.enter_async_context(serving(host.app(), puppet_sock))
+            stack.push_async_callback(stop_puppets, host)
+            await host.start()
+            await registered(host, stop)
+            gc.collect()
+            gc.freeze()  # as wxkf.server does: long-lived objects out of full collections
+            log.info(
+                "hub listening on %s:%s with %d puppet account(s)", settings.host, port, len(host.accounts)
+            )
+            stopped = asyncio.ensure_future(stop.wait())
+            servers = {hub_server, puppet_server}  # a listener ending by itself ends the hub too
+            await asyncio.wait({stopped, *servers}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            log.info("stopping: the puppets deregister and finish their running handlers")
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
