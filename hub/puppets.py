@@ -8,11 +8,13 @@ faces. One code path means the same guarantees as a separate process: the manage
 durable and ordered, the puppet records each pulled message before its cursor, every delivery is
 signed, and tokens come from the hub's token service through its ``getToken``.
 
-Start: config and bot checked before anything opens (one line, exit 2) → runtime → the hub's services →
-both listeners bound (a registration or a delivery that comes early waits in the listen backlog) →
-the accounts resolved, started and registered. Stop (SIGTERM/SIGINT): the puppets deregister and
-finish their running handlers while the hub still answers → the puppet listener closes → the hub's
-listener closes → the manager and gateway stop → the database closes. Each step is bounded.
+Start: config and bot checked before anything opens (one line, exit 2) → both listeners bound (a
+registration or a delivery that comes early waits in the listen backlog) → runtime → the hub's services,
+served → the accounts resolved, started and registered (then the ready line).
+
+Stop (SIGTERM/SIGINT): the puppets deregister and finish their running handlers while the hub still
+answers → the puppet listener closes → the hub's listener closes → the manager and gateway stop → the
+database closes. Each step is bounded.
 """
 
 from __future__ import annotations
