@@ -151,6 +151,8 @@ def up(
     ] = None,
 ) -> None:
     """Run the whole hub in one process: gateway, token service and manager on one port."""
+    if bot is not None and puppets is None:
+        raise typer.BadParameter("--bot needs --puppets FILE", param_hint="--bot")
     if puppets is not None:
         from hub.puppets import up_with_puppets
 

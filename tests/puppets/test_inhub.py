@@ -159,3 +159,10 @@ def test_a_file_without_a_bot_names_the_option(tmp_path: Path) -> None:
     done = run_up(["--puppets", str(path)], {"WXKF_DATA_DIR": str(tmp_path / "data")})
     assert done.returncode == 2
     assert "no bot: give --bot MODULE:ATTR" in done.stderr
+
+
+def test_bot_without_puppets_is_refused_not_ignored(tmp_path: Path) -> None:
+    done = run_up(["--bot", "examples.echo:bot"], {"WXKF_DATA_DIR": str(tmp_path / "data")})
+    assert done.returncode == 2
+    assert "--bot needs --puppets FILE" in done.stderr
+    assert not (tmp_path / "data").exists()
