@@ -138,8 +138,28 @@ def serve_service(run: ServiceRun, host: str | None, port: int | None) -> None:
 
 
 @app.command()
-def up(host: HostOption = None, port: PortOption = None) -> None:
+def up(
+    host: HostOption = None,
+    port: PortOption = None,
+    puppets: Annotated[
+        Path | None,
+        typer.Option(
+            "--puppets", metavar="FILE", help="Also serve these kf accounts in this process (puppets.toml)."
+        ),
+    ] = None,
+    bot: Annotated[
+        str | None,
+        typer.Option("--bot", metavar="MODULE:ATTR", help="With --puppets: the bot (default: the file's)."),
+    ] = None,
+) -> None:
     """Run the whole hub in one process: gateway, token service and manager on one port."""
+    if bot is not None and puppets is None:
+        raise typer.BadParameter("--bot needs --puppets FILE", param_hint="--bot")
+    if puppets is not None:
+        from hub.puppets import up_with_puppets
+
+        up_with_puppets(puppets, bot, host, port)
+        return
     from hub.up import run
 
     serve_service(run, host, port)

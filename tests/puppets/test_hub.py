@@ -46,7 +46,10 @@ async def registered(puppet: PuppetProcess, times: int = 1) -> bool:
 
 async def info(hub: ServiceProcess, corp: Corp) -> dict[str, object]:
     async with httpx.AsyncClient() as http:
-        response = await http.get(f"{hub.url}/puppetWxkfManager/puppetWxkfInfo/{corp.kf}")
+        response = await http.get(  # the integration of issue 10: only the puppet or the admin may ask
+            f"{hub.url}/puppetWxkfManager/puppetWxkfInfo/{corp.kf}",
+            headers={"authorization": f"Bearer {corp.secret}"},
+        )
     result: dict[str, object] = response.json()
     return result
 
