@@ -160,10 +160,13 @@ class Manager:
         await self.dispatcher.sweep()
         self._tasks = [
             asyncio.create_task(retention.run_purger(self.mailboxes.purge_expired, "manager events")),
-            asyncio.create_task(
-                run_every(self._liveness, self.config.checkpoint_interval, "manager checkpoint")
-            ),
+            asyncio.create_task(run_every(self._liveness, self.checkpoint_interval, "manager checkpoint")),
         ]
+
+    @property
+    def checkpoint_interval(self) -> float:
+        """Often enough that the lease fence (0.75 x the replica timeout) outlasts a few checkpoints."""
+        return min(self.config.checkpoint_interval, self.config.replica_timeout / 4)
 
     async def _liveness(self) -> None:
         if not await self.recovery.checkpoint():

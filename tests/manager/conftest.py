@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -74,3 +75,15 @@ async def add_puppet(manager: Manager, corp_id: str, kf_id: str, endpoint: str) 
         webhook_secret=PUPPET_SECRET,
     )
     await manager.dispatcher.back_online(f"{corp_id}/{kf_id}")
+
+
+@asynccontextmanager
+async def running(*managers: Manager) -> AsyncIterator[None]:
+    """Start ``managers``; stop them (final checkpoint, leases released) however the block ends."""
+    for manager in managers:
+        await manager.start()
+    try:
+        yield
+    finally:
+        for manager in managers:
+            await manager.stop()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from typing import Any
 
 from manager.account_state import State
 from manager.mailbox import account_key
-from tests.manager.conftest import add_puppet, make_manager
+from manager.recovery import FENCE
+from tests.manager.conftest import add_puppet, make_manager, running
 from tests.manager.test_recovery import replica
 from tests.support.clock import FakeClock
 from wxkf.database import Database
@@ -36,8 +38,7 @@ async def test_a_delivery_that_starts_while_an_idle_lease_is_released_keeps_the_
 ) -> None:
     puppet, url = puppet_server
     manager = make_manager(runtime, idle_release=0.0, housekeeping_interval=3600)
-    await manager.start()
-    try:
+    async with running(manager):
         await add_puppet(manager, CORP, "wkA", url)
         await manager.accept_decrypted(CORP, "wkA", "tok-1", "event-1")
         await manager.dispatcher.wait_until(lambda outcomes: outcomes["delivered"] >= 1, timeout=10)
@@ -62,15 +63,12 @@ async def test_a_delivery_that_starts_while_an_idle_lease_is_released_keeps_the_
         assert mailbox is not None and mailbox.lease_owner == "mgr-1" and mailbox.lease_until == math.inf
         puppet.gate.set()
         await puppet.wait(lambda: puppet.tokens() == ["tok-1", "tok-2"])
-    finally:
-        await manager.stop()
 
 
 async def test_losing_every_lease_stops_the_deliveries_in_flight(runtime: Runtime, puppet_server) -> None:
     puppet, url = puppet_server
     manager = make_manager(runtime)
-    await manager.start()
-    try:
+    async with running(manager):
         await add_puppet(manager, CORP, "wkA", url)
         puppet.gate = asyncio.Event()
         started = signal_deliveries(manager)
@@ -81,8 +79,6 @@ async def test_losing_every_lease_stops_the_deliveries_in_flight(runtime: Runtim
         puppet.gate.set()
         # what it had not delivered went to the mailbox, and is delivered under a new lease
         await puppet.wait(lambda: "tok-1" in puppet.tokens())
-    finally:
-        await manager.stop()
 
 
 async def test_a_restart_during_a_takeover_keeps_its_fresh_leases(db: Database) -> None:
@@ -135,8 +131,7 @@ async def test_a_replica_whose_last_checkpoint_is_too_old_starts_no_delivery(
     puppet, url = puppet_server
     monotonic = FakeClock(1000.0)
     manager = make_manager(runtime, monotonic=monotonic)
-    await manager.start()
-    try:
+    async with running(manager):
         for task in manager._tasks:  # no checkpoints but the ones this test makes
             task.cancel()
         await add_puppet(manager, CORP, "wkA", url)
@@ -148,5 +143,12 @@ async def test_a_replica_whose_last_checkpoint_is_too_old_starts_no_delivery(
         assert await manager.recovery.checkpoint()  # not taken over after all: the fence is renewed
         await manager.dispatcher.sweep()
         await puppet.wait(lambda: puppet.tokens() == ["tok-1"])
-    finally:
-        await manager.stop()
+
+
+def test_checkpoints_come_several_times_within_the_fence_even_with_a_short_replica_timeout(
+    runtime: Runtime,
+) -> None:
+    manager = make_manager(runtime)
+    for timeout in (1.0, 3.0, 30.0):
+        manager.config = dataclasses.replace(manager.config, replica_timeout=timeout)
+        assert manager.checkpoint_interval * 3 <= FENCE * timeout

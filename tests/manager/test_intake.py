@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from manager.mailbox import account_key
-from tests.manager.conftest import add_puppet, make_manager
+from tests.manager.conftest import add_puppet, make_manager, running
 from wxkf.runtime import Runtime
 
 CORP = "wwintake0000000001"
@@ -19,18 +19,13 @@ async def test_an_event_accepted_on_a_stale_no_puppet_answer_is_delivered_withou
     puppet, url = puppet_server
     stale = make_manager(runtime, owner="mgr-stale")
     other = make_manager(runtime, owner="mgr-other")
-    await stale.start()
-    await other.start()
-    try:
+    async with running(stale, other):
         await stale.accept_decrypted(CORP, "wkA", "tok-0", "event-0")  # no puppet yet (and now cached)
         await add_puppet(other, CORP, "wkA", url)  # the puppet registers through the other replica
         await puppet.wait(lambda: puppet.tokens() == ["tok-0"])
         await other.dispatcher.wait_until(lambda outcomes: outcomes["delivered"] >= 1, timeout=10)
         await stale.accept_decrypted(CORP, "wkA", "tok-1", "event-1")  # its cache still says "no puppet"
         await puppet.wait(lambda: puppet.tokens() == ["tok-0", "tok-1"], timeout=5)  # the cache lives 10 s
-    finally:
-        await stale.stop()
-        await other.stop()
 
 
 async def test_a_cancelled_intake_whose_write_went_through_is_still_delivered(
@@ -38,8 +33,7 @@ async def test_a_cancelled_intake_whose_write_went_through_is_still_delivered(
 ) -> None:
     puppet, url = puppet_server
     manager = make_manager(runtime)
-    await manager.start()
-    try:
+    async with running(manager):
         await add_puppet(manager, CORP, "wkA", url)
         await manager.accept_decrypted(CORP, "wkA", "tok-0", "event-0")
         await puppet.wait(lambda: puppet.tokens() == ["tok-0"])
@@ -60,5 +54,3 @@ async def test_a_cancelled_intake_whose_write_went_through_is_still_delivered(
         manager.mailboxes.log = log  # type: ignore[method-assign]
         assert not await manager.accept_decrypted(CORP, "wkA", "tok-1", "event-1")  # the retry: a duplicate
         await puppet.wait(lambda: puppet.tokens() == ["tok-0", "tok-1"])
-    finally:
-        await manager.stop()
