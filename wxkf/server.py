@@ -47,6 +47,9 @@ class HeaderDeadline(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
         self._header_bytes = 0  # received since the deadline was armed, while no request was complete
+        # httptools' parser reports where a request's headers end; between that and the next request's
+        # start the bytes are a body (possibly still arriving after its response went out)
+        self._in_headers = True
 
     def _waiting_for_headers(self) -> bool:
         return self.cycle is None or bool(self.cycle.response_complete)
@@ -62,9 +65,18 @@ class HeaderDeadline(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         if self._waiting_for_headers() and not self.transport.is_closing():
             self.transport.close()
 
+    def on_message_begin(self) -> None:
+        self._in_headers = True
+        self._header_bytes = 0
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        super().on_headers_complete()
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if not self._waiting_for_headers():
+        if not self._in_headers or not self._waiting_for_headers():
             self._header_bytes = 0  # the headers are complete: what follows is a body
             return
         self._header_bytes += len(data)
