@@ -26,6 +26,9 @@ def gateway_config(runtime: Runtime) -> GatewayConfig:
         allowed_networks=parse_networks(settings.wxkf_allowed_networks),
         retention=settings.wxkf_retention_days * 86400,
         replica_timeout=settings.wxkf_replica_timeout,
+        # several heartbeats per timeout: with WXKF_REPLICA_TIMEOUT under the 5 s default interval,
+        # live gateways took each other over as dead at every heartbeat
+        heartbeat_interval=min(GatewayConfig.heartbeat_interval, settings.wxkf_replica_timeout / 4),
     )
 
 
