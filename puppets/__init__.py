@@ -11,20 +11,9 @@
 ``wxkf puppet --bot module:bot`` runs it (docs/puppets.md). Every name a bot author needs is here.
 """
 
+from puppets import errors
 from puppets.bot import Bot
-from puppets.errors import (
-    ApiRateLimited,
-    InvalidOpenKfId,
-    NoPermission,
-    SendCountLimit,
-    SendWindowExpired,
-    SessionEnded,
-    StateForbidsSending,
-    StateTransitionNotAllowed,
-    SystemBusy,
-    WeComError,
-    WeComTransportError,
-)
+from puppets.errors import *  # noqa: F403 - the typed errors, listed once in puppets.errors
 from puppets.messages import (
     BusinessCardMessage,
     ChannelsMessage,
@@ -76,7 +65,6 @@ from puppets.outgoing import (
 from puppets.sending import Sent
 
 __all__ = [
-    "ApiRateLimited",
     "Bot",
     "BusinessCardMessage",
     "ChannelsMessage",
@@ -90,7 +78,6 @@ __all__ = [
     "Image",
     "ImageMessage",
     "Incoming",
-    "InvalidOpenKfId",
     "Link",
     "LinkMessage",
     "Location",
@@ -107,21 +94,14 @@ __all__ = [
     "MiniprogramItem",
     "MiniprogramMessage",
     "MsgSendFail",
-    "NoPermission",
     "NoteMessage",
     "RawMessage",
     "RejectCustomerMsgSwitchChange",
     "ScheduleMessage",
-    "SendCountLimit",
-    "SendWindowExpired",
     "Sent",
     "ServicerRecallMsg",
     "ServicerStatusChange",
-    "SessionEnded",
     "SessionStatusChange",
-    "StateForbidsSending",
-    "StateTransitionNotAllowed",
-    "SystemBusy",
     "Text",
     "TextMessage",
     "UnknownEvent",
@@ -131,6 +111,5 @@ __all__ = [
     "View",
     "Voice",
     "VoiceMessage",
-    "WeComError",
-    "WeComTransportError",
 ]
+__all__ += errors.__all__
