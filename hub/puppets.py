@@ -12,8 +12,9 @@ Start: config and bot checked before anything opens (one line, exit 2) → both 
 registration or a delivery that comes early waits in the listen backlog) → runtime → the hub's services,
 served → the accounts resolved, started and registered (then the ready line).
 
-Stop (SIGTERM/SIGINT): the puppets deregister and finish their running handlers while the hub still
-answers → the puppet listener closes → the hub's listener closes → the manager and gateway stop → the
+Stop (SIGTERM/SIGINT): the puppets stop pulling (deliveries are answered 503: the manager keeps them)
+and finish their running handlers, then deregister, all while the hub still answers → the puppet
+listener closes → the hub's listener closes → the manager and gateway stop → the
 database closes. Each step is bounded.
 """
 
@@ -50,8 +51,9 @@ log = logging.getLogger(__name__)
 #: keys of a ``wxkf puppet`` file that place a separate process; inside the hub they are the hub's
 PLACEMENT_KEYS = ("manager", "self_endpoint", "host", "port", "data_dir", "token_url", "registration_token")
 PUPPET_HOST = "127.0.0.1"
-#: how long the in-process puppets get to deregister and finish their handlers (each handler has 30 s)
+#: how long the in-process puppets get to finish their handlers (each handler has 30 s)
 PUPPETS_STOP_TIMEOUT = 45.0
+DEREGISTER_TIMEOUT = 10.0
 REGISTER_TIMEOUT = 30.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -133,12 +135,18 @@ async def serving(app: Starlette, sock: socket.socket) -> AsyncIterator[asyncio.
 
 
 async def stop_puppets(host: PuppetHost) -> None:
-    """Deregister and let running handlers finish, at most :data:`PUPPETS_STOP_TIMEOUT`."""
+    """Let the running handlers finish (at most :data:`PUPPETS_STOP_TIMEOUT`), then deregister (at most
+    :data:`DEREGISTER_TIMEOUT`): the hub's manager keeps what arrives meanwhile."""
     try:
         async with asyncio.timeout(PUPPETS_STOP_TIMEOUT):
-            await host.stop()
+            await host.finish()
     except TimeoutError:
-        log.warning("puppets did not stop within %g s; stopping the hub anyway", PUPPETS_STOP_TIMEOUT)
+        log.warning("puppets did not finish within %g s; deregistering anyway", PUPPETS_STOP_TIMEOUT)
+    try:
+        async with asyncio.timeout(DEREGISTER_TIMEOUT):
+            await host.leave()
+    except TimeoutError:
+        log.warning("puppets did not deregister within %g s; stopping the hub anyway", DEREGISTER_TIMEOUT)
 
 
 async def registered(host: PuppetHost, stop: asyncio.Event) -> None:
@@ -199,7 +207,7 @@ async def run(settings: Settings, puppets: InHubPuppets) -> None:
             servers = {hub_server, puppet_server}  # a listener ending by itself ends the hub too
             await asyncio.wait({stopped, *servers}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
-            log.info("stopping: the puppets deregister and finish their running handlers")
+            log.info("stopping: the puppets finish their running handlers, then deregister")
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)

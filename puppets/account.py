@@ -111,17 +111,51 @@ class Account:
         self.queues: CustomerQueues[Pending] = CustomerQueues(self._handle, self.key)
         self._profiles: dict[str, tuple[float, KfCustomer]] = {}
         self._finishing: dict[str, asyncio.Task[None]] = {}  # customer -> completion being written
+        self._spawn: Callable[[Awaitable[None], str], asyncio.Task[None]] | None = None
+        self._pulling: asyncio.Task[None] | None = None
+        #: set when the process stops: no pull starts, and deliveries are refused with a 503 so that
+        #: the manager keeps them (the next start pulls everything after the cursor anyway)
+        self.stopping = False
         self.handled = 0
 
     def __repr__(self) -> str:
         return f"Account({self.key!r})"
 
     # -- lifecycle --------------------------------------------------------------------------
-    async def start(self, spawn: Callable[[Awaitable[None], str], Any]) -> None:
-        """Queue what an earlier run left unfinished, then start pulling (token-less, once)."""
+    async def start(
+        self, spawn: Callable[[Awaitable[None], str], asyncio.Task[None]], *, pull: bool = True
+    ) -> None:
+        """Queue what an earlier run left unfinished; then start pulling (the first pull is token-less:
+        the start-up catch-up), or, with ``pull=False``, leave that to the first :meth:`catch_up` (a
+        puppet with a manager pulls once its first registration was tried, so that one pull covers
+        everything before it)."""
         for pending in await self.store.pending(self.key):
             self.queues.put(customer_of(pending.item), pending)
-        spawn(self.puller.run(), f"pull {self.key}")
+        self._spawn = spawn
+        if pull:
+            self.start_pulling()
+
+    def start_pulling(self) -> None:
+        """Start the pull loop unless it runs (or the process stops); its first pull is token-less."""
+        if self._pulling is None and not self.stopping:
+            assert self._spawn is not None, "start() first"
+            self._pulling = self._spawn(self.puller.run(), f"pull {self.key}")
+
+    def catch_up(self) -> None:
+        """Pull everything after the cursor, without a token unless a callback brings one: at start-up
+        and whenever the manager (re-)registered this account, since callbacks it could not deliver
+        before (WeCom gave up on them while it was unreachable) are never coming."""
+        if self._pulling is None:
+            self.start_pulling()
+        elif not self.stopping:
+            self.puller.catch_up()
+
+    async def stop_pulling(self) -> None:
+        """The first step of stopping: deliveries are refused from now on and no pull starts again (one
+        cut off is harmless: its items are recorded before the cursor past them)."""
+        self.stopping = True
+        if self._pulling is not None:
+            await stop_tasks([self._pulling])
 
     async def drain(self) -> None:
         """Let the running handlers finish and their completions be recorded; what is still queued is

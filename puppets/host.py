@@ -1,11 +1,21 @@
 """Everything one ``wxkf puppet`` process runs for its accounts, started and stopped in order.
 
 Start: indexes → per corp app one API client and token cache → each account resolved with
-``kf/account/list`` (a refusal stops the start with one line) → its unfinished messages queued and its
-puller started → registration with the manager, when there is one.
+``kf/account/list`` (a refusal stops the start with one line) → its unfinished messages queued → its
+start-up pull (token-less): at once without a manager; with one, right after the first registration
+attempt (at most :data:`START_PULL_WAIT` later), and again after every later registration.
 
-Stop (SIGTERM/SIGINT): deregister (the manager parks new events) → stop pulling → let running
-handlers finish → close. Whatever was still queued is recorded and is handled at the next start.
+Stop (SIGTERM/SIGINT), :meth:`PuppetHost.stop`: finish what is being handled, then deregister —
+
+1. stop pulling: no pull starts any more, and every delivery is answered 503 ``stopping``, so the
+   manager keeps it in the account's mailbox (and WeCom retries a direct callback);
+2. let the running handlers finish (their replies are sent) and their completions be recorded;
+   nothing queued starts;
+3. store the newest cursor;
+4. deregister (the manager keeps new events until a puppet registers again), over HTTP or the socket.
+
+Whatever was still queued or arrived meanwhile is recorded, or still in WeCom after the cursor, and
+is handled at the next start.
 """
 
 from __future__ import annotations
@@ -35,6 +45,9 @@ from wxkf.retention import run_purger
 from wxkf.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
+
+#: with a manager, the start-up pull waits for the first registration attempt at most this long
+START_PULL_WAIT = 5.0
 
 
 class StartupError(RuntimeError):
@@ -134,12 +147,12 @@ class PuppetHost:
             self.accounts.append(account)
 
     async def start(self) -> None:
-        """Hand unfinished work to the bot, pull, register (after :meth:`prepare`)."""
+        """Hand unfinished work to the bot, register, pull (after :meth:`prepare`)."""
         if not self.accounts:
             await self.prepare()
         for account in self.accounts:
             self.bot.attach(account)
-            await account.start(self._spawn)
+            await account.start(self._spawn, pull=not self.config.manager)
             log.info("serving %s (%s)", account.key, account.name)
         if self.config.manager and self.config.transport == "ws":
             self.socket_link = SocketLink(
@@ -161,15 +174,36 @@ class PuppetHost:
                 )
                 self.links.append(link)
                 self._link_tasks.append(asyncio.create_task(link.run(), name=f"manager link {account.key}"))
-        self._tasks.append(asyncio.create_task(run_purger(self.store.purge, "puppet records"), name="purger"))
+        if self.config.manager:
+            self._spawn(self._start_pulling_after(START_PULL_WAIT), "start-up pulls")
+        self._spawn(run_purger(self.store.purge, "puppet records"), "purger")
+
+    async def _start_pulling_after(self, delay: float) -> None:
+        """A manager slow to answer must not hold up the start-up pull for long."""
+        await asyncio.sleep(delay)
+        for account in self.accounts:
+            account.start_pulling()
 
     async def stop(self) -> None:
-        if self.socket_link is not None:
-            await self.socket_link.leave()
-        await stop_tasks(self._link_tasks)
-        await asyncio.gather(*(link.deregister() for link in self.links))
+        """Finish what is being handled, then deregister (the order in the module's docstring)."""
+        try:
+            await self.finish()
+        finally:
+            await self.leave()
+
+    async def finish(self) -> None:
+        """Stop pulling (deliveries are refused with a 503 from now on), let the running handlers
+        finish and their completions be recorded, store the newest cursors."""
+        await asyncio.gather(*(account.stop_pulling() for account in self.accounts))
         await stop_tasks(self._tasks)
         await asyncio.gather(*(account.drain() for account in self.accounts))
         await asyncio.gather(*(account.puller.flush() for account in self.accounts))
+
+    async def leave(self) -> None:
+        """Deregister every account (after :meth:`finish`), then stop the heartbeats and the socket."""
+        if self.socket_link is not None:
+            await self.socket_link.leave()
+        await stop_tasks(self._link_tasks)  # first: no heartbeat may register an account again
+        await asyncio.gather(*(link.deregister() for link in self.links))
         for account in self.accounts:
             self.bot.detach(account)

@@ -2,9 +2,13 @@
 
 *unregistered* → ``POST /puppetWxkfManager/register`` (the Node body) → *registered* (keeps the
 ``webhookSecret``; heartbeats every ``interval``) → a heartbeat refused or unanswered → *lost* →
-re-register with jittered exponential backoff (1 s up to 60 s) → *registered* again, and the account
-pulls without a token once: callbacks WeCom gave up on while the manager was unreachable are never
-coming, so the puppet catches up by itself. :meth:`ManagerLink.deregister` ends it on shutdown.
+re-register with jittered exponential backoff (1 s up to 60 s) → *registered* again.
+
+Every registration, the first included, is followed by a pull without a token (:meth:`Account.catch_up
+<puppets.account.Account.catch_up>`): callbacks WeCom gave up on while the manager could not be
+reached are never coming, so the puppet catches up by itself. The account's start-up pull waits for
+the first attempt (made at once; whether it succeeds or not) so that one pull serves as both.
+:meth:`ManagerLink.deregister` ends it on shutdown, once the account's handlers have finished.
 
 A manager that issues no secret (the Node one) is accepted: the account then takes unsigned
 deliveries, as a Node puppet does.
@@ -96,17 +100,15 @@ class ManagerLink:
         await self._post("heartbeat", body, bearer=secret)
 
     async def run(self) -> None:
-        """Register, heartbeat; on loss re-register with backoff, then catch up."""
+        """Register, heartbeat; on loss re-register with backoff; catch up after each registration."""
         failures = 0
         while True:
             try:
                 if self.registered.is_set():
                     await self.heartbeat()
                 else:
-                    recovering = failures > 0 or self.registrations > 0
                     await self.register()
-                    if recovering:  # callbacks may have been lost while we were not registered
-                        self.account.puller.catch_up()
+                    self.account.catch_up()  # callbacks may have been lost while we were not registered
                 failures = 0
                 delay = self.interval * JITTER.uniform(0.9, 1.1)
             except (httpx.HTTPError, Refused) as exc:
@@ -116,6 +118,7 @@ class ManagerLink:
                     self.registered.clear()
                     delay = 0.0
                 else:
+                    self.account.start_pulling()  # the start-up pull does not wait for the manager
                     delay = min(BACKOFF[1], BACKOFF[0] * 2 ** (failures - 1)) * JITTER.uniform(0.8, 1.2)
                     log.warning(
                         "%s: registration failed (%s); next try in %.0f s", self.account.key, exc, delay
@@ -123,7 +126,9 @@ class ManagerLink:
             await asyncio.sleep(delay)
 
     async def deregister(self) -> None:
-        if not self.registered.is_set():
+        """Tell the manager this account is gone (it keeps new events until a puppet registers). Call it
+        after :meth:`run` was stopped, so that no heartbeat registers the account again."""
+        if not self.registrations:
             return
         body = {"corpId": self.account.corp_id, "kfId": self.account.open_kfid, "kfName": self.account.name}
         secret = self.account.webhook_secrets[0] if self.account.webhook_secrets else None

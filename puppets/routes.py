@@ -13,8 +13,9 @@ re-registration): a forged or replayed delivery gets a 401 and changes nothing. 
 secret; its unsigned deliveries are accepted, as the Node puppet accepts them.
 
 A callback only hands its token to the account's puller and is answered at once; the pull runs
-behind the answer (WeCom waits at most 5 s, the manager 10 s). Nothing a caller sends creates state
-beyond the one newest token per account.
+behind the answer (WeCom waits at most 5 s, the manager 10 s). While the process stops, an
+authenticated callback is answered 503 ``stopping``, so that its sender keeps it. Nothing a caller
+sends creates state beyond the one newest token per account.
 """
 
 from __future__ import annotations
@@ -50,6 +51,18 @@ def refuse(status: int, reason: str, detail: str = "") -> Response:
     metrics.REFUSED.labels(reason).inc()
     log.warning("callback refused: %s%s", reason, f" ({detail})" if detail else "")
     return PlainTextResponse(reason, status_code=status)
+
+
+def take(account: Account, token: str, answer: str) -> Response:
+    """Hand an authenticated callback's token to the account's puller; while the process stops, a 503
+    instead: the sender keeps the callback (the manager's mailbox; WeCom retries), and the next start
+    pulls everything after the cursor in any case."""
+    if account.stopping:
+        metrics.REFUSED.labels("stopping").inc()
+        log.info("callback for %s refused: stopping (the sender keeps it)", account.key)
+        return PlainTextResponse("stopping", status_code=503)
+    account.puller.callback(token)
+    return PlainTextResponse(answer)
 
 
 class Directory:
@@ -149,8 +162,7 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             return PlainTextResponse("success")
         if not signature_ok(account, request, body):
             return refuse(401, "bad_webhook_signature", account.key)
-        account.puller.callback(event.token)
-        return PlainTextResponse("success")
+        return take(account, event.token, "success")
 
     async def decrypted(request: Request) -> Response:
         try:
@@ -172,8 +184,7 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             return PlainTextResponse("roger")
         for account in candidates:
             if signature_ok(account, request, body):
-                account.puller.callback(parsed.token)
-                return PlainTextResponse("roger")
+                return take(account, parsed.token, "roger")
         return refuse(401, "bad_webhook_signature", candidates[0].key)
 
     return [

@@ -9,9 +9,13 @@ secret falls back to registering; a refused registration is retried with backoff
 ``delivery`` frame runs through this process's own callback routes, in-process, so it is checked
 exactly as a POST would be (the Standard Webhooks signature included), and is answered with an ``ack``
 carrying the route's status → the connection is lost → *connecting* again after a jittered
-exponential backoff (1 s doubling up to 60 s; back to 1 s after a connection that proved something),
-and every account proven again pulls without a token once: callbacks WeCom gave up on meanwhile
-are never coming. :meth:`SocketLink.leave` deregisters every account on shutdown.
+exponential backoff (1 s doubling up to 60 s; back to 1 s after a connection that proved something).
+
+Every proof, the first included, is followed by a pull without a token (:meth:`Account.catch_up
+<puppets.account.Account.catch_up>`): callbacks WeCom gave up on while the manager could not be
+reached are never coming. An account's start-up pull waits for its first proof, or for the first
+failure to connect or to prove it, so that one pull serves as both. :meth:`SocketLink.leave`
+deregisters every account on shutdown, once their handlers have finished.
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ class SocketLink:
                     reason = "the manager closed the socket"
                 except (OSError, TimeoutError, InvalidHandshake, InvalidURI, WebSocketException) as exc:
                     reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                for account in self.accounts:  # the start-up pull does not wait for the manager
+                    account.start_pulling()
                 failures = 1 if self.proven else failures + 1
                 self.proven.clear()
                 delay = min(self.backoff[1], self.backoff[0] * 2 ** (failures - 1)) * JITTER.uniform(0.8, 1.2)
@@ -185,8 +191,7 @@ class SocketLink:
                 log.info(
                     "%s: %s over the manager's socket", account.key, "registered" if secret else "resumed"
                 )
-                if self.connections > 1:  # callbacks may have been lost while we were away
-                    account.puller.catch_up()
+                account.catch_up()  # callbacks may have been lost while we were not registered
                 return
             message = str(answer.get("message", ""))[:200]
             if not register:  # the secret is no longer good (deregistered, re-registered elsewhere)
@@ -194,6 +199,7 @@ class SocketLink:
                 register = True
                 continue
             failures += 1
+            account.start_pulling()
             delay = min(self.backoff[1], self.backoff[0] * 2 ** (failures - 1)) * JITTER.uniform(0.8, 1.2)
             log.warning(
                 "%s: registration over the socket refused (%s); next try in %.0f s",

@@ -105,7 +105,7 @@ async def test_sigterm_lets_the_running_handler_finish_deregisters_and_exits_0(
     assert await corp.received() == ["got: slow", "done: slow"]
     log = hub.log()
     assert "deregistered" in log
-    assert log.index("deregistered") > log.index("stopping: the puppets deregister")
+    assert log.index("deregistered") > log.index("stopping: the puppets finish their running handlers")
 
 
 def run_up(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

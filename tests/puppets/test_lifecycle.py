@@ -1,0 +1,147 @@
+"""The puppet's life with a manager (a real ``wxkf up``): the pull after each registration, the first one
+included, and the stop order — finish what is being handled, then deregister.
+
+Every puppet here has a safety-net pull interval of a day, so an answer within the test's bounded
+waits can only come from the path under test, never from that net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from simulator import SimConfig
+from simulator.config import Rate
+from simulator.state import SimState
+from tests.puppets.conftest import SIM_CONFIG, Corp, PuppetProcess, wait_until
+from tests.support.services import ServiceProcess, free_port, service_env
+from wxkf.settings import Settings
+
+NO_SAFETY_NET = 86400  # seconds: the configuration's maximum
+
+
+#: token-less pulls are counted (never refused): see :func:`tokenless_pulls`
+COUNTED = SIM_CONFIG.model_copy(update={"sync_tokenless_rate": Rate(calls=100_000, seconds=3600)})
+
+
+@pytest.fixture
+def sim_config() -> SimConfig:
+    return COUNTED
+
+
+def tokenless_pulls(sim: tuple[str, SimState], corp: Corp) -> int:
+    """The token-less ``sync_msg`` calls the simulator has answered for the account (its rate-limit log:
+    a call is counted in the same step that reads the messages, so a message said after this count
+    rose is not in that pull's page)."""
+    (window,) = sim[1].wecom.kf._tokenless.windows
+    return len(window._hits.get((corp.corpid, corp.kf), ()))
+
+
+@pytest.fixture
+async def hub(
+    settings: Settings, tmp_path: Path, puppet_env: dict[str, str]
+) -> AsyncIterator[ServiceProcess]:
+    """A ``wxkf up`` on its own port, not started: each test starts it when it needs it."""
+    env = service_env(settings, tmp_path / "hub", wecom_api_base=puppet_env["WECOM_API_BASE"])
+    process = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
+    yield process
+    process.stop()
+
+
+async def info(hub: ServiceProcess, corp: Corp) -> dict[str, object]:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(
+            f"{hub.url}/puppetWxkfManager/puppetWxkfInfo/{corp.kf}",
+            headers={"authorization": f"Bearer {corp.secret}"},
+        )
+    result: dict[str, object] = response.json()
+    return result
+
+
+def in_log(process: PuppetProcess, text: str, times: int = 1) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return process.log().count(text) >= times
+
+    return check
+
+
+async def test_what_wecom_gave_up_on_before_the_first_registration_is_answered_when_it_succeeds(
+    corp: Corp,
+    sim: tuple[str, SimState],
+    hub: ServiceProcess,
+    make_puppet: Callable[..., PuppetProcess],
+) -> None:
+    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
+    port = free_port()
+    puppet = make_puppet(
+        port=port,
+        manager=hub.url,
+        self_endpoint=f"http://127.0.0.1:{port}",
+        safety_pull_interval=NO_SAFETY_NET,
+    )
+    await puppet.start()  # the hub is not up: the first registration fails
+    await wait_until(in_log(puppet, "registration failed"), what="a failed registration")
+
+    async def pulled() -> bool:
+        return tokenless_pulls(sim, corp) >= 1
+
+    await wait_until(pulled, what="the start-up pull")
+    await corp.says("before the hub was up", wait=True)  # every retry fails: WeCom gives up for good
+    await hub.start()
+    await wait_until(in_log(puppet, "registered with the manager"), timeout=90, what="the first registration")
+    assert await corp.wait_received(1) == ["echo: before the hub was up"]
+
+
+async def test_a_handler_running_at_sigterm_finishes_and_replies_before_the_puppet_deregisters(
+    corp: Corp,
+    hub: ServiceProcess,
+    make_puppet: Callable[..., PuppetProcess],
+    puppet_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    journal, release = tmp_path / "journal", tmp_path / "release"
+    os.mkfifo(release)
+    puppet_env |= {"PUPPET_TEST_JOURNAL": str(journal), "PUPPET_TEST_RELEASE": str(release)}
+    await hub.start()
+    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
+    port = free_port()
+    puppet = make_puppet(
+        "tests.puppets.lifecycle_bots:held",
+        port=port,
+        manager=hub.url,
+        self_endpoint=f"http://127.0.0.1:{port}",
+        safety_pull_interval=NO_SAFETY_NET,
+    )
+    await puppet.start()
+    await wait_until(in_log(puppet, "registered with the manager"), what="registration")
+    await corp.says("hold on")
+
+    async def started() -> bool:
+        return journal.exists() and "start hold on" in journal.read_text()
+
+    await wait_until(started, what="the handler to start")
+    assert puppet.process is not None
+    puppet.process.send_signal(signal.SIGTERM)
+    await wait_until(in_log(puppet, "stopping:"), what="the stop to begin")
+    # still registered while its handler runs: a message now is delivered, refused with a 503 (no pull
+    # starts any more) and kept in the manager's mailbox
+    assert (await info(hub, corp))["registered"] is True
+    await corp.says("during the drain")
+    await wait_until(in_log(puppet, "refused: stopping"), what="the delivery refused while stopping")
+    assert (await info(hub, corp))["registered"] is True
+    await asyncio.to_thread(release.write_text, "go")  # the handler replies and returns
+    assert await asyncio.to_thread(puppet.process.wait, 60) == 0
+    assert await corp.received() == ["echo: hold on"]  # the running handler's reply was sent
+    assert journal.read_text().splitlines() == ["start hold on", "replied hold on"]
+    assert "deregistered" in puppet.log()
+    assert (await info(hub, corp))["registered"] is False
+    # the message that came during the drain is handled after the restart
+    await puppet.start()
+    assert await corp.wait_received(2) == ["echo: hold on", "echo: during the drain"]
+    assert journal.read_text().splitlines()[2] == "start during the drain"  # once, and only now
