@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
 from puppets.account import Account
-from wxkf.retry import JITTER
+from wxkf.retry import JITTER, backoff
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class ManagerLink:
         *,
         interval: float = 15.0,
         registration_token: str | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.http = http
         self.manager = manager.rstrip("/")
@@ -52,6 +54,7 @@ class ManagerLink:
         self.account = account
         self.interval = interval
         self._registration_token = registration_token
+        self._sleep = sleep
         self.registered = asyncio.Event()
         self.registrations = 0
 
@@ -119,11 +122,11 @@ class ManagerLink:
                     delay = 0.0
                 else:
                     self.account.start_pulling()  # the start-up pull does not wait for the manager
-                    delay = min(BACKOFF[1], BACKOFF[0] * 2 ** (failures - 1)) * JITTER.uniform(0.8, 1.2)
+                    delay = backoff(BACKOFF, failures)
                     log.warning(
                         "%s: registration failed (%s); next try in %.0f s", self.account.key, exc, delay
                     )
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
 
     async def deregister(self) -> None:
         """Tell the manager this account is gone (it keeps new events until a puppet registers). Call it

@@ -33,7 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
 
 from puppets.account import Account
-from wxkf.retry import JITTER
+from wxkf.retry import backoff
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class SocketLink:
                     account.start_pulling()
                 failures = 1 if self.proven else failures + 1
                 self.proven.clear()
-                delay = min(self.backoff[1], self.backoff[0] * 2 ** (failures - 1)) * JITTER.uniform(0.8, 1.2)
+                delay = backoff(self.backoff, failures)
                 log.warning("manager socket lost (%s); reconnecting in %.1f s", reason, delay)
                 await asyncio.sleep(delay)
         finally:
@@ -200,7 +200,7 @@ class SocketLink:
                 continue
             failures += 1
             account.start_pulling()
-            delay = min(self.backoff[1], self.backoff[0] * 2 ** (failures - 1)) * JITTER.uniform(0.8, 1.2)
+            delay = backoff(self.backoff, failures)
             log.warning(
                 "%s: registration over the socket refused (%s); next try in %.0f s",
                 account.key,

@@ -18,6 +18,13 @@ JITTER = random.Random()
 DEFAULT_DELAYS: tuple[float, ...] = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
 
 
+def backoff(bounds: tuple[float, float], failures: int) -> float:
+    """The wait after ``failures`` (>= 1) failures in a row: ``bounds[0]`` doubling up to ``bounds[1]``,
+    ±20 % jitter (reconnecting and re-registering loops)."""
+    first, most = bounds
+    return min(most, first * 2 ** (failures - 1)) * JITTER.uniform(0.8, 1.2)
+
+
 def parse_delays(text: str) -> tuple[float, ...]:
     """Parse ``"5s,5m,30m,2h"`` (plain numbers are seconds)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}

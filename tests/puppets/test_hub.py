@@ -106,8 +106,12 @@ async def test_a_hub_down_longer_than_wecoms_retries_loses_nothing(
 ) -> None:
     await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
     port = free_port()
-    puppet = make_puppet(
-        port=port, manager=hub.url, self_endpoint=f"http://127.0.0.1:{port}", heartbeat_interval=0.5
+    puppet = make_puppet(  # no safety-net pull for a day: the answer can only come from the catch-up
+        port=port,
+        manager=hub.url,
+        self_endpoint=f"http://127.0.0.1:{port}",
+        heartbeat_interval=0.5,
+        safety_pull_interval=86400,
     )
     await puppet.start()
     await wait_until(lambda: registered(puppet), what="registration")

@@ -44,7 +44,7 @@ def tokenless_pulls(sim: tuple[str, SimState], corp: Corp) -> int:
 
 
 @pytest.fixture
-async def hub(
+async def unstarted_hub(
     settings: Settings, tmp_path: Path, puppet_env: dict[str, str]
 ) -> AsyncIterator[ServiceProcess]:
     """A ``wxkf up`` on its own port, not started: each test starts it when it needs it."""
@@ -74,9 +74,10 @@ def in_log(process: PuppetProcess, text: str, times: int = 1) -> Callable[[], Aw
 async def test_what_wecom_gave_up_on_before_the_first_registration_is_answered_when_it_succeeds(
     corp: Corp,
     sim: tuple[str, SimState],
-    hub: ServiceProcess,
+    unstarted_hub: ServiceProcess,
     make_puppet: Callable[..., PuppetProcess],
 ) -> None:
+    hub = unstarted_hub
     await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
     port = free_port()
     puppet = make_puppet(
@@ -100,11 +101,12 @@ async def test_what_wecom_gave_up_on_before_the_first_registration_is_answered_w
 
 async def test_a_handler_running_at_sigterm_finishes_and_replies_before_the_puppet_deregisters(
     corp: Corp,
-    hub: ServiceProcess,
+    unstarted_hub: ServiceProcess,
     make_puppet: Callable[..., PuppetProcess],
     puppet_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
+    hub = unstarted_hub
     journal, release = tmp_path / "journal", tmp_path / "release"
     os.mkfifo(release)
     puppet_env |= {"PUPPET_TEST_JOURNAL": str(journal), "PUPPET_TEST_RELEASE": str(release)}

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - fixtures are imported by name and then requested by name
 """``wxkf puppet --transport ws``'s life: the pull after every proof, the first one included, and the
 stop order over the socket — finish what is being handled, then leave.
 
@@ -10,44 +11,30 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from simulator import SimConfig
 from simulator.state import SimState
 from tests.puppets.conftest import Corp, PuppetProcess, wait_until
-from tests.puppets.test_lifecycle import COUNTED, NO_SAFETY_NET, in_log, tokenless_pulls
+from tests.puppets.test_lifecycle import (  # noqa: F401 - fixtures
+    NO_SAFETY_NET,
+    in_log,
+    sim_config,
+    tokenless_pulls,
+    unstarted_hub,
+)
 from tests.sockets.conftest import info
-from tests.support.services import ServiceProcess, free_port, service_env
-from wxkf.settings import Settings
-
-
-@pytest.fixture
-def sim_config() -> SimConfig:
-    return COUNTED
-
-
-@pytest.fixture
-async def down_hub(
-    settings: Settings, tmp_path: Path, puppet_env: dict[str, str]
-) -> AsyncIterator[ServiceProcess]:
-    """A ``wxkf up`` on its own port, not started yet."""
-    env = service_env(settings, tmp_path / "hub", wecom_api_base=puppet_env["WECOM_API_BASE"])
-    process = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
-    yield process
-    process.stop()
+from tests.support.services import ServiceProcess
 
 
 async def test_what_wecom_gave_up_on_before_the_first_connection_is_answered_once_proven(
     corp: Corp,
     sim: tuple[str, SimState],
-    down_hub: ServiceProcess,
+    unstarted_hub: ServiceProcess,
     socket_puppet: Callable[..., PuppetProcess],
 ) -> None:
-    await corp.set_callback(f"{down_hub.url}/callback/{corp.corpid}")
-    puppet = socket_puppet(down_hub, [corp], safety_pull_interval=NO_SAFETY_NET)
+    await corp.set_callback(f"{unstarted_hub.url}/callback/{corp.corpid}")
+    puppet = socket_puppet(unstarted_hub, [corp], safety_pull_interval=NO_SAFETY_NET)
     await puppet.start()  # the hub is not up: the first connection fails
     await wait_until(in_log(puppet, "reconnecting in"), what="a failed connection")
 
@@ -56,19 +43,19 @@ async def test_what_wecom_gave_up_on_before_the_first_connection_is_answered_onc
 
     await wait_until(pulled, what="the start-up pull")
     await corp.says("before the hub was up", wait=True)  # every retry fails: WeCom gives up for good
-    await down_hub.start()
+    await unstarted_hub.start()
     await wait_until(in_log(puppet, "over the manager's socket"), timeout=90, what="the first proof")
     assert await corp.wait_received(1) == ["echo: before the hub was up"]
 
 
 async def test_a_handler_running_at_sigterm_finishes_and_replies_before_the_socket_puppet_leaves(
     corp: Corp,
-    down_hub: ServiceProcess,
+    unstarted_hub: ServiceProcess,
     socket_puppet: Callable[..., PuppetProcess],
     puppet_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    hub = down_hub
+    hub = unstarted_hub
     journal, release = tmp_path / "journal", tmp_path / "release"
     os.mkfifo(release)
     puppet_env |= {"PUPPET_TEST_JOURNAL": str(journal), "PUPPET_TEST_RELEASE": str(release)}
