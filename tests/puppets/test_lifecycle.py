@@ -24,10 +24,15 @@ from tests.support.services import ServiceProcess, free_port, service_env
 from wxkf.settings import Settings
 
 NO_SAFETY_NET = 86400  # seconds: the configuration's maximum
+ADMIN_TOKEN = "lifecycle-admin"
 
 
 #: token-less pulls are counted (never refused): see :func:`tokenless_pulls`
 COUNTED = SIM_CONFIG.model_copy(update={"sync_tokenless_rate": Rate(calls=100_000, seconds=3600)})
+
+
+#: one token-less pull a day per account: the test spends it, so the puppet can pull only with a token
+ONE_TOKENLESS_PULL = SIM_CONFIG.model_copy(update={"sync_tokenless_rate": Rate(calls=1, seconds=86400)})
 
 
 @pytest.fixture
@@ -48,7 +53,12 @@ async def unstarted_hub(
     settings: Settings, tmp_path: Path, puppet_env: dict[str, str]
 ) -> AsyncIterator[ServiceProcess]:
     """A ``wxkf up`` on its own port, not started: each test starts it when it needs it."""
-    env = service_env(settings, tmp_path / "hub", wecom_api_base=puppet_env["WECOM_API_BASE"])
+    env = service_env(
+        settings,
+        tmp_path / "hub",
+        wecom_api_base=puppet_env["WECOM_API_BASE"],
+        wxkf_admin_token=ADMIN_TOKEN,
+    )
     process = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
     yield process
     process.stop()
@@ -147,3 +157,43 @@ async def test_a_handler_running_at_sigterm_finishes_and_replies_before_the_pupp
     await puppet.start()
     assert await corp.wait_received(2) == ["echo: hold on", "echo: during the drain"]
     assert journal.read_text().splitlines()[2] == "start during the drain"  # once, and only now
+
+
+@pytest.mark.parametrize("sim_config", [ONE_TOKENLESS_PULL], ids=["no-tokenless-pull-left"])
+async def test_a_first_registration_brings_what_the_manager_kept_at_once_without_a_tokenless_pull(
+    corp: Corp,
+    sim: tuple[str, SimState],
+    unstarted_hub: ServiceProcess,
+    make_puppet: Callable[..., PuppetProcess],
+) -> None:
+    hub = unstarted_hub
+    token = await corp.http.get(
+        f"{sim[0]}/cgi-bin/gettoken", params={"corpid": corp.corpid, "corpsecret": corp.secret}
+    )
+    spent = await corp.http.post(
+        f"{sim[0]}/cgi-bin/kf/sync_msg",
+        params={"access_token": token.json()["access_token"]},
+        json={"open_kfid": corp.kf},
+    )
+    assert spent.json()["errcode"] == 0  # the day's one token-less pull: the puppet's are refused
+    await hub.start()
+    added = await corp.http.post(  # the hub knows the corp app before any puppet registered for it
+        f"{hub.url}/admin/apps",
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+        json={"corp_id": corp.corpid, "token": corp.token, "encoding_aes_key": corp.aes_key},
+    )
+    assert added.is_success, added.text
+    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
+    await corp.says("before any puppet", wait=True)  # stored by the hub; no puppet to deliver it to
+    port = free_port()
+    puppet = make_puppet(
+        port=port,
+        manager=hub.url,
+        self_endpoint=f"http://127.0.0.1:{port}",
+        safety_pull_interval=NO_SAFETY_NET,
+    )
+    await puppet.start()
+    # the puppet's token-less pull is refused (45009); the registration un-parks the account's mailbox
+    # and its delivery brings a callback token, which cuts the puppet's backoff short
+    assert await corp.wait_received(1) == ["echo: before any puppet"]
+    assert "rate-limited (45009)" in puppet.log()
