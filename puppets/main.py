@@ -106,7 +106,8 @@ async def run(config: PuppetConfig, bot: Bot, settings: Settings) -> None:
                 stopped = asyncio.create_task(stop.wait())
                 await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
                 stopped.cancel()
-                log.info("stopping: finishing running handlers, then deregistering")
+                then = ", then deregistering" if config.manager else ""
+                log.info("stopping: finishing running handlers%s", then)
             finally:
                 await host.stop()
                 server.should_exit = True
