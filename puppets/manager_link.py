@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/puppetWxkfManager"
 BACKOFF = (1.0, 60.0)
+DEREGISTER_TIMEOUT = 5.0  # a manager that does not answer must not hold up the stop
 
 
 class Refused(Exception):
@@ -128,18 +129,20 @@ class ManagerLink:
                     )
             await self._sleep(delay)
 
-    async def deregister(self) -> None:
-        """Tell the manager this account is gone (it keeps new events until a puppet registers). Call it
-        after :meth:`run` was stopped, so that no heartbeat registers the account again."""
-        if not self.registrations:
+    async def deregister(self, timeout: float = DEREGISTER_TIMEOUT) -> None:
+        """Tell the manager this account is gone (it keeps new events until a puppet registers), waiting
+        at most ``timeout`` s. Call it after :meth:`run` was stopped, so that no heartbeat registers the
+        account again."""
+        if not self.registered.is_set():
             return
         body = {"corpId": self.account.corp_id, "kfId": self.account.open_kfid, "kfName": self.account.name}
         secret = self.account.webhook_secrets[0] if self.account.webhook_secrets else None
         if secret is None:
             body["corpSecret"] = self.account.spec.corp_secret
         try:
-            await self._post("deregister", body, bearer=secret)
+            async with asyncio.timeout(timeout):
+                await self._post("deregister", body, bearer=secret)
             log.info("%s: deregistered", self.account.key)
-        except (httpx.HTTPError, Refused) as exc:
-            log.warning("%s: deregistration failed: %s", self.account.key, exc)
+        except (httpx.HTTPError, Refused, TimeoutError) as exc:
+            log.warning("%s: deregistration failed: %s", self.account.key, str(exc) or type(exc).__name__)
         self.registered.clear()
