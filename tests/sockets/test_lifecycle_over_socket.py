@@ -87,3 +87,21 @@ async def test_a_handler_running_at_sigterm_finishes_and_replies_before_the_sock
     assert (await info(hub, corp, corp.secret))["registered"] is False
     await puppet.start()
     assert await corp.wait_received(2) == ["echo: hold on", "echo: during the drain"]
+
+
+async def test_what_wecom_gave_up_on_while_the_socket_was_down_is_answered_once_resumed(
+    corp: Corp, unstarted_hub: ServiceProcess, socket_puppet: Callable[..., PuppetProcess]
+) -> None:
+    hub = unstarted_hub
+    await hub.start()
+    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
+    puppet = socket_puppet(hub, [corp], safety_pull_interval=NO_SAFETY_NET)
+    await puppet.start()
+    await wait_until(in_log(puppet, "registered over the manager's socket"), what="the proof")
+    hub.kill()
+    await corp.says("while the socket was down", wait=True)  # every retry fails: WeCom gives up
+    await wait_until(in_log(puppet, "reconnecting in"), what="the puppet noticing")
+    await hub.start()
+    resumed = in_log(puppet, "resumed over the manager's socket")
+    await wait_until(resumed, timeout=90, what="the resumed proof")
+    assert await corp.wait_received(1) == ["echo: while the socket was down"]  # nothing else said since
