@@ -1,0 +1,107 @@
+"""A socket puppet (``/puppetWxkfManager/ws``) and two ``wxkf manager`` replicas on one database: the
+puppet is connected to one replica while callbacks reach the other, moves between them, and loses the
+one it is connected to (SIGKILL).
+
+What must hold (docs/architecture.md, "Socket puppets"), as for HTTP puppets:
+
+* **delivered** — every account gets a delivery after its newest acknowledged callback was sent
+  (:meth:`tests.multiprocess.conftest.World.nothing_lost`), whichever replica accepted it and
+  whichever holds the socket;
+* **in order** — per account, no delivery carries an older callback's token than one before it;
+* **never two at once** — no two deliveries for one account overlap.
+
+Before the lease followed the socket, the first scenario stalled: the replica holding an account's
+lease had no socket for it, parked it as offline and kept the lease, so nothing was delivered.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from tests.multiprocess.conftest import World
+from tests.support.replicas import Manager, Traffic
+from tests.support.socket_puppet import SocketPuppet, socket_puppet
+
+ACCOUNTS = 3
+ROUNDS = 4  # callbacks per account sent through one replica in turn
+MORE = 5  # callbacks per account while the traffic runs
+SETTLE = 20.0  # bound on every wait for deliveries to catch up
+IDLE_RELEASE = 2.0  # WXKF_IDLE_RELEASE: leases of idle accounts go soon, so a test can wait for it
+LEASE_RELEASE = 5 * IDLE_RELEASE  # bound on that wait
+
+
+async def start_two(world: World) -> tuple[Manager, Manager, SocketPuppet]:
+    idle = {"wxkf_idle_release": str(IDLE_RELEASE)}
+    a, b = world.cluster.add("A", **idle), world.cluster.add("B", **idle)
+    await world.cluster.start()
+    await world.add_app(a)
+    return a, b, socket_puppet(world.keys, world.secret, world.accounts[:ACCOUNTS])
+
+
+async def send_rounds(traffic: Traffic, puppet: SocketPuppet, via: Manager) -> None:
+    for _ in range(ROUNDS):
+        for kf in puppet.accounts:
+            await traffic.send(kf, via=via)
+
+
+def assert_in_order(puppet: SocketPuppet, traffic: Traffic) -> None:
+    """Per account, the tokens delivered never go back to an older callback's (repeats are fine)."""
+    for kf in puppet.accounts:
+        position = {token: n for n, token in enumerate(traffic.acked.get(kf, []))}
+        ours = [d for d in puppet.deliveries if d.account == kf]
+        delivered = [(position.get(d.token, -1), d.describe(puppet.origin)) for d in ours]
+        assert all(n >= 0 for n, _ in delivered), f"{kf}: a token never acknowledged: {delivered}"
+        backwards = [(p, q) for p, q in itertools.pairwise(delivered) if q[0] < p[0]]
+        assert not backwards, f"{kf}: a delivery carried an older token than the one before: {backwards}"
+
+
+async def test_a_socket_puppet_gets_what_the_other_replica_accepts_in_order_and_follows_when_it_moves(
+    world: World,
+) -> None:
+    a, b, puppet = await start_two(world)
+    try:
+        await puppet.connect(b)  # B takes the leases as it wakes the accounts; they go when idle
+        await world.no_lease_held(LEASE_RELEASE)
+        traffic = world.traffic(a)
+        await send_rounds(traffic, puppet, via=a)  # A accepts and takes the leases; B has the socket
+        await world.nothing_lost(traffic, SETTLE, puppet)
+        traffic.rotation = [a, b]  # both accept at once
+        async with traffic.running(puppet.accounts, interval=0.1):
+            await traffic.wait_sent({kf: traffic.sent(kf) + MORE for kf in puppet.accounts})
+        await world.nothing_lost(traffic, SETTLE, puppet)
+        await puppet.connect(a)  # the puppet moves to A
+        moved = time.monotonic()
+        await world.no_lease_held(LEASE_RELEASE)
+        await send_rounds(traffic, puppet, via=b)  # B accepts and takes the leases; A has the socket
+        await world.nothing_lost(traffic, SETTLE, puppet)
+    finally:
+        await puppet.disconnect()
+    assert {d.sender for d in puppet.deliveries} == {"A", "B"}
+    stale = [d.describe(puppet.origin) for d in puppet.by("B", since=moved)]
+    assert not stale, f"B delivered on a socket the puppet had left: {stale}"
+    assert_in_order(puppet, traffic)
+    puppet.assert_never_two_at_once()
+
+
+async def test_the_replica_holding_the_socket_is_killed_and_the_survivor_delivers_everything(
+    world: World,
+) -> None:
+    a, b, puppet = await start_two(world)
+    try:
+        await puppet.connect(b)
+        traffic = world.traffic(a, b)
+        async with traffic.running(puppet.accounts, interval=0.1):
+            await traffic.wait_sent({kf: MORE for kf in puppet.accounts})
+            await puppet.wait(lambda: len(puppet.by("B")) >= ACCOUNTS, SETTLE, "B delivers")
+            traffic.rotation = [a]  # the balancer drops B, which dies with the socket open
+            b.kill()
+            await puppet.connect(a)  # the puppet reconnects to the survivor
+            killed = time.monotonic()
+            await traffic.wait_sent({kf: traffic.sent(kf) + MORE for kf in puppet.accounts})
+        await world.nothing_lost(traffic, SETTLE, puppet)
+    finally:
+        await puppet.disconnect()
+    assert all(d.sender == "A" for d in puppet.deliveries if d.started >= killed)
+    assert_in_order(puppet, traffic)
+    puppet.assert_never_two_at_once()
