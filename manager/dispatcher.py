@@ -136,7 +136,8 @@ class Dispatcher:
             self._progress.notify_all()
 
     async def wait_until(self, predicate: Callable[[collections.Counter[str]], bool], timeout: float) -> None:
-        """Wait until ``predicate(outcomes)`` holds (outcomes: delivered, failed, dead, parked, offline)."""
+        """Wait until ``predicate(outcomes)`` holds (outcomes: delivered, failed, dead, parked, offline,
+        handed_over)."""
         async with asyncio.timeout(timeout), self._progress:
             await self._progress.wait_for(lambda: predicate(self.outcomes))
 
@@ -383,7 +384,7 @@ class Dispatcher:
         self._undelivered.done(key, through)
         await self._store.record_delivered(_marks([account]))
         await self._store.release({key: account.epoch}, self.config.owner)
-        await self._record("handed over")
+        await self._record("handed_over")
 
     def _left_to_socket_replica(self, key: str) -> bool:
         """``key`` was handed over to the replica holding its socket less than ``idle_release`` ago:
