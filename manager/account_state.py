@@ -206,6 +206,14 @@ class Account:
             self.carried, self.carried_at = self.newest, now
         return self.newest
 
+    def not_delivered(self, attempted: Latest) -> None:
+        """A delivery carrying ``attempted`` failed (the puppet may have seen it all the same): its work
+        is still to do, and it goes on with that token unless a later one was offered, never an older
+        one (whatever was offered since the start may be older)."""
+        self.dirty = True
+        if self.newest is None or attempted.arrival > self.newest.arrival:
+            self.newest = attempted
+
     def handed_over(self) -> None:
         """The work now is in the mailbox (waiting, backing off): nothing is left in memory."""
         self.dirty = False

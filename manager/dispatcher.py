@@ -286,7 +286,7 @@ class Dispatcher:
                 account.apply(Event.FENCED)
                 return False
             if isinstance(exc, PuppetUnreachable):
-                account.dirty = True  # not delivered: still to do
+                account.not_delivered(latest)
                 probe_at = self._clock() + self.config.probe_interval
                 if not await self._puppets.mark_offline(key, probe_at, 0, by=self.config.owner):
                     current = await self._puppets.fresh(key)
@@ -433,6 +433,7 @@ class Dispatcher:
             account.attempts,
             delay,
         )
+        account.not_delivered(latest)
         account.apply(Event.REFUSED)
         newest, through = account.newest or latest, self._undelivered.newest(account.key)
         account.handed_over()
