@@ -16,6 +16,7 @@ lease had no socket for it, parked it as offline and kept the lease, so nothing 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 
@@ -23,6 +24,7 @@ from tests.multiprocess.conftest import World
 from tests.support.replicas import Manager, Traffic
 from tests.support.socket_puppet import SocketPuppet, socket_puppet
 
+PUPPETS = "puppets"  # the registry: online or not, and which replica holds the socket
 ACCOUNTS = 3
 ROUNDS = 4  # callbacks per account sent through one replica in turn
 MORE = 5  # callbacks per account while the traffic runs
@@ -43,6 +45,24 @@ async def send_rounds(traffic: Traffic, puppet: SocketPuppet, via: Manager) -> N
     for _ in range(ROUNDS):
         for kf in puppet.accounts:
             await traffic.send(kf, via=via)
+
+
+async def parked_as_offline(world: World, puppet: SocketPuppet, timeout: float = SETTLE) -> None:
+    """Wait until every account's puppet is recorded offline with no replica holding its socket."""
+
+    async def still_online() -> list[str]:
+        keys = [f"{world.corp_id}/{kf}" for kf in puppet.accounts]
+        cursor = world.db[PUPPETS].find({"_id": {"$in": keys}}, projection={"online": 1, "socket_owner": 1})
+        return [str(doc) async for doc in cursor if doc.get("online") or doc.get("socket_owner")]
+
+    online = await still_online()
+    try:
+        async with asyncio.timeout(timeout):
+            while online:
+                await asyncio.sleep(0.2)  # polling the database: no event to wait on
+                online = await still_online()
+    except TimeoutError:
+        raise AssertionError(f"puppets not offline after {timeout} s: {online}") from None
 
 
 def assert_in_order(puppet: SocketPuppet, traffic: Traffic) -> None:
@@ -103,5 +123,29 @@ async def test_the_replica_holding_the_socket_is_killed_and_the_survivor_deliver
     finally:
         await puppet.disconnect()
     assert all(d.sender == "A" for d in puppet.deliveries if d.started >= killed)
+    assert_in_order(puppet, traffic)
+    puppet.assert_never_two_at_once()
+
+
+async def test_a_puppet_whose_replica_died_waits_offline_and_gets_everything_when_it_reconnects(
+    world: World,
+) -> None:
+    """B dies with the socket open and the puppet stays away a while: once B is taken over, the
+    survivor finds no socket anywhere and parks the accounts as offline (nothing handed to a dead
+    replica); the puppet connects to it, and everything flows."""
+    a, b, puppet = await start_two(world)
+    try:
+        await puppet.connect(b)
+        traffic = world.traffic(a)
+        await send_rounds(traffic, puppet, via=a)
+        await world.nothing_lost(traffic, SETTLE, puppet)
+        b.kill()
+        await puppet.disconnect()
+        await send_rounds(traffic, puppet, via=a)  # no socket is open anywhere now
+        await parked_as_offline(world, puppet)
+        await puppet.connect(a)
+        await world.nothing_lost(traffic, SETTLE, puppet)
+    finally:
+        await puppet.disconnect()
     assert_in_order(puppet, traffic)
     puppet.assert_never_two_at_once()
