@@ -20,7 +20,7 @@ from typing import Any
 
 from pymongo import ASCENDING
 
-from wxkf.database import Database, durable, up_to
+from wxkf.database import Database, chunks, durable, up_to
 from wxkf.retry import JITTER
 from wxkf.secretbox import SecretBox
 from wxkf.single_flight import SingleFlight
@@ -103,6 +103,7 @@ class PuppetRegistry:
     async def ensure_indexes(self) -> None:
         await self._collection.create_index([("open_kfid", ASCENDING)])
         await self._collection.create_index([("probe_at", ASCENDING)])
+        await self._collection.create_index([("socket_owner", ASCENDING)])  # release_sockets
 
     def _decode(self, doc: Mapping[str, Any]) -> Puppet:
         key = doc["_id"]
@@ -277,12 +278,15 @@ class PuppetRegistry:
 
     async def release_sockets(self, owner: str, life: str | None = None) -> int:
         """Forget the socket claims of replica ``owner`` (of its process ``life`` only, if given): at
-        its start, a new process holds no socket; at its takeover, a dead one holds none. A scan of
-        the collection, once per start or takeover."""
+        its start, a new process holds no socket; at its takeover, a dead one holds none. Returns how
+        many were forgotten."""
         where: dict[str, Any] = {"socket_owner": owner} | ({"socket_life": life} if life is not None else {})
-        released = await self._collection.update_many(where, {"$set": _NO_SOCKET})
-        self._cache.clear()
-        return released.modified_count
+        keys = [doc["_id"] async for doc in self._collection.find(where, projection={"_id": 1})]
+        for some in chunks(keys):
+            await self._collection.update_many({"_id": {"$in": list(some)}} | where, {"$set": _NO_SOCKET})
+        for key in keys:
+            self._forget(key)
+        return len(keys)
 
     async def due_for_probe(self, limit: int = 100) -> list[tuple[Puppet, int]]:
         """Offline registered puppets whose next probe is due, with their failure counts."""

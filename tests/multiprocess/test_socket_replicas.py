@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import time
 
+from manager.sockets import TRY_LATER
 from tests.multiprocess.conftest import World
 from tests.support.replicas import Manager, Traffic
 from tests.support.socket_puppet import SocketPuppet, socket_puppet
@@ -147,5 +148,33 @@ async def test_a_puppet_whose_replica_died_waits_offline_and_gets_everything_whe
         await world.nothing_lost(traffic, SETTLE, puppet)
     finally:
         await puppet.disconnect()
+    assert_in_order(puppet, traffic)
+    puppet.assert_never_two_at_once()
+
+
+async def test_a_replica_taken_over_while_paused_closes_its_sockets_and_the_puppet_moves(
+    world: World,
+) -> None:
+    """SIGSTOP of B, which holds the socket: A takes it over (B's claims are forgotten) and parks the
+    accounts as offline. SIGCONT of B: it learns it was taken over, delivers nothing, and closes its
+    sockets so that their puppets prove again; the puppet connects to A and everything flows."""
+    a, b, puppet = await start_two(world)
+    try:
+        await puppet.connect(b)
+        traffic = world.traffic(a)
+        await send_rounds(traffic, puppet, via=a)
+        await world.nothing_lost(traffic, SETTLE, puppet)
+        b.pause()
+        await send_rounds(traffic, puppet, via=a)  # the socket is open, to a replica that runs nothing
+        await parked_as_offline(world, puppet)
+        b.resume()
+        resumed = time.monotonic()
+        assert await puppet.closed_by_manager(SETTLE) == TRY_LATER
+        await puppet.connect(a)
+        await world.nothing_lost(traffic, SETTLE, puppet)
+    finally:
+        await puppet.disconnect()
+    stale = [d.describe(puppet.origin) for d in puppet.by("B", since=resumed)]
+    assert not stale, f"B delivered after it woke up taken over: {stale}"
     assert_in_order(puppet, traffic)
     puppet.assert_never_two_at_once()

@@ -45,6 +45,7 @@ class SocketPuppet(RecordingPuppet):
     _ws: ClientConnection | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _authed: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    _closed: asyncio.Future[int | None] | None = None  # the manager's close code, once it closed
 
     async def connect(self, manager: Manager) -> None:
         """Leave the current manager (if any) and prove every account on ``manager``; returns once each
@@ -54,6 +55,7 @@ class SocketPuppet(RecordingPuppet):
         self._ws, self.connected_to = ws, manager.label
         loop = asyncio.get_running_loop()
         self._authed = {kf: loop.create_future() for kf in self.accounts}
+        self._closed = loop.create_future()
         reader = asyncio.create_task(self._read(ws, manager.label))
         self._tasks.add(reader)
         reader.add_done_callback(self._tasks.discard)
@@ -99,6 +101,15 @@ class SocketPuppet(RecordingPuppet):
         for answer in self._authed.values():
             if not answer.done():
                 answer.set_result({"type": "closed", "by": sender})
+        if self._closed is not None and not self._closed.done():
+            received = ws.protocol.close_rcvd
+            self._closed.set_result(received.code if received is not None else None)
+
+    async def closed_by_manager(self, timeout: float) -> int | None:
+        """Wait until the manager closes the connection; its close code (None: no close frame)."""
+        assert self._closed is not None, "not connected"
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(self._closed)
 
     async def _deliver(self, ws: ClientConnection, sender: str, kf: str, frame: dict[str, Any]) -> None:
         try:
