@@ -56,7 +56,7 @@ class SocketPuppet(RecordingPuppet):
         loop = asyncio.get_running_loop()
         self._authed = {kf: loop.create_future() for kf in self.accounts}
         self._closed = loop.create_future()
-        reader = asyncio.create_task(self._read(ws, manager.label))
+        reader = asyncio.create_task(self._receive(ws, manager.label))
         self._tasks.add(reader)
         reader.add_done_callback(self._tasks.discard)
         for n, kf in enumerate(self.accounts):
@@ -83,7 +83,7 @@ class SocketPuppet(RecordingPuppet):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _read(self, ws: ClientConnection, sender: str) -> None:
+    async def _receive(self, ws: ClientConnection, sender: str) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for text in ws:
                 frame = json.loads(text)
