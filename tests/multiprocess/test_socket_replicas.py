@@ -1,6 +1,7 @@
 """A socket puppet (``/puppetWxkfManager/ws``) and two ``wxkf manager`` replicas on one database: the
 puppet is connected to one replica while callbacks reach the other, moves between them, and loses the
-one it is connected to (SIGKILL).
+one it is connected to (SIGKILL, with the puppet back at once or only later; SIGSTOP long enough to be
+taken over).
 
 What must hold (docs/architecture.md, "Socket puppets"), as for HTTP puppets:
 
@@ -11,7 +12,9 @@ What must hold (docs/architecture.md, "Socket puppets"), as for HTTP puppets:
 * **never two at once** — no two deliveries for one account overlap.
 
 Before the lease followed the socket, the first scenario stalled: the replica holding an account's
-lease had no socket for it, parked it as offline and kept the lease, so nothing was delivered.
+lease had no socket for it, parked it as offline and kept the lease, so nothing was delivered. The
+later ones fail without the takeover forgetting a dead replica's socket claims, and without a replica
+that finds itself taken over closing its sockets.
 """
 
 from __future__ import annotations
