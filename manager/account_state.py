@@ -60,6 +60,7 @@ class Event(StrEnum):
     REFUSED = "refused, retries left"
     GAVE_UP = "refused, no retry left"
     NO_PUPPET = "no live puppet"
+    SOCKET_ELSEWHERE = "puppet's socket on another replica"
     FENCED = "cut off (fence ran out, or an error)"
     RETRY_DUE = "retry due"
     PUPPET_BACK = "puppet seen"
@@ -87,6 +88,7 @@ TRANSITIONS: dict[tuple[State, Event], tuple[State, State]] = {
     (State.DELIVERING, Event.GAVE_UP): (State.IDLE, State.PENDING),
     (State.DELIVERING, Event.REFUSED): (State.BACKING_OFF, State.BACKING_OFF),
     (State.DELIVERING, Event.NO_PUPPET): (State.WAITING, State.WAITING),
+    (State.DELIVERING, Event.SOCKET_ELSEWHERE): (State.RELEASED, State.RELEASED),
     (State.DELIVERING, Event.FENCED): (State.PENDING, State.PENDING),
     (State.BACKING_OFF, Event.WORK): (State.BACKING_OFF, State.BACKING_OFF),
     (State.BACKING_OFF, Event.IDLE_TIMEOUT): (State.RELEASED, State.RELEASED),
@@ -117,6 +119,9 @@ EFFECTS: dict[tuple[State, Event], str] = {
     (State.DELIVERING, Event.GAVE_UP): "dead-lettered: events marked in the log, for replay",
     (State.DELIVERING, Event.REFUSED): "work into the mailbox, due at the retry (retry schedule)",
     (State.DELIVERING, Event.NO_PUPPET): "puppet marked offline and probed; work into the mailbox, not due",
+    (State.DELIVERING, Event.SOCKET_ELSEWHERE): (
+        "hand over, then release the lease (by epoch): the replica holding the socket takes it"
+    ),
     (State.DELIVERING, Event.FENCED): "the delivery is cancelled and not recorded; the sweep retries",
     (State.BACKING_OFF, Event.WORK): "into the mailbox, due at the retry",
     (State.BACKING_OFF, Event.IDLE_TIMEOUT): "release the lease; the mailbox keeps the work",
@@ -200,6 +205,14 @@ class Account:
         if last is None or last.arrival != self.newest.arrival:
             self.carried, self.carried_at = self.newest, now
         return self.newest
+
+    def not_delivered(self, attempted: Latest) -> None:
+        """A delivery carrying ``attempted`` failed (the puppet may have seen it all the same): its work
+        is still to do, and it goes on with that token unless a later one was offered, never an older
+        one (whatever was offered since the start may be older)."""
+        self.dirty = True
+        if self.newest is None or attempted.arrival > self.newest.arrival:
+            self.newest = attempted
 
     def handed_over(self) -> None:
         """The work now is in the mailbox (waiting, backing off): nothing is left in memory."""

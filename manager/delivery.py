@@ -18,8 +18,8 @@ import json
 
 from manager.mailbox import RAW, Latest
 from manager.puppets import Puppet
-from manager.sockets import SOCKET_ENDPOINT, PuppetSockets
-from wxkf.delivery import DeliveryClient, Unreachable
+from manager.sockets import SOCKET_ENDPOINT, NoSocketHere, PuppetSockets
+from wxkf.delivery import DeliveryClient
 
 
 def content_for(puppet: Puppet, latest: Latest) -> tuple[str, str, bytes, str]:
@@ -44,11 +44,12 @@ async def deliver(
     timeout: float,
     sockets: PuppetSockets | None = None,
 ) -> None:
-    """Raises :class:`~wxkf.delivery.Unreachable` (the puppet is down) or
-    :class:`~wxkf.delivery.DeliveryError` (it answered, but not with a 2xx)."""
+    """Raises :class:`~wxkf.delivery.Unreachable` (the puppet is down; :class:`NoSocketHere` for a
+    socket puppet with no connection to this process) or :class:`~wxkf.delivery.DeliveryError` (it
+    answered, but not with a 2xx)."""
     if puppet.endpoint == SOCKET_ENDPOINT:
         if sockets is None:
-            raise Unreachable("this process serves no puppet sockets")
+            raise NoSocketHere("this process serves no puppet sockets")
         path, query, body, content_type = content_for(puppet, latest)
         await sockets.deliver(
             puppet.key,

@@ -23,6 +23,12 @@ account at most one delivery is in flight; whatever arrives meanwhile is coalesc
 Failures: an unreachable puppet (refused, timed out) is marked offline and its account waits — nothing
 is dropped, and it flows the moment the puppet is seen again. A reachable puppet that keeps failing
 (non-2xx) backs off along the retry schedule and is dead-lettered after the last delay.
+
+Socket puppets (:mod:`manager.sockets`) are reached only through the replica their WebSocket is open
+to, which the puppet registry records (``socket_owner``). A lease holder whose delivery finds no
+socket here, while another replica holds one, hands the account over: its work goes into the mailbox,
+due now, and the lease is released, so that replica's sweep takes the account within a second. This
+process's own sweep leaves such a mailbox to that replica for ``idle_release`` seconds.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +54,7 @@ from wxkf.tasks import run_every, stop_tasks
 
 log = logging.getLogger(__name__)
 
+HANDED_OVER_KEPT = 50_000  # accounts remembered as served by another replica (least recent forgotten)
 
 Deliver = Callable[[Puppet, Latest], Awaitable[None]]
 
@@ -87,6 +95,8 @@ class Dispatcher:
         self._clock = clock
         self._monotonic = monotonic
         self._accounts: dict[str, Account] = {}  # every account in a state other than RELEASED
+        # accounts handed over to the replica holding their puppet's socket -> when (monotonic)
+        self._handed_over: OrderedDict[str, float] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self.outcomes: collections.Counter[str] = collections.Counter()
@@ -126,7 +136,8 @@ class Dispatcher:
             self._progress.notify_all()
 
     async def wait_until(self, predicate: Callable[[collections.Counter[str]], bool], timeout: float) -> None:
-        """Wait until ``predicate(outcomes)`` holds (outcomes: delivered, failed, dead, parked, offline)."""
+        """Wait until ``predicate(outcomes)`` holds (outcomes: delivered, failed, dead, parked, offline,
+        handed_over)."""
         async with asyncio.timeout(timeout), self._progress:
             await self._progress.wait_for(lambda: predicate(self.outcomes))
 
@@ -164,6 +175,8 @@ class Dispatcher:
         for mailbox in await self._store.due(self.config.owner):
             account = self._accounts.get(mailbox.key)
             if account is None:
+                if mailbox.lease_owner != self.config.owner and self._left_to_socket_replica(mailbox.key):
+                    continue
                 self.notify(mailbox.key)
                 kicked += 1
                 continue
@@ -225,6 +238,7 @@ class Dispatcher:
             await self._hand_over(key)
             return
         account.epoch = mailbox.lease_epoch
+        self._handed_over.pop(key, None)
         account.take_in(mailbox)  # events accepted here meanwhile were offered with their notify
         account.apply(Event.LEASED)
         await self._serve(account)
@@ -272,9 +286,14 @@ class Dispatcher:
                 account.apply(Event.FENCED)
                 return False
             if isinstance(exc, PuppetUnreachable):
+                account.not_delivered(latest)
+                probe_at = self._clock() + self.config.probe_interval
+                if not await self._puppets.mark_offline(key, probe_at, 0, by=self.config.owner):
+                    current = await self._puppets.fresh(key)
+                    if current is not None and current.served_by_another(self.config.owner):
+                        await self._hand_over_lease(account, current.socket_owner)
+                        return True
                 log.warning("puppet %s unreachable (%s); waiting until it is back", key, exc)
-                await self._puppets.mark_offline(key, self._clock() + self.config.probe_interval, 0)
-                account.dirty = True
                 account.apply(Event.NO_PUPPET)
                 await self._into_mailbox(account, waiting=True)
                 await self._record("offline")
@@ -348,6 +367,36 @@ class Dispatcher:
             account.apply(Event.WORK)
         self._kick(account)
 
+    async def _hand_over_lease(self, account: Account, to: str | None) -> None:
+        """The puppet's socket is open to replica ``to``, not here: put the account's work into its
+        mailbox, due now, then release the lease (by epoch), so that replica's sweep takes it."""
+        key = account.key
+        newest, through = account.newest, self._undelivered.newest(key)
+        account.apply(Event.SOCKET_ELSEWHERE)
+        del self._accounts[key]
+        self._handed_over[key] = self._monotonic()
+        self._handed_over.move_to_end(key)
+        while len(self._handed_over) > HANDED_OVER_KEPT:
+            self._handed_over.popitem(last=False)
+        log.debug("handing %s over to %s, which holds its puppet's socket", key, to)
+        if newest is not None:
+            await self._store.bump(key, newest, due=True)
+        self._undelivered.done(key, through)
+        await self._store.record_delivered(_marks([account]))
+        await self._store.release({key: account.epoch}, self.config.owner)
+        await self._record("handed_over")
+
+    def _left_to_socket_replica(self, key: str) -> bool:
+        """``key`` was handed over to the replica holding its socket less than ``idle_release`` ago:
+        the sweep leaves its due mailbox to that replica (after that, a delivery attempt looks again)."""
+        since = self._handed_over.get(key)
+        if since is None:
+            return False
+        if self._monotonic() - since < self.config.idle_release:
+            return True
+        del self._handed_over[key]
+        return False
+
     async def _hand_over(self, key: str) -> None:
         """Put what is undelivered here for ``key`` into its mailbox, due now, for whoever serves it."""
         newest = self._undelivered.newest(key)
@@ -384,6 +433,7 @@ class Dispatcher:
             account.attempts,
             delay,
         )
+        account.not_delivered(latest)
         account.apply(Event.REFUSED)
         newest, through = account.newest or latest, self._undelivered.newest(account.key)
         account.handed_over()
@@ -455,7 +505,10 @@ class Dispatcher:
                 delay = min(
                     self.config.probe_backoff_max, self.config.probe_interval * 2 ** min(failures + 1, 16)
                 )
-                await self._puppets.mark_offline(puppet.key, self._clock() + delay, failures + 1)
+                # not if another replica holds its socket: only that one can tell
+                await self._puppets.mark_offline(
+                    puppet.key, self._clock() + delay, failures + 1, by=self.config.owner
+                )
         return revived
 
     async def back_online(self, key: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from pymongo import ASCENDING
 
-from wxkf.database import Database, durable, up_to
+from wxkf.database import Database, chunks, durable, up_to
 from wxkf.retry import JITTER
 from wxkf.secretbox import SecretBox
 from wxkf.single_flight import SingleFlight
@@ -28,6 +28,7 @@ from wxkf.single_flight import SingleFlight
 log = logging.getLogger(__name__)
 
 COLLECTION = "puppets"
+_NO_SOCKET = {"socket_owner": None, "socket_life": None, "socket_claim": None}
 CACHE_LIMIT = 50_000  # entries; bounds memory under many accounts (least recently used evicted)
 
 
@@ -52,10 +53,15 @@ class Puppet:
     last_seen_at: float
     webhook_secret: str = field(repr=False)
     corp_secret: str = field(repr=False)
+    socket_owner: str | None = None  # the manager replica whose WebSocket serves this puppet, if any
 
     @property
     def live(self) -> bool:
         return self.registered and self.online
+
+    def served_by_another(self, owner: str) -> bool:
+        """Its socket is open to a manager replica other than ``owner`` (which must not deliver)."""
+        return self.socket_owner is not None and self.socket_owner != owner
 
     def public(self, *, show_endpoint: bool = False) -> dict[str, Any]:
         """The registration record with every secret removed (compat ``puppetWxkfInfo`` fields)."""
@@ -97,6 +103,7 @@ class PuppetRegistry:
     async def ensure_indexes(self) -> None:
         await self._collection.create_index([("open_kfid", ASCENDING)])
         await self._collection.create_index([("probe_at", ASCENDING)])
+        await self._collection.create_index([("socket_owner", ASCENDING)])  # release_sockets
 
     def _decode(self, doc: Mapping[str, Any]) -> Puppet:
         key = doc["_id"]
@@ -113,6 +120,7 @@ class PuppetRegistry:
             last_seen_at=float(doc.get("last_seen_at", 0.0)),
             webhook_secret=self._box.open(doc["webhook_secret"], context=f"puppet-webhook:{key}"),
             corp_secret=self._box.open(doc["corp_secret"], context=f"puppet-corp-secret:{key}"),
+            socket_owner=doc.get("socket_owner"),
         )
 
     async def get(self, key: str) -> Puppet | None:
@@ -196,6 +204,7 @@ class PuppetRegistry:
                     "last_seen_at": now,
                     "probe_at": None,
                     "probe_failures": 0,
+                    **_NO_SOCKET,  # a socket proof claims it after registering (claim_socket)
                     "corp_secret": self._box.seal(corp_secret, context=f"puppet-corp-secret:{key}"),
                     "webhook_secret": self._box.seal(webhook_secret, context=f"puppet-webhook:{key}"),
                 }
@@ -229,7 +238,10 @@ class PuppetRegistry:
 
     async def mark_online(self, key: str) -> bool:
         """Record a sign of life; True if the puppet was offline before (its queue should flow now)."""
-        seen = {"online": True, "last_seen_at": self._clock(), "probe_at": None, "probe_failures": 0}
+        return await self._seen(key, {})
+
+    async def _seen(self, key: str, extra: Mapping[str, Any]) -> bool:
+        seen = {"online": True, "last_seen_at": self._clock(), "probe_at": None, "probe_failures": 0, **extra}
         came_back = await self._collection.update_one(
             {"_id": key, "registered": True, "online": {"$ne": True}}, {"$set": seen}
         )
@@ -238,12 +250,43 @@ class PuppetRegistry:
         self._forget(key)
         return came_back.matched_count == 1
 
-    async def mark_offline(self, key: str, probe_at: float, failures: int) -> None:
-        await self._collection.update_one(
-            {"_id": key, "registered": True},
-            {"$set": {"online": False, "probe_at": probe_at, "probe_failures": failures}},
+    async def mark_offline(self, key: str, probe_at: float, failures: int, *, by: str | None = None) -> bool:
+        """The puppet did not answer. ``by`` (a manager replica): only if no other replica holds its
+        socket, since only the replica with the socket can tell (see :meth:`claim_socket`). True if it
+        was marked offline."""
+        where: dict[str, Any] = {"_id": key, "registered": True}
+        if by is not None:
+            where["socket_owner"] = {"$in": [None, by]}
+        marked = await self._collection.update_one(
+            where, {"$set": {"online": False, "probe_at": probe_at, "probe_failures": failures}}
         )
         self._forget(key)
+        return marked.matched_count == 1
+
+    # -- socket puppets: which replica holds the socket ---------------------------------------
+    async def claim_socket(self, key: str, owner: str, life: str, claim: str) -> bool:
+        """Replica ``owner`` (in process ``life``) accepted a socket proof for ``key``: its deliveries
+        go through that replica from now on (the newest claim wins), and the puppet is online, in the
+        same write, so no replica can mark it offline in between. ``claim`` (unique per proof) fences
+        the release. True if the puppet was offline before."""
+        return await self._seen(key, {"socket_owner": owner, "socket_life": life, "socket_claim": claim})
+
+    async def release_socket(self, key: str, claim: str) -> None:
+        """The socket of ``claim`` closed: forget the claim, unless a newer proof replaced it."""
+        await self._collection.update_one({"_id": key, "socket_claim": claim}, {"$set": _NO_SOCKET})
+        self._forget(key)
+
+    async def release_sockets(self, owner: str, life: str | None = None) -> int:
+        """Forget the socket claims of replica ``owner`` (of its process ``life`` only, if given): at
+        its start, a new process holds no socket; at its takeover, a dead one holds none. Returns how
+        many were forgotten."""
+        where: dict[str, Any] = {"socket_owner": owner} | ({"socket_life": life} if life is not None else {})
+        keys = [doc["_id"] async for doc in self._collection.find(where, projection={"_id": 1})]
+        for some in chunks(keys):
+            await self._collection.update_many({"_id": {"$in": list(some)}} | where, {"$set": _NO_SOCKET})
+        for key in keys:
+            self._forget(key)
+        return len(keys)
 
     async def due_for_probe(self, limit: int = 100) -> list[tuple[Puppet, int]]:
         """Offline registered puppets whose next probe is due, with their failure counts."""

@@ -29,7 +29,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymongo import ASCENDING
@@ -85,7 +85,9 @@ class Recovery:
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        on_taken_over: Callable[[str, str | None], Awaitable[object]] | None = None,
     ) -> None:
+        self._on_taken_over = on_taken_over  # (replica, life): what else that life held ends too
         self._replicas = durable(db[COLLECTION])
         self._mailboxes = mailboxes
         self._undelivered = undelivered
@@ -162,6 +164,8 @@ class Recovery:
                 continue
             count = await self._recover(replica, doc["settled_before"])
             await self._mailboxes.expire_leases(replica, doc.get("life"))  # its accounts are free at once
+            if self._on_taken_over is not None:
+                await self._on_taken_over(replica, doc.get("life"))
             await self._replicas.delete_one(
                 {"_id": replica, "life": doc.get("life"), "claimed_by": self._owner}
             )

@@ -20,7 +20,7 @@ from manager.mailbox import DECRYPTED, RAW, Latest, MailboxStore, account_key
 from manager.puppets import Puppet, PuppetRegistry
 from manager.recovery import Recovery
 from manager.registration import Registrar
-from manager.sockets import PuppetSockets
+from manager.sockets import TRY_LATER, PuppetSockets
 from token_service.service import TokenService
 from wxkf import retention
 from wxkf.database import Database
@@ -76,6 +76,7 @@ class Manager:
             timeout=config.replica_timeout,
             clock=clock,
             monotonic=monotonic,
+            on_taken_over=self.puppets.release_sockets,  # a dead life's puppet sockets are gone
         )
         self._clock = clock
         timeout = config.delivery_timeout
@@ -124,6 +125,7 @@ class Manager:
         await self.mailboxes.ensure_indexes()
         await self.recovery.ensure_indexes()
         await self.recovery.recover_own()  # logs what it re-queued
+        await self.puppets.release_sockets(self.config.owner)  # a new process holds no socket yet
         await self.dispatcher.start()
         await self.dispatcher.sweep()
         self._tasks = [
@@ -139,6 +141,8 @@ class Manager:
     async def _liveness(self) -> None:
         if not await self.recovery.checkpoint():
             await self.dispatcher.lost_all_leases()
+            # so are its sockets' claims (see Recovery): their puppets reconnect and prove again
+            await self.sockets.close_all(TRY_LATER, "manager replica taken over; reconnect")
         await self.recovery.take_over_dead()
 
     async def stop(self) -> None:

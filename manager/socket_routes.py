@@ -9,6 +9,12 @@ is answered ``authed`` or ``refused``. From then on the account's deliveries arr
 frames (:mod:`manager.sockets`), each answered by an ``ack``; ``leave`` deregisters it. A proof also
 counts as a heartbeat: an account that was offline flows at once.
 
+With several manager replicas, the replica that accepts a proof records that it holds the account's
+socket (:meth:`~manager.puppets.PuppetRegistry.claim_socket`, before ``authed``; released when the
+connection closes, only if no newer proof replaced it) and then serves the account: whatever waits in
+its mailbox flows here, and a replica holding the account's lease without the socket hands the lease
+over (:mod:`manager.dispatcher`).
+
 Secrets travel only in frames, never in the URL. Anything else a client can do is bounded: the
 frame size, the accounts per connection, the failed proofs per connection, the time a connection may
 stay open without proving anything and how many may do so at once. A malformed or forged frame
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
@@ -196,10 +203,20 @@ class _Session:
             watchdog.cancel()
             for task in list(self._proofs):
                 task.cancel()
-            self.sockets.drop(self.connection)
+            claims = self.sockets.drop(self.connection)
             if self.counted_unproven:
                 self.counted_unproven = False
                 self.sockets.unproven -= 1
+            for key, claim in claims.items():
+                await self._release(key, claim)
+
+    async def _release(self, key: str, claim: str) -> None:
+        """The account's socket here is gone: so is its claim (a claim left behind, if this fails, is
+        found stale by this replica's next delivery for the account, which then parks it)."""
+        try:
+            await self.manager.puppets.release_socket(key, claim)
+        except Exception as exc:
+            log.warning("puppet socket: releasing the claim of %s failed: %s", key, type(exc).__name__)
 
     async def _close_if_unproven(self) -> None:
         await asyncio.sleep(self.limits.proof_deadline)
@@ -214,6 +231,12 @@ class _Session:
                 raise ProofRefused("too_many_accounts", f"at most {self.limits.accounts} per connection")
             async with self._proof_slots:
                 puppet, secret = await prove(self.manager, frame, self.caller)
+                # Recorded before it is answered: from then on no replica marks the puppet offline,
+                # and the lease holder hands the account over to this one. Also the heartbeat.
+                claim, manager = secrets.token_hex(8), self.manager
+                came_back = await manager.puppets.claim_socket(
+                    key, manager.config.owner, manager.recovery.liveness.life, claim
+                )
         except ProofRefused as exc:
             connection.failed_proofs += 1
             REFUSALS.labels(exc.reason).inc()
@@ -232,18 +255,28 @@ class _Session:
                 | {"message": "the manager cannot check proofs now; retry later"}
             )
             return
-        self.sockets.attach(key, connection)
+        if connection.closed:  # it closed while the claim was written: nothing of it stays
+            await self._release(key, claim)
+            return
+        self.sockets.attach(key, connection, claim)
         self._proven()
         authed = {"type": "authed", "id": frame.id, "account": key, "openKfId": puppet.open_kfid}
         # before any delivery: the puppet needs the new secret to check their signatures
         await self._answer(authed | ({"webhookSecret": secret} if secret else {}))
         log.info("puppet socket: %s proven", key)
-        await self.manager.heartbeat(puppet)  # back online: its waiting mailbox flows now
+        if came_back:
+            log.info("puppet %s is back online", key)
+        # served here now, whether or not it was offline: its mailbox may hold work another replica
+        # handed over or parked while the puppet was connected elsewhere
+        await self.manager.dispatcher.back_online(key)
 
     async def _leave(self, frame: LeaveFrame) -> None:
         corp_id, _, open_kfid = frame.account.partition("/")
         await self.manager.registration.deregister(corp_id, open_kfid)
         self.sockets.detach(frame.account, self.connection)
+        claim = self.connection.claims.pop(frame.account, None)
+        if claim is not None:
+            await self._release(frame.account, claim)
         log.info("puppet socket: %s left (deregistered)", frame.account)
         await self._answer({"type": "left", "id": frame.id, "account": frame.account})
 

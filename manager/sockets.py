@@ -14,7 +14,10 @@ the puppet checks it exactly as it checks a POST. The verdict is the same as ove
 (:mod:`wxkf.delivery`): an ack with a 2xx status delivers; another status is a
 :class:`~wxkf.delivery.DeliveryError` with that status; no live connection for the account, the
 connection closing before the ack, or no ack within the timeout is :class:`~wxkf.delivery.Unreachable`,
-so the dispatcher's offline path (park, flow when seen again) applies unchanged.
+so the dispatcher's offline path (park, flow when seen again) applies unchanged. No connection *here*
+is :class:`NoSocketHere`: with several manager replicas the puppet may be connected to another one,
+which the puppet registry records (:meth:`~manager.puppets.PuppetRegistry.claim_socket`); the
+dispatcher then hands the account's lease to that replica instead of parking it.
 
 Invariants: an account has at most one connection (the newest proof wins; the older connection's
 deliveries in flight fail as unreachable); a connection holds at most ``limits.accounts`` accounts and
@@ -59,6 +62,10 @@ TOO_BIG = 1009
 TRY_LATER = 1013
 
 
+class NoSocketHere(Unreachable):
+    """No connection for the account is open to this process (another replica may hold one)."""
+
+
 @dataclass(frozen=True)
 class SocketLimits:
     """What one connection may hold. ``frame_bytes`` bounds a frame from the puppet; a connection that
@@ -80,6 +87,7 @@ class Connection:
         self.websocket = websocket
         self.limits = limits
         self.accounts: set[str] = set()
+        self.claims: dict[str, str] = {}  # account -> the claim its proof recorded (puppet registry)
         self.failed_proofs = 0
         self._pending: dict[str, tuple[str, asyncio.Future[tuple[int, str]]]] = {}
         self._ids = itertools.count(1)
@@ -151,13 +159,15 @@ class PuppetSockets:
         connection = self._by_account.get(key)
         return connection is not None and not connection.closed
 
-    def attach(self, key: str, connection: Connection) -> None:
-        """``connection`` proved ``key``: it takes the account's deliveries from now on (from any
-        connection that proved it before, which may be a dead one of the same puppet)."""
+    def attach(self, key: str, connection: Connection, claim: str) -> None:
+        """``connection`` proved ``key`` (recorded durably as ``claim``): it takes the account's
+        deliveries from now on (from any connection that proved it before, which may be a dead one of
+        the same puppet)."""
         previous = self._by_account.get(key)
         if previous is not None and previous is not connection:
             previous.accounts.discard(key)
         connection.accounts.add(key)
+        connection.claims[key] = claim
         self._by_account[key] = connection
         ACCOUNTS.set(len(self._by_account))
 
@@ -167,11 +177,20 @@ class PuppetSockets:
             del self._by_account[key]
             ACCOUNTS.set(len(self._by_account))
 
-    def drop(self, connection: Connection) -> None:
-        """The connection closed: its accounts have no socket until they are proven again."""
+    def drop(self, connection: Connection) -> dict[str, str]:
+        """The connection closed: its accounts have no socket until they are proven again. Returns the
+        claims its proofs recorded (account -> claim), to release."""
         connection.close_pending()
         for key in list(connection.accounts):
             self.detach(key, connection)
+        claims, connection.claims = connection.claims, {}
+        return claims
+
+    async def close_all(self, code: int, reason: str) -> None:
+        """Close every connection (their puppets reconnect and prove their accounts again)."""
+        connections = {id(connection): connection for connection in self._by_account.values()}
+        for connection in connections.values():
+            await connection.close(code, reason)
 
     def __len__(self) -> int:
         return len(self._by_account)
@@ -193,7 +212,7 @@ class PuppetSockets:
         Raises :class:`Unreachable` (no socket, closed, no ack in time) or :class:`DeliveryError`."""
         connection = self._by_account.get(key)
         if connection is None or connection.closed:
-            raise Unreachable("no socket is open for this account")
+            raise NoSocketHere("no socket is open to this process for this account")
         headers = {"content-type": content_type, **webhooks.headers(secret, event_id, body)}
         frame = {"path": path, "query": query, "headers": headers, "body": body.decode()}
         status, message = await connection.deliver(key, frame, timeout)

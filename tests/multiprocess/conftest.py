@@ -97,9 +97,11 @@ class World:
     def traffic(self, *rotation: Manager) -> Traffic:
         return Traffic(self.http, self.keys, list(rotation))
 
-    async def nothing_lost(self, traffic: Traffic, timeout: float = 30.0) -> None:
-        """Wait until every account has had a delivery that reached its puppet after the account's
-        newest callback was sent.
+    async def nothing_lost(
+        self, traffic: Traffic, timeout: float = 30.0, puppet: RecordingPuppet | None = None
+    ) -> None:
+        """Wait until every account has had a delivery that reached its puppet (``puppet``, default
+        the world's) after the account's newest callback was sent.
 
         That is what "nothing lost" means to a puppet: on any delivery it pulls everything new with
         ``kf/sync_msg``, and WeCom sends a callback only once its message is there to pull, so a pull
@@ -108,6 +110,7 @@ class World:
         must be one of the account's (a pull needs one, at most 10 minutes old, and every token here
         is seconds old); it need not be the newest one.
         """
+        puppet = puppet or self.puppet
 
         def missing() -> dict[str, str]:
             return {
@@ -116,25 +119,26 @@ class World:
                 if (newest := traffic.last_ack(kf))
                 and not any(
                     d.account == kf and d.started > newest.sent and d.token in tokens
-                    for d in self.puppet.deliveries
+                    for d in puppet.deliveries
                 )
             }
 
         try:
-            await self.puppet.wait(lambda: not missing(), timeout, "a delivery after every newest callback")
+            await puppet.wait(lambda: not missing(), timeout, "a delivery after every newest callback")
         except AssertionError as exc:
-            details = [await self.describe(kf, traffic) for kf in missing()]
+            details = [await self.describe(kf, traffic, puppet) for kf in missing()]
             raise AssertionError("\n".join([str(exc), *details])) from None
 
-    async def describe(self, kf: str, traffic: Traffic) -> str:
+    async def describe(self, kf: str, traffic: Traffic, puppet: RecordingPuppet | None = None) -> str:
         """What the test saw of account ``kf``, and its mailbox as stored (for a failure's report)."""
-        origin = self.puppet.origin
+        puppet = puppet or self.puppet
+        origin = puppet.origin
         acks = [
             f"{a.token} sent {a.sent - origin:.2f}, acknowledged by {a.by} at {a.at - origin:.2f}"
             for a in traffic.acks
             if a.account == kf
         ]
-        deliveries = [d.describe(origin) for d in self.puppet.deliveries if d.account == kf]
+        deliveries = [d.describe(origin) for d in puppet.deliveries if d.account == kf]
         mailbox = await self.db[MAILBOXES].find_one(
             {"_id": f"{self.corp_id}/{kf}"}, projection={"latest.body": 0, "latest.query": 0}
         )

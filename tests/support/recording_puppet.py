@@ -127,6 +127,11 @@ class RecordingPuppet:
             return PlainTextResponse("bad request", status_code=400)
         if account != request.path_params["kf"]:
             self.refused.append(f"{request.url.path} from {sender}: delivery for {account}")
+        await self.hold_open(account, token, sender)
+        return PlainTextResponse("success")
+
+    async def hold_open(self, account: str, token: str, sender: str) -> None:
+        """Record one delivery, flag any other open for the account, and keep it open ``hold`` s."""
         delivery = Delivery(account, token, sender, time.monotonic())
         async with self.changed:
             for other in self._open.get(account, []):
@@ -141,7 +146,6 @@ class RecordingPuppet:
                 delivery.ended = time.monotonic()
                 self._open[account].remove(delivery)
                 self.changed.notify_all()
-        return PlainTextResponse("success")
 
     def app(self) -> Starlette:
         async def probe(request: Request) -> Response:  # a bare GET /callback, as a Node puppet answers
