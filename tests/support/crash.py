@@ -1,0 +1,386 @@
+"""The crash harness: WeCom (the simulator), a ``wxkf up`` hub and a ``wxkf puppet``, each a real child
+process a test can SIGKILL and restart, and the verdict on what the bot saw and the customers received.
+
+``transport`` picks how the puppet is reached: ``"direct"`` (WeCom calls the puppet, no hub),
+``"http"`` (WeCom calls the hub, which POSTs to the puppet) or ``"ws"`` (the puppet connects out to
+the hub's socket). The puppet runs :mod:`tests.support.journal_bot`, which journals every item it is
+handed and answers each customer twice; the simulator, which outlives everything else, records what
+each customer received. :func:`assert_handled_once_in_order` and :func:`assert_answered_once` read
+those two records after the test is done killing things.
+
+Every wait is on observed progress (a journal line, a log line, a delivery's outcome), never a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from simulator import SimConfig
+from tests.support.corp import Corp, CorpKeys, corp_spec
+from tests.support.journal_bot import HANG
+from tests.support.puppet_process import REPO, PuppetProcess
+from tests.support.services import ServiceProcess, free_port, service_env
+from tests.support.simulator_process import SimulatorProcess
+from tests.support.waiting import wait_until
+from wxkf.settings import Settings
+
+Transport = Literal["direct", "http", "ws"]
+
+#: WeCom's rules, with callbacks retried quickly (3 retries, then given up), token-less pulls not
+#: rate-limited (start-up catch-ups are immediate) and room for two replies to every item
+CRASH_SIM_CONFIG = SimConfig(
+    callback_timeout=2.0,
+    callback_retry_delays=(0.2, 0.2, 0.2),
+    sync_tokenless_rate=None,
+    send_limit=1000,
+)
+
+#: the log line that says the puppet serves its account, per transport
+SERVING = {
+    "direct": "puppet listening",
+    "http": "registered with the manager",
+    "ws": "over the manager's socket",
+}
+
+#: one item of every receive type and every kf event of the protocol reference (§3), and one of a
+#: type and an event no SDK knows yet; what the customer sends (or the account gets) as the simulator's
+#: control API takes it. ``servicer_status_change`` concerns the account, not a customer.
+EVERY_KIND: list[dict[str, Any]] = [
+    {"msgtype": "text", "text": {"content": "hello"}},
+    {"msgtype": "image", "image": {}},  # the simulator fills in a media_id
+    {"msgtype": "voice", "voice": {}},
+    {"msgtype": "video", "video": {}},
+    {"msgtype": "file", "file": {}},
+    {
+        "msgtype": "location",
+        "location": {"latitude": 23.1, "longitude": 113.3, "name": "Tower", "address": "1 Rd"},
+    },
+    {"msgtype": "link", "link": {"title": "A", "desc": "B", "url": "https://example.com/a", "pic_url": ""}},
+    {"msgtype": "business_card", "business_card": {"userid": "zhangsan"}},
+    {
+        "msgtype": "miniprogram",
+        "miniprogram": {"appid": "wx0123", "title": "Shop", "thumb_media_id": "M", "pagepath": "pages/index"},
+    },
+    {"msgtype": "text", "text": {"content": "Yes", "menu_id": "101"}},  # a click on a msgmenu option
+    {
+        "msgtype": "msgmenu",
+        "msgmenu": {
+            "head_content": "Pick",
+            "list": [{"type": "click", "click": {"id": "1", "content": "a"}}],
+        },
+    },
+    {
+        "msgtype": "channels_shop_product",
+        "channels_shop_product": {
+            "product_id": "p1",
+            "title": "Tea",
+            "sales_price": "100",
+            "shop_nickname": "S",
+        },
+    },
+    {
+        "msgtype": "channels_shop_order",
+        "channels_shop_order": {
+            "order_id": "o1",
+            "product_titles": "Tea",
+            "price_wording": "1",
+            "state": "paid",
+        },
+    },
+    {"msgtype": "channels", "channels": {"sub_type": 1, "nickname": "N", "title": "T"}},
+    {
+        "msgtype": "merged_msg",
+        "merged_msg": {
+            "title": "Chat",
+            "item": [{"msgtype": "text", "msg_content": '{"text":{"content":"hi"}}'}],
+        },
+    },
+    {"msgtype": "meeting", "meeting": {"meetingid": "m1"}},
+    {"msgtype": "schedule", "schedule": {"scheduleid": "s1"}},
+    {"msgtype": "note", "note": {}},
+    {"msgtype": "hologram", "hologram": {"id": "h1"}},  # unknown: reaches the bot as a RawMessage
+    {"event_type": "enter_session", "scene": "chaos", "scene_param": "p", "welcome": False},
+    {"event_type": "session_status_change", "change_type": 1, "new_servicer_userid": "zhangsan"},
+    {"event_type": "user_recall_msg", "recall_msgid": "recalled"},
+    {"event_type": "servicer_recall_msg", "recall_msgid": "recalled", "servicer_userid": "zhangsan"},
+    {"event_type": "reject_customer_msg_switch_change", "servicer_userid": "zhangsan", "reject_switch": 0},
+    {"event_type": "msg_send_fail", "fail_msgid": "neversent", "fail_type": 0},
+    {
+        "event_type": "servicer_status_change",
+        "servicer_userid": "zhangsan",
+        "status": 1,
+        "account_level": True,
+    },
+    {"event_type": "holo_event", "detail": "x"},  # unknown: reaches the bot as an UnknownEvent
+]
+
+
+def hang() -> dict[str, Any]:
+    """A text the journal bot holds forever (until its process is killed) the first time."""
+    return {"msgtype": "text", "text": {"content": HANG}}
+
+
+def mixed(count: int, customers: list[str], start: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """``count`` items ``(customer, item)``: customers in turn, each going through :data:`EVERY_KIND`
+    from its first item (a text, so that replies are allowed: WeCom answers only customers who wrote)."""
+    items = []
+    for n in range(start, start + count):
+        kind = EVERY_KIND[n // len(customers) % len(EVERY_KIND)]
+        items.append((customers[n % len(customers)], kind))
+    return items
+
+
+@dataclass
+class Journal:
+    """The journal bot's file: ``start`` and ``end`` lines, oldest first."""
+
+    path: Path
+
+    def lines(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+    def started(self) -> set[str]:
+        return {line["msgid"] for line in self.lines() if line["at"] == "start"}
+
+    def ended(self) -> set[str]:
+        return {line["msgid"] for line in self.lines() if line["at"] == "end"}
+
+
+@dataclass
+class CrashRig:
+    """The running processes, the corp, and what was written to each customer (the expected order)."""
+
+    transport: Transport
+    corp: Corp
+    simulator: SimulatorProcess
+    hub: ServiceProcess | None
+    puppet: PuppetProcess
+    journal: Journal
+    customers: list[str]
+    #: customer ("" for the account's own events) -> the msgids written, in order
+    written: dict[str, list[str]] = field(default_factory=dict)
+    killed_pids: set[int] = field(default_factory=set)
+    serving_times: int = 0
+
+    async def write(self, customer: str, item: dict[str, Any]) -> dict[str, Any]:
+        """Write one item (a message from ``customer``, or an event); the simulator's answer."""
+        body = {key: value for key, value in item.items() if key != "account_level"}
+        who = "" if item.get("account_level") else customer
+        answer = await self.corp.writes(body, who or None)
+        self.written.setdefault(who, []).append(answer["msgid"])
+        return answer
+
+    async def write_all(self, items: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        return [await self.write(customer, item) for customer, item in items]
+
+    def everything(self) -> set[str]:
+        return {msgid for msgids in self.written.values() for msgid in msgids}
+
+    async def until(self, check: Callable[[Journal], bool], what: str, timeout: float = 60.0) -> None:
+        async def holds() -> bool:
+            return check(self.journal)
+
+        await wait_until(holds, timeout, what)
+
+    async def all_handled(self, timeout: float = 60.0) -> None:
+        """Until every item written so far has an ``end`` line."""
+        expected = self.everything()
+        await self.until(
+            lambda journal: journal.ended() >= expected, f"{len(expected)} items handled", timeout
+        )
+
+    async def serving(self, timeout: float = 60.0) -> None:
+        """Until the puppet serves its account once more than before (registered, proven, listening)."""
+        self.serving_times += 1
+
+        async def serves() -> bool:
+            return self.puppet.log().count(SERVING[self.transport]) >= self.serving_times
+
+        await wait_until(serves, timeout, f"the puppet serving (time {self.serving_times})")
+
+    def kill_puppet(self) -> None:
+        assert self.puppet.process is not None
+        self.killed_pids.add(self.puppet.process.pid)
+        self.puppet.kill()
+
+    async def start_puppet(self) -> None:
+        await self.puppet.start()
+        await self.serving()
+
+    def kill_hub(self) -> None:
+        assert self.hub is not None
+        self.hub.kill()
+
+    async def restart_hub(self) -> None:
+        """The hub again, on the same database and data dir; until the puppet serves through it."""
+        assert self.hub is not None
+        await self.hub.start()
+        await self.serving()  # an HTTP puppet's heartbeat met the outage: it registers again
+
+
+@asynccontextmanager
+async def crash_rig(
+    tmp_path: Path,
+    settings: Settings,
+    transport: Transport,
+    *,
+    customers: Iterable[str] = ("wmBOB",),
+    work: float = 0.02,
+    config: SimConfig = CRASH_SIM_CONFIG,
+) -> AsyncIterator[CrashRig]:
+    """Start the simulator (seeded with one corp, account ``wkSUPPORT``), the hub (unless ``direct``)
+    and the puppet; yield once the puppet serves. Everything still running is stopped on exit."""
+    customers = list(customers)
+    spec = corp_spec(customers=customers)
+    keys = CorpKeys.of(spec)
+    simulator = SimulatorProcess(config, [spec], tmp_path, free_port())
+    hub: ServiceProcess | None = None
+    puppet: PuppetProcess | None = None
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+        try:
+            await simulator.start()
+            corp = Corp(simulator.url, http, keys.corpid, keys.secret, keys.token, keys.aes_key)
+            wecom = simulator.url + "/cgi-bin"
+            port = free_port()
+            options: dict[str, Any] = {"data_dir": str(tmp_path / "puppet")}
+            if transport != "direct":
+                hub = ServiceProcess(
+                    "up",
+                    service_env(settings, tmp_path / "hub", wecom_api_base=wecom),
+                    tmp_path / "hub.log",
+                    free_port(),
+                )
+                await hub.start()
+                options |= {"manager": hub.url, "heartbeat_interval": 0.5}
+                options |= (
+                    {"transport": "ws"}
+                    if transport == "ws"
+                    else {"self_endpoint": f"http://127.0.0.1:{port}"}
+                )
+            (tmp_path / "puppets.toml").write_text(corp.config_toml(port, **options))
+            assert settings.mongo_uri is not None
+            env = {
+                "MONGO_URI": settings.mongo_uri,
+                "WXKF_DB_NAME": settings.wxkf_db_name,
+                "WECOM_API_BASE": wecom,
+                "TEST_KF_SECRET": keys.secret,
+                "WXKF_LOG_LEVEL": "INFO",
+                "PYTHONPATH": str(REPO),
+                "CRASH_JOURNAL": str(tmp_path / "journal"),
+                "CRASH_WORK": str(work),
+            }
+            args = ["--bot", "tests.support.journal_bot:bot", "--config", str(tmp_path / "puppets.toml")]
+            puppet = PuppetProcess(args, env, tmp_path / "puppet.log", port)
+            journal = Journal(tmp_path / "journal")
+            rig = CrashRig(transport, corp, simulator, hub, puppet, journal, customers)
+            await rig.start_puppet()
+            await corp.set_callback(f"{hub.url}/callback/{corp.corpid}" if hub else f"{puppet.url}/callback")
+            yield rig
+        finally:
+            for process in (puppet, hub, simulator):
+                if process is not None:
+                    process.stop()
+
+
+def assert_handled_once_in_order(rig: CrashRig, *, hung: Iterable[str] = ()) -> None:
+    """The bot saw every item written, in order per customer; an item handed again directly follows
+    its own earlier start, in a later run whose predecessor was SIGKILLed, marked as a redelivery and
+    first of its customer in that run (the one handler that was running at the kill). Each item in
+    ``hung`` (held by the bot until a kill) was handed again that way."""
+    lines = rig.journal.lines()
+    assert rig.journal.ended() >= rig.everything(), "an item was never handled to the end"
+    starts = [line for line in lines if line["at"] == "start"]
+    for customer, expected in rig.written.items():
+        mine = [line for line in starts if line["customer"] == customer]
+        handed: list[str] = []
+        previous: dict[str, Any] | None = None
+        first_in_run: set[int] = set()
+        for line in mine:
+            if line["redelivery"]:
+                assert line["pid"] not in first_in_run, f"redelivery of {line} is not first in its run"
+            first_in_run.add(line["pid"])
+            if previous is not None and previous["msgid"] == line["msgid"]:
+                assert line["redelivery"], f"{line['msgid']} handed twice, not marked a redelivery"
+                assert previous["pid"] in rig.killed_pids and previous["pid"] != line["pid"], (
+                    f"{line['msgid']} handed again without a kill"
+                )
+            else:
+                handed.append(line["msgid"])
+            previous = line
+        assert handed == expected, f"customer {customer!r}: handled out of order or not at all"
+    for msgid in hung:
+        assert any(line["msgid"] == msgid and line["redelivery"] for line in starts), (
+            f"{msgid} not redelivered"
+        )
+
+
+async def assert_answered_once(rig: CrashRig) -> None:
+    """Each customer received ``got: <msgid>`` and ``done: <msgid>`` for every item about them, once
+    each, in order, and nothing else."""
+    for customer, msgids in rig.written.items():
+        if not customer:
+            continue
+        received = await rig.corp.received_items(customer)
+        texts = [item["text"]["content"] for item in received if item["msgtype"] == "text"]
+        expected = [f"{step}: {msgid}" for msgid in msgids for step in ("got", "done")]
+        assert texts == expected, f"customer {customer}: replies missing, repeated or out of order"
+        assert len({item["msgid"] for item in received}) == len(received)
+
+
+async def two_puppet_kills_and_a_hub_kill(rig: CrashRig, count: int = 200) -> None:
+    """``count`` items of every kind from the rig's customers while the puppet is SIGKILLed twice in
+    the middle of handling (each time holding a ``hang`` item, with other customers' handlers running)
+    and restarted, and the hub SIGKILLed and restarted on its data dir after items whose callbacks
+    WeCom gave up on; then the verdict."""
+    items = mixed(count, rig.customers)
+    first, second = int(count * 0.22), int(count * 0.65)
+    items[first] = (items[first][0], hang())
+    items[second] = (items[second][0], hang())
+    marks = [0, int(count * 0.45), int(count * 0.55), int(count * 0.8), int(count * 0.85), int(count * 0.92)]
+    batches = [items[a:b] for a, b in zip(marks, [*marks[1:], count], strict=True)]
+
+    written = await rig.write_all(batches[0])
+    hung = [written[first]["msgid"]]
+    await rig.until(
+        lambda journal: hung[0] in journal.started() and len(journal.started()) >= first,
+        "the first hang and others started",
+    )
+    rig.kill_puppet()
+    await rig.write_all(batches[1])  # while the puppet is down
+    await rig.start_puppet()
+    written = await rig.write_all(batches[2])
+    hung.append(written[second - marks[2]]["msgid"])
+    await rig.until(
+        lambda journal: hung[1] in journal.started() and len(journal.started()) >= second,
+        "the second hang and others started",
+    )
+    rig.kill_puppet()
+    await rig.write_all(batches[3])
+    await rig.start_puppet()
+    await rig.all_handled()  # nothing in flight: what comes next can only arrive by a catch-up
+
+    rig.kill_hub()
+    dark = await rig.write_all(batches[4])  # WeCom's callbacks fail, are retried, and given up
+    for answer in dark:
+        for delivery in answer["deliveries"]:
+            outcome = await rig.corp.http.get(
+                f"{rig.simulator.url}/sim/deliveries/{delivery['id']}", params={"wait": "true"}
+            )
+            assert outcome.json()["outcome"] == "failed", outcome.text
+    await rig.restart_hub()
+    await rig.all_handled()  # the puppet caught up by itself: no callback will ever bring these
+    await rig.write_all(batches[5])
+    await rig.all_handled()
+
+    assert len(rig.everything()) == count
+    assert_handled_once_in_order(rig, hung=hung)
+    await assert_answered_once(rig)
