@@ -11,6 +11,7 @@ from tests.support.crash import (
     assert_handled_once_in_order,
     crash_rig,
     hang,
+    message,
     mixed,
 )
 from wxkf.settings import Settings
@@ -39,13 +40,13 @@ async def test_sigterm_lets_the_running_handler_finish_before_the_puppet_exits(
     tmp_path: Path, settings: Settings
 ) -> None:
     async with crash_rig(tmp_path, settings, "direct", work=1.0) as rig:
-        first = (await rig.write("wmBOB", {"msgtype": "text", "text": {"content": "finish me"}}))["msgid"]
+        first = (await rig.write("wmBOB", message("text", "TextMessage", content="finish me")))["msgid"]
         await rig.until(lambda journal: first in journal.started(), "the handler to start")
         assert await rig.puppet.terminate() == 0
         assert [line["at"] for line in rig.journal.lines()] == ["start", "end"]
         assert await rig.corp.received("wmBOB") == [f"got: {first}", f"done: {first}"]
         await rig.start_puppet()  # nothing left over: the message is not handed to the bot again
-        await rig.write("wmBOB", {"msgtype": "text", "text": {"content": "next"}})
+        await rig.write("wmBOB", message("text", "TextMessage", content="next"))
         await rig.all_handled()
         assert_handled_once_in_order(rig)
         await assert_answered_once(rig)

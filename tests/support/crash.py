@@ -49,92 +49,71 @@ SERVING = {
     "ws": "over the manager's socket",
 }
 
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of item: what the simulator's control API takes to produce it, and the class of
+    :mod:`puppets.messages` the bot is handed it as."""
+
+    handed_as: str
+    item: dict[str, Any]
+    #: an event about the account itself (no customer: nobody to answer)
+    account_level: bool = False
+
+
+def message(msgtype: str, handed_as: str, **body: Any) -> Kind:
+    return Kind(handed_as, {"msgtype": msgtype, msgtype: body})
+
+
+def event(event_type: str, handed_as: str, **fields: Any) -> Kind:
+    return Kind(handed_as, {"event_type": event_type, **fields})
+
+
 #: one item of every receive type and every kf event of the protocol reference (§3), and one of a
-#: type and an event no SDK knows yet; what the customer sends (or the account gets) as the simulator's
-#: control API takes it. ``servicer_status_change`` concerns the account, not a customer.
-EVERY_KIND: list[dict[str, Any]] = [
-    {"msgtype": "text", "text": {"content": "hello"}},
-    {"msgtype": "image", "image": {}},  # the simulator fills in a media_id
-    {"msgtype": "voice", "voice": {}},
-    {"msgtype": "video", "video": {}},
-    {"msgtype": "file", "file": {}},
-    {
-        "msgtype": "location",
-        "location": {"latitude": 23.1, "longitude": 113.3, "name": "Tower", "address": "1 Rd"},
-    },
-    {"msgtype": "link", "link": {"title": "A", "desc": "B", "url": "https://example.com/a", "pic_url": ""}},
-    {"msgtype": "business_card", "business_card": {"userid": "zhangsan"}},
-    {
-        "msgtype": "miniprogram",
-        "miniprogram": {"appid": "wx0123", "title": "Shop", "thumb_media_id": "M", "pagepath": "pages/index"},
-    },
-    {"msgtype": "text", "text": {"content": "Yes", "menu_id": "101"}},  # a click on a msgmenu option
-    {
-        "msgtype": "msgmenu",
-        "msgmenu": {
-            "head_content": "Pick",
-            "list": [{"type": "click", "click": {"id": "1", "content": "a"}}],
-        },
-    },
-    {
-        "msgtype": "channels_shop_product",
-        "channels_shop_product": {
-            "product_id": "p1",
-            "title": "Tea",
-            "sales_price": "100",
-            "shop_nickname": "S",
-        },
-    },
-    {
-        "msgtype": "channels_shop_order",
-        "channels_shop_order": {
-            "order_id": "o1",
-            "product_titles": "Tea",
-            "price_wording": "1",
-            "state": "paid",
-        },
-    },
-    {"msgtype": "channels", "channels": {"sub_type": 1, "nickname": "N", "title": "T"}},
-    {
-        "msgtype": "merged_msg",
-        "merged_msg": {
-            "title": "Chat",
-            "item": [{"msgtype": "text", "msg_content": '{"text":{"content":"hi"}}'}],
-        },
-    },
-    {"msgtype": "meeting", "meeting": {"meetingid": "m1"}},
-    {"msgtype": "schedule", "schedule": {"scheduleid": "s1"}},
-    {"msgtype": "note", "note": {}},
-    {"msgtype": "hologram", "hologram": {"id": "h1"}},  # unknown: reaches the bot as a RawMessage
-    {"event_type": "enter_session", "scene": "chaos", "scene_param": "p", "welcome": False},
-    {"event_type": "session_status_change", "change_type": 1, "new_servicer_userid": "zhangsan"},
-    {"event_type": "user_recall_msg", "recall_msgid": "recalled"},
-    {"event_type": "servicer_recall_msg", "recall_msgid": "recalled", "servicer_userid": "zhangsan"},
-    {"event_type": "reject_customer_msg_switch_change", "servicer_userid": "zhangsan", "reject_switch": 0},
-    {"event_type": "msg_send_fail", "fail_msgid": "neversent", "fail_type": 0},
-    {
-        "event_type": "servicer_status_change",
-        "servicer_userid": "zhangsan",
-        "status": 1,
-        "account_level": True,
-    },
-    {"event_type": "holo_event", "detail": "x"},  # unknown: reaches the bot as an UnknownEvent
+#: type and of an event no SDK knows yet (handed over raw, never dropped)
+EVERY_KIND: list[Kind] = [
+    message("text", "TextMessage", content="hello"),
+    message("image", "ImageMessage"),  # the simulator fills in a media_id
+    message("voice", "VoiceMessage"),
+    message("video", "VideoMessage"),
+    message("file", "FileMessage"),
+    message("location", "LocationMessage", latitude=23.1, longitude=113.3, name="Tower", address="1 Rd"),
+    message("link", "LinkMessage", title="A", desc="B", url="https://example.com/a", pic_url=""),
+    message("business_card", "BusinessCardMessage", userid="zhangsan"),
+    message("miniprogram", "MiniprogramMessage", appid="wx01", title="T", thumb_media_id="M", pagepath="p"),
+    message("text", "MenuClick", content="Yes", menu_id="101"),  # a click on a msgmenu option
+    message("msgmenu", "MenuMessage", head_content="Pick", list=[{"type": "click", "click": {"id": "1"}}]),
+    message("channels_shop_product", "ChannelsShopProductMessage", product_id="p1", title="Tea"),
+    message("channels_shop_order", "ChannelsShopOrderMessage", order_id="o1", state="paid"),
+    message("channels", "ChannelsMessage", sub_type=1, nickname="N", title="T"),
+    message("merged_msg", "MergedMessage", title="Chat", item=[{"msgtype": "text", "msg_content": "{}"}]),
+    message("meeting", "MeetingMessage", meetingid="m1"),
+    message("schedule", "ScheduleMessage", scheduleid="s1"),
+    message("note", "NoteMessage"),
+    message("hologram", "RawMessage", id="h1"),
+    event("enter_session", "EnterSession", scene="chaos", scene_param="p", welcome=False),
+    event("session_status_change", "SessionStatusChange", change_type=1, new_servicer_userid="zhangsan"),
+    event("user_recall_msg", "UserRecallMsg", recall_msgid="recalled"),
+    event("servicer_recall_msg", "ServicerRecallMsg", recall_msgid="recalled", servicer_userid="zhangsan"),
+    event("reject_customer_msg_switch_change", "RejectCustomerMsgSwitchChange", reject_switch=0),
+    event("msg_send_fail", "MsgSendFail", fail_msgid="neversent", fail_type=0),
+    Kind("ServicerStatusChange", {"event_type": "servicer_status_change", "status": 1}, account_level=True),
+    event("holo_event", "UnknownEvent", detail="x"),
 ]
 
 
-def hang() -> dict[str, Any]:
+def hang() -> Kind:
     """A text the journal bot holds forever (until its process is killed) the first time."""
-    return {"msgtype": "text", "text": {"content": HANG}}
+    return message("text", "TextMessage", content=HANG)
 
 
-def mixed(count: int, customers: list[str], start: int = 0) -> list[tuple[str, dict[str, Any]]]:
-    """``count`` items ``(customer, item)``: customers in turn, each going through :data:`EVERY_KIND`
+def mixed(count: int, customers: list[str], start: int = 0) -> list[tuple[str, Kind]]:
+    """``count`` items ``(customer, kind)``: customers in turn, each going through :data:`EVERY_KIND`
     from its first item (a text, so that replies are allowed: WeCom answers only customers who wrote)."""
-    items = []
-    for n in range(start, start + count):
-        kind = EVERY_KIND[n // len(customers) % len(EVERY_KIND)]
-        items.append((customers[n % len(customers)], kind))
-    return items
+    return [
+        (customers[n % len(customers)], EVERY_KIND[n // len(customers) % len(EVERY_KIND)])
+        for n in range(start, start + count)
+    ]
 
 
 @dataclass
@@ -168,19 +147,21 @@ class CrashRig:
     customers: list[str]
     #: customer ("" for the account's own events) -> the msgids written, in order
     written: dict[str, list[str]] = field(default_factory=dict)
+    #: msgid -> the class the bot should be handed it as
+    handed_as: dict[str, str] = field(default_factory=dict)
     killed_pids: set[int] = field(default_factory=set)
     serving_times: int = 0
 
-    async def write(self, customer: str, item: dict[str, Any]) -> dict[str, Any]:
+    async def write(self, customer: str, kind: Kind) -> dict[str, Any]:
         """Write one item (a message from ``customer``, or an event); the simulator's answer."""
-        body = {key: value for key, value in item.items() if key != "account_level"}
-        who = "" if item.get("account_level") else customer
-        answer = await self.corp.writes(body, who or None)
+        who = "" if kind.account_level else customer
+        answer = await self.corp.writes(kind.item, who or None)
         self.written.setdefault(who, []).append(answer["msgid"])
+        self.handed_as[answer["msgid"]] = kind.handed_as
         return answer
 
-    async def write_all(self, items: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-        return [await self.write(customer, item) for customer, item in items]
+    async def write_all(self, items: Iterable[tuple[str, Kind]]) -> list[dict[str, Any]]:
+        return [await self.write(customer, kind) for customer, kind in items]
 
     def everything(self) -> set[str]:
         return {msgid for msgids in self.written.values() for msgid in msgids}
@@ -236,9 +217,11 @@ async def crash_rig(
     customers: Iterable[str] = ("wmBOB",),
     work: float = 0.02,
     config: SimConfig = CRASH_SIM_CONFIG,
+    **puppet_options: Any,
 ) -> AsyncIterator[CrashRig]:
     """Start the simulator (seeded with one corp, account ``wkSUPPORT``), the hub (unless ``direct``)
-    and the puppet; yield once the puppet serves. Everything still running is stopped on exit."""
+    and the puppet (its ``puppets.toml`` top-level settings overridden by ``puppet_options``); yield
+    once the puppet serves. Everything still running is stopped on exit."""
     customers = list(customers)
     spec = corp_spec(customers=customers)
     keys = CorpKeys.of(spec)
@@ -266,6 +249,7 @@ async def crash_rig(
                     if transport == "ws"
                     else {"self_endpoint": f"http://127.0.0.1:{port}"}
                 )
+            options |= puppet_options
             (tmp_path / "puppets.toml").write_text(corp.config_toml(port, **options))
             assert settings.mongo_uri is not None
             env = {
@@ -292,10 +276,10 @@ async def crash_rig(
 
 
 def assert_handled_once_in_order(rig: CrashRig, *, hung: Iterable[str] = ()) -> None:
-    """The bot saw every item written, in order per customer; an item handed again directly follows
-    its own earlier start, in a later run whose predecessor was SIGKILLed, marked as a redelivery and
-    first of its customer in that run (the one handler that was running at the kill). Each item in
-    ``hung`` (held by the bot until a kill) was handed again that way."""
+    """The bot saw every item written, as its class, in order per customer; an item handed again
+    directly follows its own earlier start, in a later run whose predecessor was SIGKILLed, marked as
+    a redelivery and first of its customer in that run (the one handler that was running at the
+    kill). Each item in ``hung`` (held by the bot until a kill) was handed again that way."""
     lines = rig.journal.lines()
     assert rig.journal.ended() >= rig.everything(), "an item was never handled to the end"
     starts = [line for line in lines if line["at"] == "start"]
@@ -305,6 +289,7 @@ def assert_handled_once_in_order(rig: CrashRig, *, hung: Iterable[str] = ()) -> 
         previous: dict[str, Any] | None = None
         first_in_run: set[int] = set()
         for line in mine:
+            assert line["class"] == rig.handed_as[line["msgid"]], f"{line} handed as the wrong class"
             if line["redelivery"]:
                 assert line["pid"] not in first_in_run, f"redelivery of {line} is not first in its run"
             first_in_run.add(line["pid"])
@@ -382,5 +367,6 @@ async def two_puppet_kills_and_a_hub_kill(rig: CrashRig, count: int = 200) -> No
     await rig.all_handled()
 
     assert len(rig.everything()) == count
+    assert set(rig.handed_as.values()) == {kind.handed_as for kind in EVERY_KIND}  # every kind went
     assert_handled_once_in_order(rig, hung=hung)
     await assert_answered_once(rig)
