@@ -25,6 +25,7 @@ from simulator.clock import OffsetClock
 from simulator.state import SimState
 from tests.support.corp import Corp, corp_spec, create_corp, toml_value
 from tests.support.puppet_process import REPO, PuppetProcess
+from tests.support.puppet_process import puppet_env as make_puppet_env
 from tests.support.servers import serve_app
 from tests.support.services import free_port
 from tests.support.waiting import wait_until
@@ -60,15 +61,7 @@ async def corp(sim: tuple[str, SimState]) -> AsyncIterator[Corp]:
 @pytest.fixture
 def puppet_env(settings: Settings, tmp_path: Path, sim: tuple[str, SimState], corp: Corp) -> dict[str, str]:
     """The child's environment: the test's database, the simulator as WeCom, the app secret."""
-    assert settings.mongo_uri is not None
-    return {
-        "MONGO_URI": settings.mongo_uri,
-        "WXKF_DB_NAME": settings.wxkf_db_name,
-        "WECOM_API_BASE": sim[0] + "/cgi-bin",
-        "TEST_KF_SECRET": corp.secret,
-        "WXKF_LOG_LEVEL": "INFO",
-        "PYTHONPATH": str(REPO),
-    }
+    return make_puppet_env(settings, sim[0] + "/cgi-bin", corp.secret)
 
 
 @pytest.fixture

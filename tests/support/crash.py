@@ -25,7 +25,7 @@ import httpx
 from simulator import SimConfig
 from tests.support.corp import Corp, CorpKeys, corp_spec
 from tests.support.journal_bot import HANG
-from tests.support.puppet_process import REPO, PuppetProcess
+from tests.support.puppet_process import PuppetProcess, puppet_env
 from tests.support.services import ServiceProcess, free_port, service_env
 from tests.support.simulator_process import SimulatorProcess
 from tests.support.waiting import wait_until
@@ -251,17 +251,8 @@ async def crash_rig(
                 )
             options |= puppet_options
             (tmp_path / "puppets.toml").write_text(corp.config_toml(port, **options))
-            assert settings.mongo_uri is not None
-            env = {
-                "MONGO_URI": settings.mongo_uri,
-                "WXKF_DB_NAME": settings.wxkf_db_name,
-                "WECOM_API_BASE": wecom,
-                "TEST_KF_SECRET": keys.secret,
-                "WXKF_LOG_LEVEL": "INFO",
-                "PYTHONPATH": str(REPO),
-                "CRASH_JOURNAL": str(tmp_path / "journal"),
-                "CRASH_WORK": str(work),
-            }
+            env = puppet_env(settings, wecom, keys.secret)
+            env |= {"CRASH_JOURNAL": str(tmp_path / "journal"), "CRASH_WORK": str(work)}
             args = ["--bot", "tests.support.journal_bot:bot", "--config", str(tmp_path / "puppets.toml")]
             puppet = PuppetProcess(args, env, tmp_path / "puppet.log", port)
             journal = Journal(tmp_path / "journal")

@@ -11,8 +11,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.waiting import wait_until
+from wxkf.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def puppet_env(settings: Settings, wecom_api_base: str, secret: str) -> dict[str, str]:
+    """The child's environment: the test's database, WeCom at ``wecom_api_base``, the app secret in
+    ``TEST_KF_SECRET`` (what :meth:`tests.support.corp.Corp.config_toml` points the config at)."""
+    assert settings.mongo_uri is not None
+    return {
+        "MONGO_URI": settings.mongo_uri,
+        "WXKF_DB_NAME": settings.wxkf_db_name,
+        "WECOM_API_BASE": wecom_api_base,
+        "TEST_KF_SECRET": secret,
+        "WXKF_LOG_LEVEL": "INFO",
+        "PYTHONPATH": str(REPO),
+    }
 
 
 @dataclass
