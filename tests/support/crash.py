@@ -14,7 +14,8 @@ Every wait is on observed progress (a journal line, a log line, a delivery's out
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +171,14 @@ class CrashRig:
         async def holds() -> bool:
             return check(self.journal)
 
-        await wait_until(holds, timeout, what)
+        await self._wait(holds, timeout, what)
+
+    async def _wait(self, check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+        """:func:`wait_until`, with the puppet's post-mortem in the failure."""
+        try:
+            await wait_until(check, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.puppet_post_mortem()}") from None
 
     async def all_handled(self, timeout: float = 60.0) -> None:
         """Until every item written so far has an ``end`` line."""
@@ -186,7 +194,20 @@ class CrashRig:
         async def serves() -> bool:
             return self.puppet.log().count(SERVING[self.transport]) >= self.serving_times
 
-        await wait_until(serves, timeout, f"the puppet serving (time {self.serving_times})")
+        await self._wait(serves, timeout, f"the puppet serving (time {self.serving_times})")
+
+    def puppet_post_mortem(self) -> str:
+        """Whether the puppet still runs and, if it does, its threads' stacks (SIGABRT makes the
+        faulthandler the harness enables write them to its log) and its log's end."""
+        process = self.puppet.process
+        assert process is not None
+        if process.poll() is None:
+            process.send_signal(signal.SIGABRT)
+            process.wait(timeout=10)
+            state = "the puppet was still running (aborted for its stacks)"
+        else:
+            state = f"the puppet had exited with {process.returncode}"
+        return f"{state}; its log ends:\n{self.puppet.log()[-6000:]}"
 
     def kill_puppet(self) -> None:
         assert self.puppet.process is not None
@@ -253,6 +274,7 @@ async def crash_rig(
             (tmp_path / "puppets.toml").write_text(corp.config_toml(port, **options))
             env = puppet_env(settings, wecom, keys.secret)
             env |= {"CRASH_JOURNAL": str(tmp_path / "journal"), "CRASH_WORK": str(work)}
+            env["PYTHONFAULTHANDLER"] = "1"  # see CrashRig.puppet_post_mortem
             args = ["--bot", "tests.support.journal_bot:bot", "--config", str(tmp_path / "puppets.toml")]
             puppet = PuppetProcess(args, env, tmp_path / "puppet.log", port)
             journal = Journal(tmp_path / "journal")
