@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,11 @@ from simulator import SimConfig, create_app
 from simulator.clock import OffsetClock
 from simulator.state import SimState
 from tests.manager.conftest import FAST
+from tests.support.corp import corp_spec, create_corp
 from tests.support.node_puppet import NodePuppet
 from tests.support.servers import serve_app
 from tests.support.services import ServiceProcess, free_port, service_env
-from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, new_aes_key, signed_post
+from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, signed_post
 from wxkf.logging import configure_logging
 from wxkf.runtime import open_runtime
 from wxkf.settings import Settings
@@ -99,39 +99,18 @@ async def simulator() -> AsyncIterator[tuple[str, SimState]]:
 
 
 async def make_corp(http: httpx.AsyncClient, sim_url: str, callback_url: str | None) -> dict[str, Any]:
-    corpid = "ww" + secrets.token_hex(8)
-    spec = {
-        "corpid": corpid,
-        "apps": [
-            {
-                "name": "kf",
-                "agentid": 1000002,
-                "secret": "s-" + secrets.token_hex(16),
-                "token": secrets.token_hex(8),
-                "encoding_aes_key": new_aes_key(),
-            }
-        ],
-        "accounts": [
-            {"open_kfid": "wkMANAGED", "name": "Support"},
-            {"open_kfid": "wkOTHER", "name": "Elsewhere", "managed_by": []},
-        ],
-        "customers": [{"external_userid": "wmCUSTOMER"}],
-    }
-    created = await http.post(f"{sim_url}/sim/corps", json=spec)
-    assert created.status_code == 201, created.text
+    accounts = [
+        {"open_kfid": "wkMANAGED", "name": "Support"},
+        {"open_kfid": "wkOTHER", "name": "Elsewhere", "managed_by": []},
+    ]
+    keys = await create_corp(http, sim_url, corp_spec(accounts, ["wmCUSTOMER"]))
     if callback_url:
         patched = await http.patch(
-            f"{sim_url}/sim/corps/{corpid}/apps/1000002",
-            json={"callback_url": callback_url.format(corpid=corpid)},
+            f"{sim_url}/sim/corps/{keys.corpid}/apps/1000002",
+            json={"callback_url": callback_url.format(corpid=keys.corpid)},
         )
         assert patched.status_code == 200, patched.text
-    app = created.json()["apps"][0]
-    return {
-        "corpid": corpid,
-        "secret": app["secret"],
-        "token": app["token"],
-        "aes_key": app["encoding_aes_key"],
-    }
+    return asdict(keys)
 
 
 @pytest.fixture

@@ -7,17 +7,9 @@ test asks, so start-up catch-ups are immediate; callbacks are retried quickly.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import secrets
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,93 +23,18 @@ from puppets.host import PuppetHost
 from simulator import SimConfig, create_app
 from simulator.clock import OffsetClock
 from simulator.state import SimState
+from tests.support.corp import Corp, corp_spec, create_corp, toml_value
+from tests.support.puppet_process import REPO, PuppetProcess
+from tests.support.puppet_process import puppet_env as make_puppet_env
 from tests.support.servers import serve_app
 from tests.support.services import free_port
-from tests.support.wecom_callbacks import new_aes_key
+from tests.support.waiting import wait_until
 from wxkf.database import Database
 from wxkf.settings import Settings
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["REPO", "SIM_CONFIG", "Corp", "Hosted", "PuppetProcess", "toml_value", "wait_until"]
+
 SIM_CONFIG = SimConfig(callback_timeout=2.0, callback_retry_delays=(0.2, 0.2, 0.2), sync_tokenless_rate=None)
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "condition"
-) -> Any:
-    """Poll ``check`` until it returns something truthy: the state lives in other processes, which
-    offer no event to wait on."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {result!r}")
-        await asyncio.sleep(0.05)
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value)  # strings, numbers and booleans are spelled alike
-
-
-@dataclass
-class Corp:
-    """A simulated corp: one app (``secret``, ``token``, ``aes_key``), account ``wkSUPPORT``."""
-
-    sim_url: str
-    http: httpx.AsyncClient
-    corpid: str
-    secret: str
-    token: str
-    aes_key: str
-    kf: str = "wkSUPPORT"
-    customer: str = "wmBOB"
-
-    def control(self, path: str) -> str:
-        return f"{self.sim_url}/sim/corps/{self.corpid}{path}"
-
-    async def set_callback(self, url: str | None) -> None:
-        response = await self.http.patch(self.control("/apps/1000002"), json={"callback_url": url})
-        assert response.status_code == 200, response.text
-
-    async def says(self, text: str, customer: str | None = None, *, wait: bool = False) -> None:
-        response = await self.http.post(
-            self.control(f"/accounts/{self.kf}/messages"),
-            params={"wait": "true"} if wait else None,
-            json={"external_userid": customer or self.customer, "msgtype": "text", "text": {"content": text}},
-        )
-        assert response.is_success, response.text
-
-    async def received(self, customer: str | None = None) -> list[str]:
-        """The texts the customer received, oldest first."""
-        response = await self.http.get(self.control(f"/customers/{customer or self.customer}/received"))
-        assert response.is_success, response.text
-        return [item["text"]["content"] for item in response.json()["messages"] if item["msgtype"] == "text"]
-
-    async def wait_received(
-        self, count: int, customer: str | None = None, timeout: float = 30.0
-    ) -> list[str]:
-        async def enough() -> list[str] | None:
-            texts = await self.received(customer)
-            return texts if len(texts) >= count else None
-
-        result: list[str] = await wait_until(enough, timeout, f"{count} replies")
-        return result
-
-    def config_toml(self, port: int, **top: Any) -> str:
-        lines = [f"port = {port}"]
-        lines += [f"{key} = {toml_value(value)}" for key, value in top.items()]
-        lines += [
-            "[[apps]]",
-            f'corp_id = "{self.corpid}"',
-            'secret = { env = "TEST_KF_SECRET" }',
-            f'token = "{self.token}"',
-            f'encoding_aes_key = "{self.aes_key}"',
-            f'accounts = ["{self.kf}"]',
-        ]
-        return "\n".join(lines) + "\n"
 
 
 @pytest.fixture
@@ -137,96 +54,14 @@ async def sim(sim_config: SimConfig) -> AsyncIterator[tuple[str, SimState]]:
 async def corp(sim: tuple[str, SimState]) -> AsyncIterator[Corp]:
     sim_url, _ = sim
     async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
-        corpid = "ww" + secrets.token_hex(8)
-        spec = {
-            "corpid": corpid,
-            "apps": [
-                {
-                    "name": "kf",
-                    "agentid": 1000002,
-                    "secret": "s-" + secrets.token_hex(16),
-                    "token": secrets.token_hex(8),
-                    "encoding_aes_key": new_aes_key(),
-                }
-            ],
-            "accounts": [{"open_kfid": "wkSUPPORT", "name": "Support"}],
-            "customers": [{"external_userid": "wmBOB"}, {"external_userid": "wmCAROL"}],
-        }
-        created = await http.post(f"{sim_url}/sim/corps", json=spec)
-        assert created.status_code == 201, created.text
-        app = created.json()["apps"][0]
-        yield Corp(sim_url, http, corpid, app["secret"], app["token"], app["encoding_aes_key"])
-
-
-@dataclass
-class PuppetProcess:
-    """``python -m hub puppet --bot ... --config ...`` in the repository, its log in ``log_path``."""
-
-    args: list[str]
-    env: dict[str, str]
-    log_path: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = field(default=None)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def spawn(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "hub", "puppet", *self.args],
-                env={**os.environ, **self.env},
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def start(self, ready: str = "puppet listening", timeout: float = 30.0) -> None:
-        """Spawn and wait for the log line saying every account is being served."""
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self.spawn()
-
-        async def started() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"the puppet exited early:\n{self.log()[-3000:]}")
-            return ready in self.log_path.read_text(errors="replace")[offset:]
-
-        await wait_until(started, timeout, "the puppet to start")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    async def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait for the exit without blocking the loop (the simulator runs in it)."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.process.wait, timeout)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        keys = await create_corp(http, sim_url, corp_spec())
+        yield Corp(sim_url, http, keys.corpid, keys.secret, keys.token, keys.aes_key)
 
 
 @pytest.fixture
 def puppet_env(settings: Settings, tmp_path: Path, sim: tuple[str, SimState], corp: Corp) -> dict[str, str]:
     """The child's environment: the test's database, the simulator as WeCom, the app secret."""
-    assert settings.mongo_uri is not None
-    return {
-        "MONGO_URI": settings.mongo_uri,
-        "WXKF_DB_NAME": settings.wxkf_db_name,
-        "WECOM_API_BASE": sim[0] + "/cgi-bin",
-        "TEST_KF_SECRET": corp.secret,
-        "WXKF_LOG_LEVEL": "INFO",
-        "PYTHONPATH": str(REPO),
-    }
+    return make_puppet_env(settings, sim[0] + "/cgi-bin", corp.secret)
 
 
 @pytest.fixture

@@ -2,43 +2,20 @@
 
 from __future__ import annotations
 
-import secrets
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
 
 from simulator.state import SimState
 from tests.puppets.conftest import Corp, PuppetProcess, wait_until
+from tests.support.corp import corp_spec, create_corp
 from tests.support.services import free_port
-from tests.support.wecom_callbacks import new_aes_key
 
 
 async def add_corp(http: httpx.AsyncClient, sim_url: str) -> dict[str, str]:
-    corpid = "ww" + secrets.token_hex(8)
-    spec = {
-        "corpid": corpid,
-        "apps": [
-            {
-                "name": "kf",
-                "agentid": 1000002,
-                "secret": "s-" + secrets.token_hex(16),
-                "token": secrets.token_hex(8),
-                "encoding_aes_key": new_aes_key(),
-            }
-        ],
-        # the same open_kfid as the first corp's account: the corp tells them apart
-        "accounts": [{"open_kfid": "wkSUPPORT", "name": "Support"}],
-        "customers": [{"external_userid": "wmBOB"}],
-    }
-    created = await http.post(f"{sim_url}/sim/corps", json=spec)
-    assert created.status_code == 201, created.text
-    app = created.json()["apps"][0]
-    return {
-        "corpid": corpid,
-        "secret": app["secret"],
-        "token": app["token"],
-        "aes_key": app["encoding_aes_key"],
-    }
+    # the same open_kfid as the first corp's account: the corp tells them apart
+    return asdict(await create_corp(http, sim_url, corp_spec(customers=["wmBOB"])))
 
 
 async def test_accounts_of_two_corps_in_one_process_each_answer_their_own_customers(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from tests.puppets.conftest import (  # noqa: F401 - fixtures
     sim_config,
     toml_value,
 )
+from tests.support.corp import corp_spec, create_corp
 from tests.support.services import ServiceProcess, free_port, service_env
 from wxkf.settings import Settings
 
@@ -57,28 +57,12 @@ def hub_log(hub: ServiceProcess) -> str:
 async def other_corp(corp: Corp, sim: tuple[str, SimState]) -> tuple[Corp, Corp]:
     """Another corp whose one app has two accounts: ``(wkSUPPORT, wkSALES)``."""
     del sim
-    corpid = "ww" + secrets.token_hex(8)
-    spec = {
-        "corpid": corpid,
-        "apps": [
-            {
-                "name": "kf",
-                "agentid": 1000002,
-                "secret": "s-" + secrets.token_hex(16),
-                "token": secrets.token_hex(8),
-                "encoding_aes_key": corp.aes_key,
-            }
-        ],
-        "accounts": [
-            {"open_kfid": "wkSUPPORT", "name": "Support"},
-            {"open_kfid": "wkSALES", "name": "Sales"},
-        ],
-        "customers": [{"external_userid": "wmBOB"}, {"external_userid": "wmCAROL"}],
-    }
-    created = await corp.http.post(f"{corp.sim_url}/sim/corps", json=spec)
-    assert created.status_code == 201, created.text
-    app = created.json()["apps"][0]
-    keys = (corp.sim_url, corp.http, corpid, app["secret"], app["token"], app["encoding_aes_key"])
+    spec = corp_spec(
+        [{"open_kfid": "wkSUPPORT", "name": "Support"}, {"open_kfid": "wkSALES", "name": "Sales"}],
+        aes_key=corp.aes_key,
+    )
+    made = await create_corp(corp.http, corp.sim_url, spec)
+    keys = (corp.sim_url, corp.http, made.corpid, made.secret, made.token, made.aes_key)
     return Corp(*keys, "wkSUPPORT"), Corp(*keys, "wkSALES", "wmCAROL")
 
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
@@ -44,6 +45,10 @@ class ServiceProcess:
     log_path: Path
     port: int
     process: subprocess.Popen[bytes] | None = None
+    ready_path: ClassVar[str] = "/healthz"
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "hub", self.command]
 
     @property
     def url(self) -> str:
@@ -53,20 +58,20 @@ class ServiceProcess:
         env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1"}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; readiness is awaited below
-            [sys.executable, "-m", "hub", self.command], env=env, stdout=log, stderr=subprocess.STDOUT
+            self.argv(), env=env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         await self._wait_ready(timeout)
 
     async def _wait_ready(self, timeout: float) -> None:
-        """Poll /healthz: the child offers no other readiness signal across the process boundary."""
+        """Poll ``ready_path``: the child offers no other readiness signal across the process boundary."""
         assert self.process is not None
         async with httpx.AsyncClient() as http, asyncio.timeout(timeout):
             while True:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"{self.command} exited early:\n{self.log_path.read_text()[-3000:]}")
                 try:
-                    if (await http.get(self.url + "/healthz")).status_code == 200:
+                    if (await http.get(self.url + self.ready_path)).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
