@@ -43,6 +43,7 @@ from puppets.host import PuppetHost, StartupError
 from puppets.main import BotError, bind, load_bot
 from wxkf.endpoints import parse_networks
 from wxkf.runtime import open_runtime
+from wxkf.server import uvicorn_config
 from wxkf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -115,15 +116,7 @@ class _Server(uvicorn.Server):
 async def serving(app: Starlette, sock: socket.socket) -> AsyncIterator[asyncio.Task[None]]:
     """Serve ``app`` on the bound ``sock`` for the duration of the block; on leaving, finish the
     requests in flight (bounded) and close."""
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
-    server = _Server(config)
+    server = _Server(uvicorn_config(app, timeout_graceful_shutdown=10))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         yield task

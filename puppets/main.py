@@ -24,6 +24,7 @@ from puppets.bot import Bot
 from puppets.config import ConfigError, PuppetConfig, load_env, load_file
 from puppets.host import PuppetHost
 from wxkf.database import open_database
+from wxkf.server import uvicorn_config
 from wxkf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,7 @@ async def run(config: PuppetConfig, bot: Bot, settings: Settings) -> None:
         async with open_database(db_settings) as db, httpx.AsyncClient(timeout=30.0) as http:
             host = PuppetHost(config, bot, db, http, settings.api_base)
             await host.prepare()
-            server = _Server(
-                uvicorn.Config(
-                    host.app(), lifespan="off", log_config=None, access_log=False, server_header=False
-                )
-            )
+            server = _Server(uvicorn_config(host.app()))
             serving = asyncio.create_task(server.serve(sockets=[sock]))
             try:
                 await host.start()
