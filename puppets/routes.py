@@ -33,7 +33,7 @@ from wecom.crypto import CryptoError, MsgCrypt
 from wecom.models import CallbackEnvelope, EventError, KfMsgOrEvent, parse_event
 from wecom.xml import XMLError
 from wxkf import webhooks
-from wxkf.http import BodyTooLarge, common_routes, read_body
+from wxkf.http import Refusal, common_routes, read_body
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,8 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
         q = request.query_params
         try:
             body = await read_body(request, MAX_BODY)
-        except BodyTooLarge:
-            return refuse(413, "too_large")
+        except Refusal as exc:  # too large, a bad length, or too slow to arrive
+            return refuse(exc.status, exc.reason, exc.message)
         except ClientDisconnect:  # the sender gave up (WeCom after 5 s) and will retry: nothing to do
             log.info("callback sender disconnected before its body was read")
             return Response(status_code=400)
@@ -147,6 +147,8 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
         if account is None:
             log.info("callback for an account this puppet does not serve: %s", event.open_kf_id[:64])
             return PlainTextResponse("success")
+        if directory.has_manager and not account.registered:
+            return refuse(503, "not_registered", f"{account.key}: its signature cannot be checked yet")
         if not signature_ok(account, request, body):
             return refuse(401, "bad_webhook_signature", account.key)
         account.puller.callback(event.token)
@@ -155,8 +157,8 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
     async def decrypted(request: Request) -> Response:
         try:
             body = await read_body(request, MAX_BODY)
-        except BodyTooLarge:
-            return refuse(413, "too_large")
+        except Refusal as exc:  # too large, a bad length, or too slow to arrive
+            return refuse(exc.status, exc.reason, exc.message)
         except ClientDisconnect:  # the sender gave up (WeCom after 5 s) and will retry: nothing to do
             log.info("callback sender disconnected before its body was read")
             return Response(status_code=400)
@@ -170,8 +172,10 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
         if not candidates:
             log.info("decrypted callback for an account this puppet does not serve")
             return PlainTextResponse("roger")
+        if not any(account.registered for account in candidates):
+            return refuse(503, "not_registered", f"{candidates[0].key}: its signature cannot be checked yet")
         for account in candidates:
-            if signature_ok(account, request, body):
+            if account.registered and signature_ok(account, request, body):
                 account.puller.callback(parsed.token)
                 return PlainTextResponse("roger")
         return refuse(401, "bad_webhook_signature", candidates[0].key)
