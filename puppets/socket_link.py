@@ -40,6 +40,14 @@ ANSWER_TIMEOUT = 30.0  # for authed/refused/left (a registration lists the corp'
 DELIVERY_PATHS = ("/callback", "/callback/decrypted")
 
 
+class _connect(connect):
+    """websockets' ``connect`` following no redirect (it follows up to 10, to any host, by default): the
+    first frames carry the accounts' secrets, which go to the configured manager or nowhere."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
 def socket_url(manager: str) -> str:
     """``http(s)://host/...`` of the manager → ``ws(s)://host/.../puppetWxkfManager/ws``."""
     base = manager.rstrip("/")
@@ -78,7 +86,7 @@ class SocketLink:
         try:
             while True:
                 try:
-                    async with connect(
+                    async with _connect(
                         self.url,
                         max_size=MAX_FRAME,
                         open_timeout=10,
