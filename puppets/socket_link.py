@@ -100,6 +100,9 @@ class SocketLink:
                     reason = "the manager closed the socket"
                 except (OSError, TimeoutError, InvalidHandshake, InvalidURI, WebSocketException) as exc:
                     reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                except Exception as exc:  # whatever the other end sent, the link goes on
+                    log.exception("manager socket: the session failed")
+                    reason = type(exc).__name__
                 failures = 1 if self.proven else failures + 1
                 self.proven.clear()
                 delay = min(self.backoff[1], self.backoff[0] * 2 ** (failures - 1)) * JITTER.uniform(0.8, 1.2)
@@ -119,8 +122,9 @@ class SocketLink:
                     log.warning("manager socket: ignored a frame that is not a JSON object")
                 elif frame.get("type") == "delivery":
                     self._spawn(self._handle(frame))
-                elif (waiting := self._waiting.pop(str(frame.get("id")), None)) is not None:
-                    waiting.set_result(frame)
+                elif (waiting := self._waiting.pop(str(frame.get("id"))[:64], None)) is not None:
+                    if not waiting.done():  # its request may have timed out just now
+                        waiting.set_result(frame)
                 else:
                     log.info("manager socket: unexpected frame %s", str(frame.get("type"))[:32])
         finally:
@@ -260,6 +264,6 @@ class SocketLink:
 def _parse(message: str | bytes) -> dict[str, Any] | None:
     try:
         frame = json.loads(message)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON (or not UTF-8), or nested too deep to decode
         return None
     return frame if isinstance(frame, dict) else None
