@@ -34,6 +34,7 @@ from wecom.models import CallbackEnvelope, EventError, KfMsgOrEvent, parse_event
 from wecom.xml import XMLError
 from wxkf import webhooks
 from wxkf.http import Refusal, common_routes, read_body
+from wxkf.logging import warn_limited
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class DecryptedIn(BaseModel):
 
 def refuse(status: int, reason: str, detail: str = "") -> Response:
     metrics.REFUSED.labels(reason).inc()
-    log.warning("callback refused: %s%s", reason, f" ({detail})" if detail else "")
+    warn_limited(log, reason, "callback refused: %s%s", reason, f" ({detail})" if detail else "")
     return PlainTextResponse(reason, status_code=status)
 
 

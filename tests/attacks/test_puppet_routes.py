@@ -19,6 +19,7 @@ from tests.puppets.conftest import Corp, Hosted, corp, hosted, sim, sim_config
 from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, signed_post
 from wxkf import http as wxkf_http
 from wxkf import webhooks
+from wxkf.logging import LIMITER
 
 __all__ = ["corp", "hosted", "sim", "sim_config"]
 
@@ -153,3 +154,20 @@ async def test_a_wecom_signed_callback_before_registration_is_also_held_back(
         answer = await http.post(f"{puppet.url}/callback?{query}", content=xml)
     assert answer.status_code == 503 and answer.text == "not_registered", (answer.status_code, answer.text)
     assert puppet.account.puller.pulls == pulls
+
+
+async def test_a_flood_of_forged_callbacks_logs_a_bounded_number_of_warnings(
+    corp: Corp, hosted: Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    # each refusal was one warning line: anyone who can reach /callback could fill the log (and the
+    # disk) as fast as they could send; the hub's own routes rate-limit them per reason
+    puppet = await started(hosted)
+    wrong = CorpAppKeys(corp.corpid, "not-the-token", corp.aes_key)
+    caplog.set_level(logging.WARNING, logger="puppets.routes")
+    async with httpx.AsyncClient(trust_env=False, base_url=puppet.url) as http:
+        for n in range(50):
+            query, xml = signed_post(wrong, kf_event_xml(corp.corpid, corp.kf, f"t{n}"))
+            answer = await http.post(f"/callback?{query}", content=xml)
+            assert answer.status_code == 403 and answer.text == "bad_signature"
+    warnings = [r for r in caplog.records if r.name == "puppets.routes" and r.levelno == logging.WARNING]
+    assert 1 <= len(warnings) <= LIMITER.burst, len(warnings)  # before: 50
