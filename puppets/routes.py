@@ -20,6 +20,7 @@ beyond the one newest token per account.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -95,6 +96,23 @@ def signature_ok(account: Account, request: Request, body: bytes) -> bool:
     return False
 
 
+def refuse_unsigned(accounts: list[Account], request: Request, body: bytes) -> Response:
+    """The 401 for a delivery none of ``accounts``' secrets verifies. Signed with one of them but outside
+    the tolerance says so, with the offset: the manager's clock and this one disagree (or the delivery
+    was captured and replayed), and "bad signature" alone would send an operator looking for a key."""
+    stamp = request.headers.get("webhook-timestamp", "")
+    for account in accounts:
+        for secret in account.webhook_secrets:
+            try:
+                webhooks.verify(secret, request.headers, body, tolerance=2**62)
+            except webhooks.WebhookVerificationError:
+                continue
+            offset = int(stamp) - int(time.time())
+            detail = f"{account.key}: signed {offset:+d} s from this clock; are both clocks right?"
+            return refuse(401, "stale_webhook_timestamp", detail)
+    return refuse(401, "bad_webhook_signature", accounts[0].key)
+
+
 def callback_routes(directory: Directory) -> list[BaseRoute]:
     async def verify_url(request: Request) -> Response:
         q = request.query_params
@@ -151,7 +169,7 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
         if directory.has_manager and not account.registered:
             return refuse(503, "not_registered", f"{account.key}: its signature cannot be checked yet")
         if not signature_ok(account, request, body):
-            return refuse(401, "bad_webhook_signature", account.key)
+            return refuse_unsigned([account], request, body)
         account.puller.callback(event.token)
         return PlainTextResponse("success")
 
@@ -179,7 +197,7 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             if account.registered and signature_ok(account, request, body):
                 account.puller.callback(parsed.token)
                 return PlainTextResponse("roger")
-        return refuse(401, "bad_webhook_signature", candidates[0].key)
+        return refuse_unsigned(candidates, request, body)
 
     return [
         Route("/callback", verify_url, methods=["GET"]),

@@ -106,10 +106,12 @@ async def test_a_forged_delivery_to_a_signed_account_is_a_401_and_pulls_nothing(
     sent = body.replace(b"forged-token", b"other-token") if forge == "body changed" else body
     async with httpx.AsyncClient(trust_env=False) as http:
         answer = await http.post(puppet.url + "/callback/decrypted", content=sent, headers=headers)
-    assert answer.status_code == 401 and answer.text == "bad_webhook_signature", (
-        answer.status_code,
-        answer.text,
+    reason = (
+        "stale_webhook_timestamp"
+        if forge in ("stale timestamp", "future timestamp")
+        else "bad_webhook_signature"
     )
+    assert answer.status_code == 401 and answer.text == reason, (answer.status_code, answer.text)
     assert puppet.account.puller.pulls == pulls
     # the genuine delivery still works
     async with httpx.AsyncClient(trust_env=False) as http:
@@ -171,3 +173,24 @@ async def test_a_flood_of_forged_callbacks_logs_a_bounded_number_of_warnings(
             assert answer.status_code == 403 and answer.text == "bad_signature"
     warnings = [r for r in caplog.records if r.name == "puppets.routes" and r.levelno == logging.WARNING]
     assert 1 <= len(warnings) <= LIMITER.burst, len(warnings)  # before: 50
+
+
+@pytest.mark.parametrize("skew", [-360, 360], ids=["manager behind", "manager ahead"])
+async def test_a_managers_clock_off_by_minutes_is_named_in_the_refusal(
+    corp: Corp, hosted: Host, caplog: pytest.LogCaptureFixture, skew: int
+) -> None:
+    # a manager whose clock is more than the 5-minute tolerance off this puppet's has every delivery
+    # refused (401: permanent, so dead-lettered; the safety-net pull still finds the messages): the
+    # refusal must say it is the clock, not a key, so the operator knows what to fix
+    puppet = await started(hosted, manager=UNREACHABLE_MANAGER)
+    secret = webhooks.generate_secret()
+    puppet.account.set_webhook_secret(secret)
+    body = json.dumps({"token": "t", "openKfId": corp.kf}).encode()
+    headers = webhooks.headers(secret, "msg_skewed", body, timestamp=int(time.time()) + skew)
+    caplog.set_level(logging.WARNING, logger="puppets.routes")
+    async with httpx.AsyncClient(trust_env=False) as http:
+        answer = await http.post(puppet.url + "/callback/decrypted", content=body, headers=headers)
+    assert answer.status_code == 401 and answer.text == "stale_webhook_timestamp"
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "puppets.routes"]
+    assert f"signed {skew:+d} s from this clock" in warning or f"signed {skew - 1:+d} s" in warning, warning
+    assert "clock" in warning
