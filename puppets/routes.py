@@ -189,7 +189,9 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             return refuse(400, "bad_request", f"{exc.error_count()} error(s) in the JSON body")
         candidates = directory.by_open_kfid(parsed.openKfId)
         if not candidates:
-            log.info("decrypted callback for an account this puppet does not serve")
+            warn_limited(
+                log, "unknown_account", "decrypted callback for an account this puppet does not serve"
+            )
             return PlainTextResponse("roger")
         if not any(account.registered for account in candidates):
             return refuse(503, "not_registered", f"{candidates[0].key}: its signature cannot be checked yet")
