@@ -95,7 +95,8 @@ class Puller:
         self._error_backoff = error_backoff
         self._token: str | None = None
         #: tokens WeCom called expired: a callback replayed with one is ignored, not pulled with again
-        self._expired: deque[str] = deque(maxlen=EXPIRED_TOKENS)
+        #: (made at the first 95007: an idle account does not pay for it)
+        self._expired: deque[str] | None = None
         self._catch_up = False
         self._wake = asyncio.Event()
         self._cursor: str | None = None
@@ -108,7 +109,7 @@ class Puller:
 
     def callback(self, token: str) -> None:
         """A kf callback for this account: pull with ``token`` (the newest one wins)."""
-        if token in self._expired:
+        if self._expired is not None and token in self._expired:
             warn_limited(
                 log, "expired_token", "%s: a callback with a token WeCom called expired ignored", self.account
             )
@@ -200,6 +201,8 @@ class Puller:
                 page = await self._fetch(self._cursor, token)
             except InvalidMsgToken:
                 if token is not None:
+                    if self._expired is None:
+                        self._expired = deque(maxlen=EXPIRED_TOKENS)
                     self._expired.append(token)
                 raise
             fresh = await self._records.record(self.account, page.items)
