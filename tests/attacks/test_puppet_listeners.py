@@ -8,31 +8,15 @@ public ``/callback`` and, under ``wxkf up --puppets``, on the hub's own public p
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from tests.puppets.conftest import Corp, PuppetProcess, corp, make_puppet, puppet_env, sim, sim_config
 from tests.puppets.test_inhub import READY, HubProcess, hub_env, make_hub
+from tests.support.raw_http import answer_to
 
 __all__ = ["corp", "hub_env", "make_hub", "make_puppet", "puppet_env", "sim", "sim_config"]
 
 HUGE_HEADER = b"POST /callback HTTP/1.1\r\nhost: x\r\nx-pad: " + b"a" * 5_000_000 + b"\r\n\r\n"
-
-
-async def answer_to(url: str, request: bytes) -> bytes:
-    parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    try:
-        writer.write(request)
-        with contextlib.suppress(ConnectionError):  # the server may close before it read everything
-            await writer.drain()
-        return await asyncio.wait_for(reader.read(200), 10)
-    except ConnectionResetError:  # closed with our bytes unread: the kernel resets, the 431 may be lost
-        return b"reset"
-    finally:
-        writer.close()
 
 
 def cut_off(answer: bytes) -> bool:

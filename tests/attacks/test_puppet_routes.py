@@ -9,13 +9,13 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from puppets import Bot
 from tests.puppets.conftest import Corp, Hosted, corp, hosted, sim, sim_config
+from tests.support.raw_http import slow_post
 from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, signed_post
 from wxkf import http as wxkf_http
 from wxkf import webhooks
@@ -31,23 +31,6 @@ async def started(hosted: Host, **config: object) -> Hosted:
     puppet = await hosted(Bot(), callback=False, **config)
     await asyncio.wait_for(puppet.account.puller.caught_up.wait(), 20)  # the start-up pull is over
     return puppet
-
-
-async def slow_post(url: str, path: str, declared: int, interval: float) -> bytes:
-    """Declare ``declared`` body bytes, then trickle one byte per ``interval`` s; the answer, if any."""
-    parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    writer.write(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {declared}\r\n\r\n".encode())
-    try:
-        for _ in range(declared):
-            await writer.drain()
-            try:
-                return await asyncio.wait_for(reader.read(4096), interval)
-            except TimeoutError:
-                writer.write(b"<")
-        return await reader.read(4096)
-    finally:
-        writer.close()
 
 
 @pytest.mark.parametrize("path", ["/callback?msg_signature=a&timestamp=1&nonce=n", "/callback/decrypted"])
