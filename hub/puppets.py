@@ -31,6 +31,7 @@ import tomllib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import typer
@@ -42,8 +43,11 @@ from puppets.bot import Bot
 from puppets.config import ConfigError, PuppetConfig, load_file
 from puppets.host import PuppetHost, StartupError
 from puppets.main import BotError, bind, load_bot
+from wxkf import health
+from wxkf.database import DatabaseError
 from wxkf.endpoints import parse_networks
 from wxkf.runtime import open_runtime
+from wxkf.server import uvicorn_config
 from wxkf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,15 +121,7 @@ class _Server(uvicorn.Server):
 async def serving(app: Starlette, sock: socket.socket) -> AsyncIterator[asyncio.Task[None]]:
     """Serve ``app`` on the bound ``sock`` for the duration of the block; on leaving, finish the
     requests in flight (bounded) and close."""
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
-    server = _Server(config)
+    server = _Server(uvicorn_config(app, timeout_graceful_shutdown=10))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         yield task
@@ -177,6 +173,7 @@ async def run(settings: Settings, puppets: InHubPuppets) -> None:
     hub_sock = bind(settings.host, settings.port)
     puppet_sock = bind(PUPPET_HOST, 0)
     stop = asyncio.Event()
+    failure: asyncio.Future[str] | None = None
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
@@ -188,7 +185,9 @@ async def run(settings: Settings, puppets: InHubPuppets) -> None:
             hub = Hub(runtime)
             stack.push_async_callback(hub.stop)  # as hub.up.run: also after a failed start
             await hub.start()
-            hub_server = await stack.enter_async_context(serving(hub.app(), hub_sock))
+            hub_app = hub.app()
+            health.install(hub_app, runtime.database)  # /healthz, /readyz and 503s, as wxkf up's
+            hub_server = await stack.enter_async_context(serving(hub_app, hub_sock))
             port = hub_sock.getsockname()[1]
             manager = loopback_url(settings.host, port)
             endpoint = loopback_url(PUPPET_HOST, puppet_sock.getsockname()[1])
@@ -205,7 +204,9 @@ async def run(settings: Settings, puppets: InHubPuppets) -> None:
             )
             stopped = asyncio.ensure_future(stop.wait())
             servers = {hub_server, puppet_server}  # a listener ending by itself ends the hub too
-            await asyncio.wait({stopped, *servers}, return_when=asyncio.FIRST_COMPLETED)
+            failure = runtime.database.failure  # the embedded database lost for good: exit 1, as wxkf up
+            ends: set[asyncio.Future[Any]] = {stopped, failure, *servers}
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
             log.info("stopping: the puppets finish their running handlers, then deregister")
     finally:
@@ -213,6 +214,8 @@ async def run(settings: Settings, puppets: InHubPuppets) -> None:
             loop.remove_signal_handler(sig)
         hub_sock.close()
         puppet_sock.close()
+    if failure is not None and failure.done():
+        raise DatabaseError(failure.result())
 
 
 def up_with_puppets(path: Path, bot: str | None, host: str | None, port: int | None) -> None:

@@ -48,6 +48,7 @@ from manager.sockets import (
     PuppetSockets,
 )
 from wxkf.http import Refusal
+from wxkf.logging import warn_limited
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class _Session:
 
     async def refuse(self, code: int, reason: str, label: str) -> None:
         REFUSALS.labels(label).inc()
-        log.warning("puppet socket closed: %s", reason)
+        warn_limited(log, label, "puppet socket closed: %s", reason)
         await self.connection.close(code, reason)
 
     async def run(self) -> None:
@@ -240,7 +241,7 @@ class _Session:
         except ProofRefused as exc:
             connection.failed_proofs += 1
             REFUSALS.labels(exc.reason).inc()
-            log.warning("puppet socket: proof for %s refused: %s", key[:200], exc.message)
+            warn_limited(log, exc.reason, "puppet socket: proof for %s refused: %s", key[:200], exc.message)
             answer = {"type": "refused", "id": frame.id, "account": key, "reason": exc.reason}
             await self._answer(answer | {"message": exc.message})
             if connection.failed_proofs >= self.limits.failed_proofs:
@@ -293,7 +294,9 @@ def socket_routes(manager: Manager) -> list[BaseRoute]:
     async def endpoint(websocket: WebSocket) -> None:
         if sockets.unproven >= sockets.limits.unproven_connections:
             REFUSALS.labels("busy").inc()
-            log.warning("puppet socket refused: %d connections are waiting to prove", sockets.unproven)
+            warn_limited(
+                log, "busy", "puppet socket refused: %d connections are waiting to prove", sockets.unproven
+            )
             await websocket.close(TRY_LATER)  # before accept: the handshake is refused
             return
         sockets.unproven += 1
@@ -305,6 +308,6 @@ def socket_routes(manager: Manager) -> list[BaseRoute]:
         try:
             await _Session(manager, sockets, Connection(websocket, sockets.limits)).run()
         except Exception as exc:  # the connection broke under a receive or a send: it is over
-            log.warning("puppet socket ended: %s", f"{type(exc).__name__}: {exc}"[:200])
+            warn_limited(log, "ended", "puppet socket ended: %s", f"{type(exc).__name__}: {exc}"[:200])
 
     return [WebSocketRoute(PATH, endpoint)]

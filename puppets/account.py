@@ -100,6 +100,7 @@ class Account:
         #: the manager's webhookSecret for this account, and the one before it (deliveries in flight)
         self.webhook_secrets: list[str] = []
         self.signed_deliveries = False  # set once the manager answered with a webhookSecret
+        self.registered = False  # the manager answered a registration (a Node one issues no secret)
         self.puller = Puller(
             self.key,
             self._fetch,
@@ -170,6 +171,7 @@ class Account:
                 await stop_tasks(unwritten)
 
     def set_webhook_secret(self, secret: str | None) -> None:
+        self.registered = True
         if secret:
             self.webhook_secrets = [secret, *self.webhook_secrets[:1]]
             self.signed_deliveries = True

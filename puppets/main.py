@@ -16,6 +16,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -23,7 +24,9 @@ import uvicorn
 from puppets.bot import Bot
 from puppets.config import ConfigError, PuppetConfig, load_env, load_file
 from puppets.host import PuppetHost
-from wxkf.database import open_database
+from wxkf import health
+from wxkf.database import DatabaseError, connect
+from wxkf.server import uvicorn_config
 from wxkf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,14 +89,12 @@ async def run(config: PuppetConfig, bot: Bot, settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with open_database(db_settings) as db, httpx.AsyncClient(timeout=30.0) as http:
+        async with connect(db_settings) as (db, database), httpx.AsyncClient(timeout=30.0) as http:
             host = PuppetHost(config, bot, db, http, settings.api_base)
             await host.prepare()
-            server = _Server(
-                uvicorn.Config(
-                    host.app(), lifespan="off", log_config=None, access_log=False, server_header=False
-                )
-            )
+            app = host.app()
+            health.install(app, database)  # /healthz and /readyz say when the database is the problem
+            server = _Server(uvicorn_config(app))
             serving = asyncio.create_task(server.serve(sockets=[sock]))
             try:
                 await host.start()
@@ -104,7 +105,9 @@ async def run(config: PuppetConfig, bot: Bot, settings: Settings) -> None:
                     len(host.accounts),
                 )
                 stopped = asyncio.create_task(stop.wait())
-                await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                # the embedded database lost for good ends serving too: exit 1, a supervisor restarts us
+                ends: set[asyncio.Future[Any]] = {serving, stopped, database.failure}
+                await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
                 stopped.cancel()
                 then = ", then deregistering" if config.manager else ""
                 log.info("stopping: finishing running handlers%s", then)
@@ -112,6 +115,8 @@ async def run(config: PuppetConfig, bot: Bot, settings: Settings) -> None:
                 await host.stop()
                 server.should_exit = True
                 await serving
+            if database.failure.done():
+                raise DatabaseError(database.failure.result())
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,12 +34,14 @@ import httpx
 
 from puppets import metrics
 from wecom.errors import ApiRateLimited, InvalidMsgToken, WeComError
+from wxkf.logging import warn_limited
 from wxkf.retry import JITTER
 from wxkf.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
 Item = dict[str, Any]
+EXPIRED_TOKENS = 64  # per account; a replay needs a new capture per token once WeCom refused it
 
 
 class Records(Protocol):
@@ -91,6 +94,9 @@ class Puller:
         self._tokenless_backoff = tokenless_backoff
         self._error_backoff = error_backoff
         self._token: str | None = None
+        #: tokens WeCom called expired: a callback replayed with one is ignored, not pulled with again
+        #: (made at the first 95007: an idle account does not pay for it)
+        self._expired: deque[str] | None = None
         self._catch_up = False
         self._wake = asyncio.Event()
         self._cursor: str | None = None
@@ -103,6 +109,11 @@ class Puller:
 
     def callback(self, token: str) -> None:
         """A kf callback for this account: pull with ``token`` (the newest one wins)."""
+        if self._expired is not None and token in self._expired:
+            warn_limited(
+                log, "expired_token", "%s: a callback with a token WeCom called expired ignored", self.account
+            )
+            return
         self._token = token
         self._wake.set()
 
@@ -186,7 +197,14 @@ class Puller:
             if token is None:
                 self.tokenless_pulls += 1
             metrics.PULLS.labels("tokenless" if token is None else "token").inc()
-            page = await self._fetch(self._cursor, token)
+            try:
+                page = await self._fetch(self._cursor, token)
+            except InvalidMsgToken:
+                if token is not None:
+                    if self._expired is None:
+                        self._expired = deque(maxlen=EXPIRED_TOKENS)
+                    self._expired.append(token)
+                raise
             fresh = await self._records.record(self.account, page.items)
             if page.next_cursor and page.next_cursor != self._cursor:
                 self._cursor = page.next_cursor

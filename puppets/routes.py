@@ -21,6 +21,7 @@ sends creates state beyond the one newest token per account.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -34,7 +35,8 @@ from wecom.crypto import CryptoError, MsgCrypt
 from wecom.models import CallbackEnvelope, EventError, KfMsgOrEvent, parse_event
 from wecom.xml import XMLError
 from wxkf import webhooks
-from wxkf.http import BodyTooLarge, common_routes, read_body
+from wxkf.http import Refusal, common_routes, read_body
+from wxkf.logging import warn_limited
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ class DecryptedIn(BaseModel):
 
 def refuse(status: int, reason: str, detail: str = "") -> Response:
     metrics.REFUSED.labels(reason).inc()
-    log.warning("callback refused: %s%s", reason, f" ({detail})" if detail else "")
+    warn_limited(log, reason, "callback refused: %s%s", reason, f" ({detail})" if detail else "")
     return PlainTextResponse(reason, status_code=status)
 
 
@@ -107,6 +109,23 @@ def signature_ok(account: Account, request: Request, body: bytes) -> bool:
     return False
 
 
+def refuse_unsigned(accounts: list[Account], request: Request, body: bytes) -> Response:
+    """The 401 for a delivery none of ``accounts``' secrets verifies. Signed with one of them but outside
+    the tolerance says so, with the offset: the manager's clock and this one disagree (or the delivery
+    was captured and replayed), and "bad signature" alone would send an operator looking for a key."""
+    stamp = request.headers.get("webhook-timestamp", "")
+    for account in accounts:
+        for secret in account.webhook_secrets:
+            try:
+                webhooks.verify(secret, request.headers, body, tolerance=2**62)
+            except webhooks.WebhookVerificationError:
+                continue
+            offset = int(stamp) - int(time.time())
+            detail = f"{account.key}: signed {offset:+d} s from this clock; are both clocks right?"
+            return refuse(401, "stale_webhook_timestamp", detail)
+    return refuse(401, "bad_webhook_signature", accounts[0].key)
+
+
 def callback_routes(directory: Directory) -> list[BaseRoute]:
     async def verify_url(request: Request) -> Response:
         q = request.query_params
@@ -125,8 +144,8 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
         q = request.query_params
         try:
             body = await read_body(request, MAX_BODY)
-        except BodyTooLarge:
-            return refuse(413, "too_large")
+        except Refusal as exc:  # too large, a bad length, or too slow to arrive
+            return refuse(exc.status, exc.reason, exc.message)
         except ClientDisconnect:  # the sender gave up (WeCom after 5 s) and will retry: nothing to do
             log.info("callback sender disconnected before its body was read")
             return Response(status_code=400)
@@ -160,15 +179,17 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
         if account is None:
             log.info("callback for an account this puppet does not serve: %s", event.open_kf_id[:64])
             return PlainTextResponse("success")
+        if directory.has_manager and not account.registered:
+            return refuse(503, "not_registered", f"{account.key}: its signature cannot be checked yet")
         if not signature_ok(account, request, body):
-            return refuse(401, "bad_webhook_signature", account.key)
+            return refuse_unsigned([account], request, body)
         return take(account, event.token, "success")
 
     async def decrypted(request: Request) -> Response:
         try:
             body = await read_body(request, MAX_BODY)
-        except BodyTooLarge:
-            return refuse(413, "too_large")
+        except Refusal as exc:  # too large, a bad length, or too slow to arrive
+            return refuse(exc.status, exc.reason, exc.message)
         except ClientDisconnect:  # the sender gave up (WeCom after 5 s) and will retry: nothing to do
             log.info("callback sender disconnected before its body was read")
             return Response(status_code=400)
@@ -180,12 +201,16 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             return refuse(400, "bad_request", f"{exc.error_count()} error(s) in the JSON body")
         candidates = directory.by_open_kfid(parsed.openKfId)
         if not candidates:
-            log.info("decrypted callback for an account this puppet does not serve")
+            warn_limited(
+                log, "unknown_account", "decrypted callback for an account this puppet does not serve"
+            )
             return PlainTextResponse("roger")
+        if not any(account.registered for account in candidates):
+            return refuse(503, "not_registered", f"{candidates[0].key}: its signature cannot be checked yet")
         for account in candidates:
-            if signature_ok(account, request, body):
+            if account.registered and signature_ok(account, request, body):
                 return take(account, parsed.token, "roger")
-        return refuse(401, "bad_webhook_signature", candidates[0].key)
+        return refuse_unsigned(candidates, request, body)
 
     return [
         Route("/callback", verify_url, methods=["GET"]),

@@ -44,6 +44,14 @@ ANSWER_TIMEOUT = 30.0  # for authed/refused/left (a registration lists the corp'
 DELIVERY_PATHS = ("/callback", "/callback/decrypted")
 
 
+class _connect(connect):
+    """websockets' ``connect`` following no redirect (it follows up to 10, to any host, by default): the
+    first frames carry the accounts' secrets, which go to the configured manager or nowhere."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
 def socket_url(manager: str) -> str:
     """``http(s)://host/...`` of the manager → ``ws(s)://host/.../puppetWxkfManager/ws``."""
     base = manager.rstrip("/")
@@ -82,7 +90,7 @@ class SocketLink:
         try:
             while True:
                 try:
-                    async with connect(
+                    async with _connect(
                         self.url,
                         max_size=MAX_FRAME,
                         open_timeout=10,
@@ -96,6 +104,9 @@ class SocketLink:
                     reason = "the manager closed the socket"
                 except (OSError, TimeoutError, InvalidHandshake, InvalidURI, WebSocketException) as exc:
                     reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                except Exception as exc:  # whatever the other end sent, the link goes on
+                    log.exception("manager socket: the session failed")
+                    reason = type(exc).__name__
                 for account in self.accounts:  # the start-up pull does not wait for the manager
                     account.start_pulling()
                 failures = 1 if self.proven else failures + 1
@@ -117,8 +128,9 @@ class SocketLink:
                     log.warning("manager socket: ignored a frame that is not a JSON object")
                 elif frame.get("type") == "delivery":
                     self._spawn(self._handle(frame))
-                elif (waiting := self._waiting.pop(str(frame.get("id")), None)) is not None:
-                    waiting.set_result(frame)
+                elif (waiting := self._waiting.pop(str(frame.get("id"))[:64], None)) is not None:
+                    if not waiting.done():  # its request may have timed out just now
+                        waiting.set_result(frame)
                 else:
                     log.info("manager socket: unexpected frame %s", str(frame.get("type"))[:32])
         finally:
@@ -258,6 +270,6 @@ class SocketLink:
 def _parse(message: str | bytes) -> dict[str, Any] | None:
     try:
         frame = json.loads(message)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON (or not UTF-8), or nested too deep to decode
         return None
     return frame if isinstance(frame, dict) else None

@@ -49,8 +49,12 @@ _PATTERNS = [
     ),
     # Authorization: Bearer ...
     (re.compile(r"(?i)\b(?P<key>Bearer\s+)[A-Za-z0-9._~+/=-]+"), rf"\g<key>{MASK}"),
-    # mongodb://user:password@host
-    (re.compile(r"(?P<key>\bmongodb(?:\+srv)?://[^:/@\s]+:)[^\s/]+(?=@)"), rf"\g<key>{MASK}"),
+    # a WebSocket frame as websockets (and uvicorn through it) logs it at DEBUG, "> TEXT '{...}' [295
+    # bytes]": cut to its first and last characters, which keys the rules above no longer see (the tail
+    # of a puppet's auth frame is its registrationToken or EncodingAESKey, of an authed frame the secret)
+    (re.compile(r"^(?P<key>[<>] (?:TEXT|BINARY|CONT) ).*(?= \[[^\]]*\]$)"), rf"\g<key>{MASK}"),
+    # mongodb://user:password@host, and any other URL's (a manager or token URL behind basic auth)
+    (re.compile(r"(?P<key>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]+:)[^\s/@]+(?=@)"), rf"\g<key>{MASK}"),
 ]
 
 

@@ -121,6 +121,24 @@ class _Server(uvicorn.Server):
             self.on_started(f"http://{self.config.host}:{port}")
 
 
+def uvicorn_config(app: Starlette, **options: Any) -> uvicorn.Config:
+    """uvicorn's settings for every listener the project opens (``wxkf up``, each service, ``wxkf
+    puppet``, ``wxkf up --puppets``): :class:`HeaderDeadline`, the caller's address from the TCP peer
+    never from ``X-Forwarded-For``, a bound on WebSocket messages, no lifespan, our logging, no
+    ``server`` header. ``options`` add to them (host, port, graceful shutdown)."""
+    return uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        ws_max_size=1024 * 1024,  # per WebSocket message; /puppetWxkfManager/ws allows far less
+        proxy_headers=False,
+        http=HeaderDeadline,
+        **options,
+    )
+
+
 async def serve(
     app: Starlette,
     host: str,
@@ -148,19 +166,7 @@ async def serve(
     ``X-Forwarded-For`` from 127.0.0.1, which let any local process (or a reverse proxy passing the
     header through) claim an address inside ``WXKF_GATEWAY_NETWORKS`` or a fresh gettoken budget.
     """
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
-        server_header=False,
-        ws_max_size=1024 * 1024,  # per WebSocket message; /puppetWxkfManager/ws allows far less
-        proxy_headers=False,
-        http=HeaderDeadline,
-    )
+    config = uvicorn_config(app, host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN)
     server = _Server(config, on_started)
     failure = runtime.database.failure if runtime is not None else None
     if runtime is not None:

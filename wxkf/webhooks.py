@@ -72,8 +72,8 @@ def verify(
         ts = int(ts_text)
     except ValueError:
         raise WebhookVerificationError("webhook-timestamp is not an integer") from None
-    current = time.time() if now is None else now
-    if abs(current - ts) > tolerance:
+    current = int(time.time() if now is None else now)
+    if abs(current - ts) > tolerance:  # ints, not floats: a 400-digit timestamp cannot overflow
         raise WebhookVerificationError("webhook-timestamp outside the tolerance window")
     expected = sign(secret, msg_id, ts, body).encode()
     for candidate in sig_header.split():

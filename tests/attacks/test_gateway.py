@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -19,32 +18,14 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from tests.gateway.conftest import RunningGateway
+from tests.support.raw_http import answer_to as _answer_to
+from tests.support.raw_http import slow_post as _slow_post
 from tests.support.servers import serve_app
 from tests.support.services import ServiceProcess, free_port, service_env
 from tests.support.wecom_callbacks import kf_event_xml, signed_post
 from wxkf import http as wxkf_http
 from wxkf import server as wxkf_server
 from wxkf.settings import Settings
-
-
-async def _slow_post(url: str, path: str, declared: int, interval: float) -> bytes:
-    """Declare ``declared`` body bytes, then trickle one byte per ``interval`` s; the answer, if any."""
-    parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    writer.write(
-        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: text/xml\r\n"
-        f"content-length: {declared}\r\n\r\n".encode()
-    )
-    try:
-        for _ in range(declared):
-            await writer.drain()
-            try:
-                return await asyncio.wait_for(reader.read(4096), interval)
-            except TimeoutError:
-                writer.write(b"<")
-        return await reader.read(4096)
-    finally:
-        writer.close()
 
 
 async def test_a_callback_body_trickled_byte_by_byte_is_cut_off_with_a_408(
@@ -162,20 +143,6 @@ async def test_a_captured_callback_replayed_after_the_retention_is_refused(gw: R
         gw.keys, kf_event_xml(gw.keys.corp_id, "wkNEW", "new-token"), timestamp=str(int(time.time() - 600))
     )
     assert (await gw.http.post(f"/callback/{gw.keys.corp_id}?{query}", content=body)).text == "success"
-
-
-async def _answer_to(url: str, request: bytes) -> bytes:
-    parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    try:
-        writer.write(request)
-        with contextlib.suppress(ConnectionError):  # the server may close before it read everything
-            await writer.drain()
-        return await asyncio.wait_for(reader.read(200), 10)
-    except ConnectionResetError:  # closed with our bytes unread: the kernel resets, the 431 may be lost
-        return b"reset"
-    finally:
-        writer.close()
 
 
 async def test_a_huge_header_is_answered_431_not_buffered(gw: RunningGateway) -> None:

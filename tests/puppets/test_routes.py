@@ -82,8 +82,9 @@ async def test_a_node_manager_that_issues_no_secret_may_deliver_unsigned(
     corp: Corp, hosted: Host, sim: tuple[str, SimState]
 ) -> None:
     """The Node manager signs nothing and returns no webhookSecret: its deliveries are accepted, as the
-    Node puppet accepts them (here the manager is unreachable, so no secret was ever issued, and tokens
-    come from WeCom's gettoken instead of the manager's getToken)."""
+    Node puppet accepts them (here the manager is unreachable, so tokens come from WeCom's gettoken
+    instead of the manager's getToken, and the Node manager's answer to the registration, with no
+    secret, is given to the account as :class:`~puppets.manager_link.ManagerLink` gives it)."""
     bot = Bot()
     texts: list[str] = []
 
@@ -93,6 +94,7 @@ async def test_a_node_manager_that_issues_no_secret_may_deliver_unsigned(
 
     puppet = await hosted(bot, callback=False, manager="http://127.0.0.1:9")
     await asyncio.wait_for(puppet.account.puller.caught_up.wait(), 10)
+    puppet.account.set_webhook_secret(None)  # registered; a Node manager issues no secret
     await corp.says("via the node manager")
     state = sim[1]
     wecom_corp = state.wecom.directory.corp(corp.corpid)
