@@ -23,6 +23,7 @@ import uvicorn
 from puppets.bot import Bot
 from puppets.config import ConfigError, PuppetConfig, load_env, load_file
 from puppets.host import PuppetHost
+from wecom.http import WeComHttp
 from wxkf.database import open_database
 from wxkf.settings import Settings
 
@@ -86,8 +87,12 @@ async def run(config: PuppetConfig, bot: Bot, settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with open_database(db_settings) as db, httpx.AsyncClient(timeout=30.0) as http:
-            host = PuppetHost(config, bot, db, http, settings.api_base)
+        async with (
+            open_database(db_settings) as db,
+            httpx.AsyncClient(timeout=30.0) as http,
+            WeComHttp() as wecom,
+        ):
+            host = PuppetHost(config, bot, db, http, settings.api_base, wecom=wecom)
             await host.prepare()
             server = _Server(
                 uvicorn.Config(
