@@ -13,8 +13,9 @@ each on an embedded SecantusDB in a fresh data dir, started as a user starts the
 *n* is written through the simulator's control API at ``n / rate`` seconds whatever the earlier writes
 are doing, round-robin over the accounts and their customers, its text carrying the wall-clock time
 just before the write. The bot records the time each message reached its handler; the latency is the
-difference (one machine, one clock). Reported per mode: p50, p90, p99 and max, and how many messages
-reached the handler (every one must, once).
+difference (one machine, one clock). Reported per mode: p50, p90, p99 and max, how many messages
+reached the handler (every one must, once), CPU per message, and ``kf/sync_msg`` calls per message
+(below 1 when a running pull absorbed the callbacks that came in meanwhile).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from bench.puppet_support import (
     lines,
     log_says,
     message_path,
+    metric_total,
     percentile,
     puppets_toml,
     simulator_state,
@@ -120,11 +122,14 @@ async def run(mode: str, rate: float, duration: float, accounts: int, work: Path
         ready = log_says(work / "served.log", "puppet listening", "puppet account(s)")
         await wait_for(ready, f"{mode} to start")
         before = cpu_seconds(served.pid), cpu_seconds(sim.pid)
+        pulls_url = f"http://127.0.0.1:{port}/metrics"  # the puppet's, or the hub's (one registry)
+        pulls_before = await metric_total(pulls_url, "wxkf_puppet_pulls_total")
         offered = await offer(f"http://127.0.0.1:{sim_port}", rate, duration, accounts)
         total = int(rate * duration)
         await settled(journal, total)
         served_cpu = cpu_seconds(served.pid) - before[0]
         sim_cpu = cpu_seconds(sim.pid) - before[1]
+        pulls = await metric_total(pulls_url, "wxkf_puppet_pulls_total") - pulls_before
         latencies = sorted(
             (float(arrived) - float(written)) * 1000
             for arrived, _, written in (line.split(" ") for line in lines(journal))
@@ -144,6 +149,8 @@ async def run(mode: str, rate: float, duration: float, accounts: int, work: Path
             # CPU per message, which the machine's other load changes much less than latency
             "served_cpu_ms_per_msg": served_cpu * 1000 / max(1, len(latencies)),
             "sim_cpu_ms_per_msg": sim_cpu * 1000 / total,
+            # below 1: pulls already running absorbed callbacks (each callback wakes one otherwise)
+            "pulls_per_msg": pulls / max(1, len(latencies)),
             "load_average": os.getloadavg()[0],
         }
     finally:

@@ -180,6 +180,17 @@ def cpu_seconds(pid: int) -> float:
 # -- results --------------------------------------------------------------------------------------
 
 
+async def metric_total(url: str, name: str) -> float:
+    """The sum of every series of counter ``name`` on the Prometheus page at ``url``."""
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        page = await response.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
+
+
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
