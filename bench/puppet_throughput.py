@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 
 from bench.puppet_support import (
+    cpu_seconds,
     customer_id,
     lines,
     log_says,
@@ -115,6 +116,7 @@ async def run(
                 work / "puppet.log",
             )
             await wait_for(log_says(work / "puppet.log", "puppet listening"), "the puppet")
+            cpu_before = cpu_seconds(puppet.pid), cpu_seconds(sim.pid)
             started = time.time()
             planned: dict[int, float] = {}
             if mode == "latency":
@@ -128,6 +130,8 @@ async def run(
             return len(lines(journal)) >= messages
 
         await wait_for(all_handled, "every message in the handler", timeout=600)
+        puppet_cpu = cpu_seconds(puppet.pid) - cpu_before[0]
+        sim_cpu = cpu_seconds(sim.pid) - cpu_before[1]
         arrivals = sorted(float(line.split(" ", 1)[0]) for line in lines(journal))
         handled = {line.split(" ", 1)[1] for line in lines(journal)}
         assert len(handled) == messages, "a message was handled twice or not at all"
@@ -151,6 +155,11 @@ async def run(
             "writes_per_s": write_rate,
             "handled_per_s": messages / (arrivals[-1] - started),
             "last_after_writes_s": arrivals[-1] - written,
+            # CPU per message (the puppet with its database, the simulator), which the machine's
+            # other load changes much less than the rates
+            "puppet_cpu_ms_per_msg": puppet_cpu * 1000 / messages,
+            "sim_cpu_ms_per_msg": sim_cpu * 1000 / messages,
+            "load_average": os.getloadavg()[0],
         }
     finally:
         stop(puppet, sim)
