@@ -5,16 +5,17 @@
 For each mode, one after the other in the same run: a fresh ``wxkf sim`` (token-less pulls and the
 send limit lifted) with one corp app managing ``--accounts`` accounts, two customers each, and
 
-* ``direct``: ``wxkf puppet --bot bench.puppet_latency:bot`` as WeCom's callback target;
-* ``inhub``: ``wxkf up --puppets puppets.toml --bot bench.puppet_latency:bot``: WeCom calls the hub's
+* ``direct``: ``wxkf puppet --bot bench.puppet_support:bot`` as WeCom's callback target;
+* ``inhub``: ``wxkf up --puppets puppets.toml --bot bench.puppet_support:bot``: WeCom calls the hub's
   gateway, the manager delivers to the hub's own puppets over loopback, they pull and hand over;
 
 each on an embedded SecantusDB in a fresh data dir, started as a user starts them. Open loop: message
 *n* is written through the simulator's control API at ``n / rate`` seconds whatever the earlier writes
 are doing, round-robin over the accounts and their customers, its text carrying the wall-clock time
 just before the write. The bot records the time each message reached its handler; the latency is the
-difference (one machine, one clock). Reported per mode: p50, p90, p99 and max, and how many messages
-reached the handler (every one must, once).
+difference (one machine, one clock). Reported per mode: p50, p90, p99 and max, how many messages
+reached the handler (every one must, once), CPU per message, and ``kf/sync_msg`` calls per message
+(below 1 when a running pull absorbed the callbacks that came in meanwhile).
 """
 
 from __future__ import annotations
@@ -23,58 +24,33 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 
-from bench.puppet_throughput import lines, spawn, wait_for
-from puppets import Bot, TextMessage
+from bench.puppet_support import (
+    cpu_seconds,
+    customer_id,
+    lines,
+    log_says,
+    message_path,
+    metric_total,
+    percentile,
+    puppets_toml,
+    simulator_state,
+    simulator_up,
+    spawn,
+    start_simulator,
+    stop,
+    wait_for,
+)
 from tests.support.services import free_port
-from tests.support.wecom_callbacks import new_aes_key
 
-bot = Bot()
-
-
-@bot.on_text
-async def arrived(message: TextMessage) -> None:
-    """Append ``<time> <text>``; the text is ``<n> <written at>``."""
-    with open(os.environ["BENCH_JOURNAL"], "a") as journal:  # noqa: ASYNC230 - a small append
-        journal.write(f"{time.time():.6f} {message.text}\n")
-
-
-def seed(accounts: int, callback_url: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    corp: dict[str, Any] = {
-        "corpid": "wwbench",
-        "apps": [
-            {
-                "agentid": 1000002,
-                "name": "kf",
-                "secret": "bench-secret",
-                "token": secrets.token_hex(8),
-                "encoding_aes_key": new_aes_key(),
-                "callback_url": callback_url,
-            }
-        ],
-        "accounts": [{"open_kfid": f"wk{n:04d}", "name": f"A{n}"} for n in range(accounts)],
-        "customers": [{"external_userid": f"wm{n:04d}{c}"} for n in range(accounts) for c in "ab"],
-    }
-    return {"config": {"sync_tokenless_rate": None, "send_limit": 100000}, "corps": [corp]}, corp["apps"][0]
-
-
-def puppets_toml(app: dict[str, Any], accounts: int, extra: str = "") -> str:
-    account_list = ", ".join(f'"wk{n:04d}"' for n in range(accounts))
-    return (
-        f'{extra}[[apps]]\ncorp_id = "wwbench"\nsecret = "bench-secret"\ntoken = "{app["token"]}"\n'
-        f'encoding_aes_key = "{app["encoding_aes_key"]}"\naccounts = [{account_list}]\n'
-    )
+CUSTOMERS = 2  # per account
 
 
 async def offer(base_url: str, rate: float, duration: float, accounts: int) -> float:
@@ -88,16 +64,14 @@ async def offer(base_url: str, rate: float, duration: float, accounts: int) -> f
     async with aiohttp.ClientSession(base_url, connector=connector) as http:
 
         async def write(n: int) -> None:
-            account, customer = n % accounts, "ab"[(n // accounts) % 2]
+            account, customer = n % accounts, (n // accounts) % CUSTOMERS
             text = f"{n} {time.time():.6f}"
             body = {
-                "external_userid": f"wm{account:04d}{customer}",
+                "external_userid": customer_id(account, CUSTOMERS, customer),
                 "msgtype": "text",
                 "text": {"content": text},
             }
-            async with http.post(
-                f"/sim/corps/wwbench/accounts/wk{account:04d}/messages", json=body
-            ) as answer:
+            async with http.post(message_path(account), json=body) as answer:
                 answer.raise_for_status()
 
         start = loop.time()
@@ -121,70 +95,18 @@ async def settled(journal: Path, total: int, quiet: float = 15.0) -> None:
         await asyncio.sleep(0.2)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and its children (the embedded database), from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1] is the parent's pid
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def percentile(values: list[float], share: float) -> float:
-    return values[min(len(values) - 1, int(share * len(values)))]
-
-
-def start_simulator(work: Path, state: dict[str, Any]) -> tuple[int, subprocess.Popen[bytes]]:
-    """``wxkf sim`` seeded with ``state``, logging warnings only (a line per callback is a good share
-    of its CPU); returns its port and process."""
-    port = free_port()
-    (work / "seed.json").write_text(json.dumps(state))
-    args = ["sim", "--port", str(port), "--seed", str(work / "seed.json")]
-    return port, spawn(args, {"WXKF_LOG_LEVEL": "WARNING"}, work / "sim.log")
-
-
-async def simulator_up(port: int) -> None:
-    async with httpx.AsyncClient(timeout=10) as http:
-
-        async def answers() -> bool:
-            try:
-                return (await http.get(f"http://127.0.0.1:{port}/sim/state")).is_success
-            except httpx.TransportError:
-                return False
-
-        await wait_for(answers, "the simulator")
-
-
-def stop(*processes: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM each in turn (an orderly stop), SIGKILL after 60 s."""
-    for process in processes:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
 async def run(mode: str, rate: float, duration: float, accounts: int, work: Path) -> dict[str, Any]:
     port = free_port()
     callback = f"http://127.0.0.1:{port}" + ("/callback" if mode == "direct" else "/callback/wwbench")
-    state, app = seed(accounts, callback)
+    state, app = simulator_state(accounts, callback, CUSTOMERS)
     journal = work / "journal"
     config = work / "puppets.toml"
     if mode == "direct":
         config.write_text(puppets_toml(app, accounts, f'port = {port}\ndata_dir = "{work / "data"}"\n'))
-        args = ["puppet", "--bot", "bench.puppet_latency:bot", "--config", str(config)]
+        args = ["puppet", "--bot", "bench.puppet_support:bot", "--config", str(config)]
     else:
         config.write_text(puppets_toml(app, accounts))
-        args = ["up", "--puppets", str(config), "--bot", "bench.puppet_latency:bot", "--port", str(port)]
+        args = ["up", "--puppets", str(config), "--bot", "bench.puppet_support:bot", "--port", str(port)]
     sim_port, sim = start_simulator(work, state)
     env = {
         "WECOM_API_BASE": f"http://127.0.0.1:{sim_port}/cgi-bin",
@@ -197,17 +119,17 @@ async def run(mode: str, rate: float, duration: float, accounts: int, work: Path
         await simulator_up(sim_port)
         served = spawn(args, env, work / "served.log")
 
-        async def ready() -> bool:
-            text = (work / "served.log").read_text(errors="replace")
-            return "puppet listening" in text or "puppet account(s)" in text
-
+        ready = log_says(work / "served.log", "puppet listening", "puppet account(s)")
         await wait_for(ready, f"{mode} to start")
         before = cpu_seconds(served.pid), cpu_seconds(sim.pid)
+        pulls_url = f"http://127.0.0.1:{port}/metrics"  # the puppet's, or the hub's (one registry)
+        pulls_before = await metric_total(pulls_url, "wxkf_puppet_pulls_total")
         offered = await offer(f"http://127.0.0.1:{sim_port}", rate, duration, accounts)
         total = int(rate * duration)
         await settled(journal, total)
         served_cpu = cpu_seconds(served.pid) - before[0]
         sim_cpu = cpu_seconds(sim.pid) - before[1]
+        pulls = await metric_total(pulls_url, "wxkf_puppet_pulls_total") - pulls_before
         latencies = sorted(
             (float(arrived) - float(written)) * 1000
             for arrived, _, written in (line.split(" ") for line in lines(journal))
@@ -227,6 +149,8 @@ async def run(mode: str, rate: float, duration: float, accounts: int, work: Path
             # CPU per message, which the machine's other load changes much less than latency
             "served_cpu_ms_per_msg": served_cpu * 1000 / max(1, len(latencies)),
             "sim_cpu_ms_per_msg": sim_cpu * 1000 / total,
+            # below 1: pulls already running absorbed callbacks (each callback wakes one otherwise)
+            "pulls_per_msg": pulls / max(1, len(latencies)),
             "load_average": os.getloadavg()[0],
         }
     finally:

@@ -25,8 +25,15 @@ from typing import Any
 
 import httpx
 
-from bench.puppet_latency import puppets_toml, seed, simulator_up, start_simulator, stop
-from bench.puppet_throughput import spawn, wait_for
+from bench.puppet_support import (
+    puppets_toml,
+    simulator_state,
+    simulator_up,
+    spawn,
+    start_simulator,
+    stop,
+    wait_for,
+)
 from tests.support.services import free_port
 
 
@@ -47,7 +54,7 @@ def pulls(metrics: str) -> float:
 
 async def run(accounts: int, work: Path) -> dict[str, Any]:
     port = free_port()
-    state, app = seed(accounts, f"http://127.0.0.1:{port}/callback")
+    state, app = simulator_state(accounts, f"http://127.0.0.1:{port}/callback", customers=2)
     config = work / "puppets.toml"
     config.write_text(puppets_toml(app, accounts, f'port = {port}\ndata_dir = "{work / "data"}"\n'))
     sim_port, sim = start_simulator(work, state)

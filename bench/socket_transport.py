@@ -78,7 +78,10 @@ async def wait_registered(http: aiohttp.ClientSession, hub_url: str, corp: Corp)
     async with asyncio.timeout(60):
         for kf in corp.accounts:
             while True:
-                async with http.get(f"{hub_url}/puppetWxkfManager/puppetWxkfInfo/{kf}") as response:
+                async with http.get(
+                    f"{hub_url}/puppetWxkfManager/puppetWxkfInfo/{kf}",
+                    headers={"authorization": f"Bearer {corp.secret}"},  # it answers the puppet only
+                ) as response:
                     if response.status == 200 and (await response.json()).get("online"):
                         break
                 await asyncio.sleep(0.05)

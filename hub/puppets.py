@@ -192,7 +192,7 @@ async def run(settings: Settings, puppets: InHubPuppets) -> None:
             manager = loopback_url(settings.host, port)
             endpoint = loopback_url(PUPPET_HOST, puppet_sock.getsockname()[1])
             config = in_hub_config(puppets.config, settings, manager, endpoint)
-            host = PuppetHost(config, puppets.bot, runtime.db, http, settings.api_base)
+            host = PuppetHost(config, puppets.bot, runtime.db, http, settings.api_base, wecom=runtime.wecom)
             puppet_server = await stack.enter_async_context(serving(host.app(), puppet_sock))
             stack.push_async_callback(stop_puppets, host)
             await host.start()

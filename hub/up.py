@@ -67,7 +67,9 @@ def build_manager(
         retention=settings.wxkf_retention_days * 86400,
         replica_timeout=settings.wxkf_replica_timeout,
     )
-    return Manager(runtime.db, runtime.box, runtime.http, tokens, apps, settings.api_base, config)
+    return Manager(
+        runtime.db, runtime.box, runtime.http, tokens, apps, settings.api_base, config, wecom=runtime.wecom
+    )
 
 
 class Hub:

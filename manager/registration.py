@@ -28,6 +28,7 @@ from token_service.service import OverBudget, TokenService, TokenUnavailable
 from wecom.client import KfAccount, WeComClient
 from wecom.crypto import MsgCrypt
 from wecom.errors import WeComError
+from wecom.http import WeComHttp
 from wecom.models import CORP_ID, OPEN_KFID
 from wxkf import webhooks
 from wxkf.endpoints import IPNetwork, validate_endpoint
@@ -87,7 +88,7 @@ class Registrar:
         puppets: PuppetRegistry,
         apps: AppRegistry,
         tokens: TokenService,
-        http: httpx.AsyncClient,
+        wecom: WeComHttp,
         api_base: str,
         *,
         on_registered: Callable[[str], Awaitable[None]],
@@ -99,7 +100,7 @@ class Registrar:
         self.puppets = puppets
         self.apps = apps
         self.tokens = tokens
-        self.http = http
+        self.wecom = wecom
         self.api_base = api_base
         self._on_registered = on_registered
         self._registration_token = registration_token
@@ -173,7 +174,7 @@ class Registrar:
             return cached
 
         async def fetch() -> AccountListing:
-            client = WeComClient(self.http, self.api_base, self.tokens.provider(corp_id, secret))
+            client = WeComClient(self.wecom, self.api_base, self.tokens.provider(corp_id, secret))
             listing = AccountListing.of(self._clock(), await client.kf_accounts_all())
             self._account_lists[key] = listing
             self._account_lists.move_to_end(key)

@@ -22,6 +22,7 @@ from manager.recovery import Recovery
 from manager.registration import Registrar
 from manager.sockets import TRY_LATER, PuppetSockets
 from token_service.service import TokenService
+from wecom.http import WeComHttp
 from wxkf import retention
 from wxkf.database import Database
 from wxkf.delivery import DEFAULT_CONNECTIONS_PER_HOST, DeliveryClient
@@ -58,10 +59,14 @@ class Manager:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        wecom: WeComHttp | None = None,
     ) -> None:
         self.config = config
         self.db = db
-        self.http = http
+        self.http = http  # the compat API's WeCom proxy
+        #: kf/account/list for registrations: the process's WeCom session, or its own (closed by stop())
+        self.wecom = wecom if wecom is not None else WeComHttp(timeout=10.0)
+        self._owns_wecom = wecom is None
         self.tokens = tokens
         self.apps = apps
         self.api_base = api_base
@@ -112,7 +117,7 @@ class Manager:
             self.puppets,
             apps,
             tokens,
-            http,
+            self.wecom,
             api_base,
             on_registered=self.dispatcher.back_online,
             registration_token=config.registration_token,
@@ -153,6 +158,8 @@ class Manager:
         except Exception:
             log.warning("could not record the final checkpoint; a restart rescans from the last one")
         await self.puppet_http.aclose()
+        if self._owns_wecom:
+            await self.wecom.aclose()
 
     # -- intake -----------------------------------------------------------------------------
     async def accept(

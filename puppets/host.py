@@ -38,6 +38,7 @@ from puppets.store import PuppetStore
 from puppets.tokens import ServiceTokens
 from wecom.client import KfAccount, WeComClient, fetch_access_token
 from wecom.errors import WeComTransportError
+from wecom.http import WeComHttp
 from wecom.tokens import AccessToken, AccessTokenProvider, GetTokenProvider
 from wxkf.database import Database
 from wxkf.http import common_routes
@@ -74,10 +75,14 @@ class PuppetHost:
         api_base: str,
         *,
         options: RuntimeOptions | None = None,
+        wecom: WeComHttp | None = None,
     ) -> None:
         self.config = config
         self.bot = bot
-        self.http = http
+        self.http = http  # the manager link's
+        #: every WeCom call of the host's accounts; its own (closed by stop()) unless the caller's
+        self.wecom = wecom if wecom is not None else WeComHttp()
+        self._owns_wecom = wecom is None
         self.api_base = api_base.rstrip("/")
         self.store = PuppetStore(db, retention=config.retention_days * 86400)
         self.options = options or RuntimeOptions(
@@ -105,20 +110,20 @@ class PuppetHost:
 
             async def fetch() -> AccessToken:
                 try:
-                    return await fetch_access_token(self.http, base, spec.corp_id, spec.corp_secret, api=api)
+                    return await fetch_access_token(self.wecom, base, spec.corp_id, spec.corp_secret, api=api)
                 except WeComTransportError as exc:
                     if base == self.api_base:
                         raise
                     # the token service is down: WeCom hands out the same still-valid token itself
                     log.warning("token service unreachable (%s); asking WeCom's gettoken directly", exc)
-                    return await fetch_access_token(self.http, self.api_base, spec.corp_id, spec.corp_secret)
+                    return await fetch_access_token(self.wecom, self.api_base, spec.corp_id, spec.corp_secret)
 
             cached = GetTokenProvider(fetch)
             tokens: AccessTokenProvider = cached
             if self.config.manager and not self.config.token_url:
                 invalidate = f"{self.config.manager}/token/invalidate"
                 tokens = ServiceTokens(cached, self.http, invalidate, spec.corp_id, spec.corp_secret)
-            client = WeComClient(self.http, self.api_base, tokens)
+            client = WeComClient(self.wecom, self.api_base, tokens)
             self._clients[key] = client
         return client
 
@@ -207,3 +212,5 @@ class PuppetHost:
         await asyncio.gather(*(link.deregister() for link in self.links))
         for account in self.accounts:
             self.bot.detach(account)
+        if self._owns_wecom:
+            await self.wecom.aclose()

@@ -24,6 +24,7 @@ import uvicorn
 from puppets.bot import Bot
 from puppets.config import ConfigError, PuppetConfig, load_env, load_file
 from puppets.host import PuppetHost
+from wecom.http import WeComHttp
 from wxkf import health
 from wxkf.database import DatabaseError, connect
 from wxkf.server import uvicorn_config
@@ -89,8 +90,12 @@ async def run(config: PuppetConfig, bot: Bot, settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with connect(db_settings) as (db, database), httpx.AsyncClient(timeout=30.0) as http:
-            host = PuppetHost(config, bot, db, http, settings.api_base)
+        async with (
+            connect(db_settings) as (db, database),
+            httpx.AsyncClient(timeout=30.0) as http,
+            WeComHttp() as wecom,
+        ):
+            host = PuppetHost(config, bot, db, http, settings.api_base, wecom=wecom)
             await host.prepare()
             app = host.app()
             health.install(app, database)  # /healthz and /readyz say when the database is the problem

@@ -16,14 +16,19 @@ States (one task, one loop): *idle* (waiting for a token, a catch-up or the safe
 new token ends the wait) → *pulling*.
 
 Ordering of writes: each page's items are recorded before the cursor past them is stored
-(:class:`~puppets.store.PuppetStore`); the cursor is stored behind the pull, newest value first, so a
-page costs one durable write on the pull's path.
+(:class:`~puppets.store.PuppetStore`); the cursor is stored behind the pull, newest value first and at
+most once per ``cursor_interval`` (one durable update each: while callbacks come one by one, a write a
+pull cost the database a synced commit per message), so a page costs one durable write on the pull's
+path. A stored cursor that lags costs only re-reading pages whose items are recognised as duplicates;
+:meth:`Puller.flush` stores the newest at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -85,6 +90,7 @@ class Puller:
         safety_interval: float = 600.0,
         tokenless_backoff: tuple[float, float] = (10.0, 300.0),
         error_backoff: tuple[float, float] = (1.0, 60.0),
+        cursor_interval: float = 1.0,
     ) -> None:
         self.account = account
         self._fetch = fetch
@@ -103,6 +109,9 @@ class Puller:
         self._cursor_loaded = False
         self._saved_cursor: str | None = None
         self._saver: asyncio.Task[None] | None = None
+        self.cursor_interval = cursor_interval
+        self._cursor_saved_at = -math.inf  # monotonic
+        self._save_now = asyncio.Event()  # flush(): no more waiting between cursor writes
         self.pulls = 0  # sync_msg calls made
         self.tokenless_pulls = 0
         self.caught_up = asyncio.Event()  # set after each pull that found nothing more
@@ -232,6 +241,10 @@ class Puller:
     async def _save_cursors(self) -> None:
         delay = 0.1
         while self._cursor is not None and self._cursor != self._saved_cursor:
+            wait = self._cursor_saved_at + self.cursor_interval - time.monotonic()
+            if wait > 0 and not self._save_now.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._save_now.wait(), wait)
             cursor = self._cursor
             try:
                 await self._records.save_cursor(self.account, cursor)
@@ -243,10 +256,12 @@ class Puller:
                 delay = min(delay * 2, 5.0)
                 continue
             self._saved_cursor = cursor
+            self._cursor_saved_at = time.monotonic()
 
     async def flush(self, timeout: float = 10.0) -> None:
         """Wait until the newest cursor is stored (on shutdown, after the pull loop was stopped); give up
         after ``timeout`` s (the database is away: the next start re-reads a little more)."""
+        self._save_now.set()
         if self._saver is None or self._saver.done():
             return
         done, _ = await asyncio.wait({self._saver}, timeout=timeout)

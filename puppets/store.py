@@ -6,6 +6,7 @@ Collections (one set for every account of every puppet process on the database):
 |---|---|---|
 | ``puppet_accounts`` | ``corp/open_kfid`` | the ``sync_msg`` cursor |
 | ``puppet_messages`` | ``corp/open_kfid/msgid`` | each pulled item, its handling state, the customer |
+| ``puppet_started`` | ``corp/open_kfid/msgid`` | one entry per message whose handler was started |
 | ``puppet_sends`` | ``corp/open_kfid/msgid`` | each message sent, its delivery state |
 | ``puppet_media`` | ``corp/type/sha256`` | uploaded media ids, for reuse within their 3 days |
 
@@ -14,9 +15,12 @@ The invariants that make delivery to the bot exactly once:
 * a page's items are recorded (inserts by ``_id``, duplicates ignored) *before* the cursor
   past them is stored, both acknowledged durably; a crash in between re-pulls the page and the
   duplicates are recognised;
-* a message is ``new`` until its handler starts, ``handling`` while it runs (written before the
-  handler is called), then ``done`` or ``failed``; at start-up the unfinished ones are handed to the
-  bot again, the ``handling`` ones marked as redeliveries;
+* a message is ``new`` until its handler finishes, then ``done`` or ``failed``; before its handler is
+  called, its entry in ``puppet_started`` is written (an insert: on the embedded server each update
+  is a transaction and a synced commit of its own, while a batch of inserts shares one, so the hot
+  path writes one update per message, its completion). At start-up the unfinished ones are handed to
+  the bot again, those with a started entry (or, written by earlier versions, in state ``handling``)
+  marked as redeliveries;
 * recorded messages are kept at least as long as WeCom can return them (3 days) so a re-pulled one is
   always recognised; finished ones carry an ``expire_at`` (the retention) and are purged in batches.
 
@@ -35,7 +39,7 @@ from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
 
-from wxkf.database import Collection, Database, Document, durable
+from wxkf.database import Collection, Database, Document, chunks, durable
 from wxkf.group_commit import GroupCommit
 from wxkf.retention import ensure_expiry_index, expiry, purge_expired
 
@@ -43,6 +47,7 @@ ACCOUNTS = "puppet_accounts"
 MESSAGES = "puppet_messages"
 SENDS = "puppet_sends"
 MEDIA = "puppet_media"
+STARTED = "puppet_started"
 
 #: how long WeCom's sync_msg can return a message: dedup must remember at least this long
 WECOM_READABLE = 3 * 86400
@@ -76,7 +81,9 @@ class PuppetStore:
         self.messages: Collection = durable(db[MESSAGES])
         self.sends: Collection = durable(db[SENDS])
         self.media: Collection = durable(db[MEDIA])
+        self.started: Collection = durable(db[STARTED])
         self._message_writes = GroupCommit(self.messages)
+        self._started_writes = GroupCommit(self.started)
         self._cursor_writes = GroupCommit(self.accounts)
         self._send_records = GroupCommit(self.sends)
 
@@ -90,7 +97,7 @@ class PuppetStore:
         await self.sends.create_index(
             [("account", ASCENDING), ("customer", ASCENDING), ("at", ASCENDING)], name="conversation"
         )
-        for collection in (self.messages, self.sends, self.media):
+        for collection in (self.messages, self.sends, self.media, self.started):
             await ensure_expiry_index(collection)
 
     # -- cursor -----------------------------------------------------------------------------
@@ -126,15 +133,31 @@ class PuppetStore:
         return [item for item, new in zip(items, inserted, strict=True) if new]
 
     async def pending(self, account: str) -> list[Pending]:
-        """The account's unfinished messages, oldest first (one indexed range, done at start-up)."""
+        """The account's unfinished messages, oldest first, those whose handler had started marked as
+        redeliveries (one indexed range and lookups by ``_id``, done at start-up)."""
         cursor = self.messages.find(
             {"account": account, "pending": True}, projection={"item": 1, "state": 1}
         ).sort("seq", ASCENDING)
-        return [Pending(doc["item"], doc.get("state") == HANDLING) async for doc in cursor]
+        docs = [doc async for doc in cursor]
+        started: set[str] = set()
+        for keys in chunks([doc["_id"] for doc in docs]):
+            found = self.started.find({"_id": {"$in": list(keys)}}, projection={"_id": 1})
+            started.update([entry["_id"] async for entry in found])
+        return [Pending(doc["item"], doc.get("state") == HANDLING or doc["_id"] in started) for doc in docs]
 
     async def mark_handling(self, account: str, msgid: str) -> None:
-        update = {"$set": {"state": HANDLING, "started_at": self._clock()}}
-        await self._message_writes.write(UpdateOne({"_id": message_key(account, msgid)}, update))
+        """Its handler is about to be called: durable before it is (an insert; again for a redelivery,
+        then a duplicate, which is as good). Kept twice the retention, so that it outlives its message,
+        whose retention starts when it finishes; only start-up reads it, before the first purge."""
+        now = self._clock()
+        await self._started_writes.insert(
+            {
+                "_id": message_key(account, msgid),
+                "account": account,
+                "at": now,
+                "expire_at": expiry(now, 2 * self.retention),
+            }
+        )
 
     async def mark_finished(self, account: str, msgid: str, error: str | None = None) -> None:
         now = self._clock()
@@ -259,7 +282,7 @@ class PuppetStore:
     async def purge(self) -> int:
         now = self._clock()
         total = 0
-        for collection in (self.messages, self.sends, self.media):
+        for collection in (self.messages, self.sends, self.media, self.started):
             total += await purge_expired(collection, now)
         return total
 

@@ -6,6 +6,11 @@ once, waits ``callback_timeout`` for an answer, retries after each ``callback_re
 a timeout, a connection error or any status but 200, and records every attempt (status, latency,
 error) for ``/sim/deliveries``. The courier's tasks belong to the app's lifespan and are cancelled
 on shutdown.
+
+Requests go through one aiohttp session (no redirects followed, no proxy from the environment, no
+limit on connections: a platform does not queue callbacks behind each other). Not httpx: its pool
+costs time in proportion to the requests waiting for a connection, so under load the simulator, not
+the server under test, became the limit.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 
 from simulator.clock import Clock
 from simulator.config import SimConfig
@@ -95,12 +100,16 @@ class Courier:
         self.clock = clock
         self.deliveries: OrderedDict[str, Delivery] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
 
     async def __aenter__(self) -> Courier:
         # trust_env=False: a developer's HTTP(S)_PROXY must not capture callbacks to localhost.
-        self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        self._client = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            trust_env=False,
+            auto_decompress=False,
+        )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -112,11 +121,11 @@ class Courier:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     @property
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> aiohttp.ClientSession:
         if self._client is None:
             raise RuntimeError("the courier is not running (use it inside the app's lifespan)")
         return self._client
@@ -130,19 +139,22 @@ class Courier:
         error: str | None = None
         raw = b""
         try:
-            async with asyncio.timeout(self.config.callback_timeout):
-                response = await self.client.request(
+            async with (
+                asyncio.timeout(self.config.callback_timeout),
+                self.client.request(
                     request.method,
                     request.url,
                     params=request.params,
-                    content=request.body,
+                    data=request.body,
                     headers=request.headers,
-                )
-            status = response.status_code
-            raw = response.content[:BODY_PREVIEW]
+                    allow_redirects=False,
+                ) as response,
+            ):
+                status = response.status
+                raw = (await response.read())[:BODY_PREVIEW]
         except TimeoutError:
             error = f"no answer within {self.config.callback_timeout} s"
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         latency = (time.perf_counter() - started) * 1000
         return Attempt(number, at, latency, status, error, raw)

@@ -22,7 +22,7 @@ def build_token_service(runtime: Runtime, policy: TokenPolicy | None = None) -> 
     base = runtime.settings.api_base
 
     async def fetch(corp_id: str, secret: str) -> AccessToken:
-        return await fetch_access_token(runtime.http, base, corp_id, secret)
+        return await fetch_access_token(runtime.wecom, base, corp_id, secret)
 
     policy = policy or TokenPolicy(invalidate_interval=runtime.settings.wxkf_token_invalidate_interval)
     return TokenService(TokenStore(runtime.db, runtime.box), fetch, policy)

@@ -18,6 +18,7 @@ from wecom.errors import (
     error_for,
     raise_for_payload,
 )
+from wecom.http import WeComHttp
 from wecom.models import CallbackEnvelope, EventError, KfMessage, KfMsgOrEvent, RawEvent, parse_event
 from wecom.tokens import AccessToken, AccessTokenProvider, GetTokenProvider, StaticTokenProvider
 from wecom.xml import XMLError, build_xml, callback_body, parse_xml, reply_envelope
@@ -41,6 +42,7 @@ __all__ = [
     "SyncMsgResult",
     "WeComClient",
     "WeComError",
+    "WeComHttp",
     "WeComResponseError",
     "WeComTransportError",
     "XMLError",

@@ -5,9 +5,10 @@ errcode into its typed :class:`~wecom.errors.WeComError`, and on a token errcode
 42001) reports the token to the provider and retries once with a fresh one: WeCom may revoke tokens
 early, and that must cost one extra request, not a failed message.
 
-Secrets travel in query strings (``corpsecret``, ``access_token``, a robot's ``key``), and httpx puts
-the full URL into its exceptions, so every httpx error is re-raised as
-:class:`~wecom.errors.WeComTransportError` with the query removed.
+Requests go through a :class:`~wecom.http.WeComHttp` (one aiohttp session per process, redirects
+not followed). Secrets travel in query strings (``corpsecret``, ``access_token``, a robot's ``key``),
+so a failure to get an answer is :class:`~wecom.errors.WeComTransportError` and an unusable answer
+:class:`~wecom.errors.WeComResponseError`, both with the query removed.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from wecom.errors import (
     TOKEN_ERRCODES,
     WeComResponseError,
-    WeComTransportError,
     raise_for_payload,
 )
+from wecom.http import Answer, File, WeComHttp
 from wecom.models import KfMessage
 from wecom.tokens import AccessToken, AccessTokenProvider
 
@@ -95,26 +95,7 @@ def _url(base_url: str, path: str) -> str:
     return f"{base_url.rstrip('/')}/{path.lstrip('/')}"
 
 
-async def _send(
-    http: httpx.AsyncClient,
-    method: str,
-    url: str,
-    *,
-    params: Mapping[str, Any] | None = None,
-    json: Any = None,
-    files: Any = None,
-) -> httpx.Response:
-    """``http.request`` with httpx errors replaced by secret-free :class:`WeComTransportError`."""
-    request = http.build_request(method, url, params=params, json=json, files=files)
-    try:
-        return await http.send(request)
-    except httpx.HTTPError as exc:
-        failure = WeComTransportError.wrap(exc, request)
-    # Raised outside the except block so that not even __context__ links to httpx's error and its URL.
-    raise failure
-
-
-def _decode(response: httpx.Response) -> Payload | None:
+def _decode(response: Answer) -> Payload | None:
     """The JSON object in ``response``, or None if it is not one."""
     try:
         payload = jsonlib.loads(response.content)
@@ -123,7 +104,7 @@ def _decode(response: httpx.Response) -> Payload | None:
     return payload if isinstance(payload, dict) else None
 
 
-def _payload(response: httpx.Response, api: str) -> Payload:
+def _payload(response: Answer, api: str) -> Payload:
     """The JSON object WeCom answered, or :class:`WeComResponseError`.
 
     WeCom answers errors with HTTP 200; a JSON errcode on another status (a proxy speaking WeCom's
@@ -132,31 +113,31 @@ def _payload(response: httpx.Response, api: str) -> Payload:
     payload = _decode(response)
     if payload is not None and (response.is_success or "errcode" in payload):
         return payload
-    what = (
-        f"HTTP {response.status_code}" if not response.is_success else "a response that is not a JSON object"
+    what = f"HTTP {response.status}" if not response.is_success else "a response that is not a JSON object"
+    raise WeComResponseError(
+        f"{api}: got {what}", request=response.safe_request(), status_code=response.status
     )
-    raise WeComResponseError(f"{api}: got {what}", request=response.request, status_code=response.status_code)
 
 
-def _error_json(response: httpx.Response) -> Payload | None:
+def _error_json(response: Answer) -> Payload | None:
     """For binary endpoints: the ``{"errcode"...}`` WeCom sends instead of the file, if it did.
 
     Judged by content type *and* shape, so a downloaded text or JSON file is still just a file.
     """
-    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = response.content_type.split(";")[0].strip().lower()
     if content_type not in ("application/json", "text/json", "text/plain"):
         return None
     payload = _decode(response)
     return payload if payload is not None and "errcode" in payload else None
 
 
-def _model(model: type[M], data: Any, api: str, response: httpx.Response | None = None) -> M:
+def _model(model: type[M], data: Any, api: str, response: Answer | None = None) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise WeComResponseError(
             f"{api}: unexpected response shape ({exc.error_count()} error(s))",
-            request=response.request if response is not None else None,
+            request=response.safe_request() if response is not None else None,
         ) from None
 
 
@@ -171,26 +152,27 @@ def _field(payload: Payload, name: str, api: str) -> Any:
 
 
 async def fetch_access_token(
-    http: httpx.AsyncClient, base_url: str, corp_id: str, secret: str, *, api: str = "gettoken"
+    http: WeComHttp, base_url: str, corp_id: str, secret: str, *, api: str = "gettoken"
 ) -> AccessToken:
     """``GET gettoken``. Raises the typed :class:`~wecom.errors.WeComError` (40001: wrong secret).
 
     ``api`` names another path answering in gettoken's shape (the Node manager's ``getToken``).
     """
-    response = await _send(http, "GET", _url(base_url, api), params={"corpid": corp_id, "corpsecret": secret})
+    query = {"corpid": corp_id, "corpsecret": secret}
+    response = await http.request("GET", _url(base_url, api), params=query)
     payload = _payload(response, api)
     raise_for_payload(payload, api)
     token = _field(payload, "access_token", api)
     expires_in = payload.get("expires_in", 7200)
     if not isinstance(token, str) or not token or not isinstance(expires_in, int):
-        raise WeComResponseError(f"{api}: malformed token response", request=response.request)
+        raise WeComResponseError(f"{api}: malformed token response", request=response.safe_request())
     return AccessToken.expiring_in(token, expires_in)
 
 
-async def robot_send(http: httpx.AsyncClient, base_url: str, key: str, message: Mapping[str, Any]) -> None:
+async def robot_send(http: WeComHttp, base_url: str, key: str, message: Mapping[str, Any]) -> None:
     """Post ``message`` (``{"msgtype": "text", "text": {...}}``...) through a group robot webhook."""
     api = "webhook/send"
-    response = await _send(http, "POST", _url(base_url, api), params={"key": key}, json=message)
+    response = await http.request("POST", _url(base_url, api), params={"key": key}, json=message)
     raise_for_payload(_payload(response, api), api)
 
 
@@ -212,7 +194,7 @@ class WeComClient:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: WeComHttp,
         base_url: str = DEFAULT_BASE_URL,
         tokens: AccessTokenProvider | None = None,
     ) -> None:
@@ -231,9 +213,9 @@ class WeComClient:
         *,
         json: Any = None,
         params: Mapping[str, Any] | None = None,
-        files: Any = None,
+        files: Mapping[str, File] | None = None,
         binary: bool = False,
-    ) -> tuple[httpx.Response, Payload | None]:
+    ) -> tuple[Answer, Payload | None]:
         """Send with the access_token; retry once on a token errcode; raise any other errcode.
 
         Returns the response and its JSON payload; for ``binary`` endpoints the payload is None
@@ -260,14 +242,14 @@ class WeComClient:
         token: str | None,
         json: Any,
         params: Mapping[str, Any] | None,
-        files: Any,
+        files: Mapping[str, File] | None,
         binary: bool,
-    ) -> tuple[httpx.Response, Payload | None]:
+    ) -> tuple[Answer, Payload | None]:
         query = dict(params or {})
         if token is not None:
             query["access_token"] = token
-        response = await _send(
-            self.http, method, _url(self.base_url, path), params=query, json=json, files=files
+        response = await self.http.request(
+            method, _url(self.base_url, path), params=query, json=json, files=files
         )
         if binary and response.is_success:
             return response, _error_json(response)
@@ -280,7 +262,7 @@ class WeComClient:
         *,
         json: Any = None,
         params: Mapping[str, Any] | None = None,
-        files: Any = None,
+        files: Mapping[str, File] | None = None,
     ) -> Payload:
         """Any JSON API under the base URL, e.g. ``call("POST", "kf/send_msg", json={...})``."""
         _, payload = await self._exchange(method, path, json=json, params=params, files=files)

@@ -5,10 +5,12 @@ the only reliable signal. Mapping each code a caller reacts to onto its own subc
 ``except SendWindowExpired`` instead of comparing numbers, while unknown codes still raise the base
 :class:`WeComError` with the number intact.
 
-Transport failures are kept apart (:class:`WeComTransportError`, :class:`WeComResponseError`). They
-subclass :mod:`httpx`'s errors so ``except httpx.HTTPError`` keeps working, but their message and
-``.request`` carry the URL *without its query*: the query holds ``corpsecret``, ``access_token`` or a
-robot ``key``, and exceptions end up in logs.
+Transport failures are kept apart (:class:`WeComTransportError`, :class:`WeComResponseError`). Their
+message and ``.request`` carry the URL *without its query*: the query holds ``corpsecret``,
+``access_token`` or a robot ``key``, and exceptions end up in logs. The calls go over aiohttp
+(:mod:`wecom.http`); the two classes still subclass :mod:`httpx`'s errors, because the services catch
+WeCom's failures and their own httpx calls' (the manager link, the token service's invalidation) with
+one ``except httpx.HTTPError``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import httpx
+from yarl import URL
 
 __all__ = [
     "TOKEN_ERRCODES",
@@ -197,15 +200,15 @@ def raise_for_payload(payload: Mapping[str, Any], api: str) -> None:
 # -- transport -----------------------------------------------------------------------------
 
 
-def redacted_url(url: httpx.URL | str) -> str:
+def redacted_url(url: URL | httpx.URL | str) -> str:
     """``url`` without query or fragment: what is safe to put in an exception or a log line."""
-    return str(httpx.URL(url).copy_with(query=None, fragment=None))
+    return str(URL(str(url)).with_query(None).with_fragment(None))
 
 
-def scrub(text: str, url: httpx.URL) -> str:
+def scrub(text: str, url: URL) -> str:
     """Replace every query value of ``url`` (the secrets) found in ``text`` by ``***``."""
-    raw_query = url.query.decode("ascii", "replace")
-    secrets = {value for _, value in url.params.multi_items()}  # decoded...
+    raw_query = url.raw_query_string
+    secrets = set(url.query.values())  # decoded...
     secrets.update(part.partition("=")[2] for part in raw_query.split("&"))  # ...and as sent
     secrets = {value for value in secrets if len(value) >= 4}
     if raw_query:
@@ -224,13 +227,6 @@ class WeComTransportError(httpx.TransportError):
 
     def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
         super().__init__(message, request=_safe_request(request) if request is not None else None)
-
-    @classmethod
-    def wrap(cls, exc: httpx.HTTPError, request: httpx.Request) -> WeComTransportError:
-        """Re-describe ``exc`` with secrets removed (raise it outside the ``except`` block, unchained)."""
-        detail = scrub(str(exc), request.url)
-        where = f"{request.method} {redacted_url(request.url)}"
-        return cls(f"{type(exc).__name__} on {where}" + (f": {detail}" if detail else ""), request=request)
 
 
 class WeComResponseError(httpx.HTTPError):

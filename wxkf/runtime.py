@@ -1,4 +1,4 @@
-"""What every service needs at run time, opened once per process: database, secret box, HTTP client.
+"""What every service needs at run time, opened once per process: database, secret box, HTTP clients.
 
 ``wxkf up`` opens one :class:`Runtime` and builds the gateway, token service and manager on it;
 ``wxkf gateway`` and friends build just their own service on theirs.
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from wecom.http import WeComHttp
 from wxkf.database import Database, DatabaseState, connect
 from wxkf.secretbox import SecretBox, load_or_create_random_file, load_secret_key
 from wxkf.settings import Settings
@@ -31,6 +32,8 @@ class Runtime:
     http: httpx.AsyncClient
     admin_token: str | None = field(repr=False)
     database: DatabaseState = field(repr=False)
+    #: every WeCom API call of the process (gettoken, kf/account/list, the hosted puppets' calls)
+    wecom: WeComHttp = field(default_factory=WeComHttp, repr=False)
 
     def replica_id(self, role: str) -> str:
         """Stable across restarts of the same process slot, so a restart recovers its own work at once."""
@@ -55,7 +58,17 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     box = SecretBox(load_secret_key(settings))
     admin_token = load_admin_token(settings)
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-    async with connect(settings) as (db, database), httpx.AsyncClient(limits=limits, timeout=10.0) as http:
+    async with (
+        connect(settings) as (db, database),
+        httpx.AsyncClient(limits=limits, timeout=10.0) as http,
+        WeComHttp(timeout=10.0) as wecom,
+    ):
         yield Runtime(
-            settings=settings, db=db, box=box, http=http, admin_token=admin_token, database=database
+            settings=settings,
+            db=db,
+            box=box,
+            http=http,
+            admin_token=admin_token,
+            database=database,
+            wecom=wecom,
         )

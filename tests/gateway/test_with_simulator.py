@@ -20,6 +20,7 @@ from tests.support.recorder import Recorder
 from tests.support.servers import serve_app
 from tests.support.wecom_callbacks import new_aes_key
 from wecom.client import WeComClient, fetch_access_token
+from wecom.http import WeComHttp
 from wecom.tokens import GetTokenProvider
 from wxkf.runtime import Runtime
 
@@ -43,6 +44,7 @@ async def test_customer_message_flows_through_the_gateway(
         async with (
             serve_app(gateway_app(gateway, ADMIN)) as gateway_url,
             httpx.AsyncClient(timeout=30) as http,
+            WeComHttp() as wecom,
         ):
             corpid = "ww" + secrets.token_hex(8)
             app = {
@@ -84,9 +86,9 @@ async def test_customer_message_flows_through_the_gateway(
 
             # 4. the forwarded token pulls the message from WeCom
             async def fetch():  # type: ignore[no-untyped-def]
-                return await fetch_access_token(http, sim_url + "/cgi-bin", corpid, app["secret"])
+                return await fetch_access_token(wecom, sim_url + "/cgi-bin", corpid, app["secret"])
 
-            client = WeComClient(http, sim_url + "/cgi-bin", GetTokenProvider(fetch))
+            client = WeComClient(wecom, sim_url + "/cgi-bin", GetTokenProvider(fetch))
             result = await client.kf_sync_msg("wkSIM", token=forwarded["token"])
             assert [m.body.get("content") for m in result.msg_list] == ["hello gateway"]
     finally:

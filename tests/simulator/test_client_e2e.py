@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,6 +23,7 @@ from wecom import (
     GetTokenProvider,
     KfMsgOrEvent,
     WeComClient,
+    WeComHttp,
     fetch_access_token,
     parse_event,
     robot_send,
@@ -41,7 +41,7 @@ from wecom.errors import (
 @pytest.fixture
 async def client(sim: Sim, acme: Acme) -> AsyncIterator[WeComClient]:
     base = f"{sim.url}/cgi-bin"
-    async with httpx.AsyncClient(trust_env=False) as http:
+    async with WeComHttp() as http:
         tokens = GetTokenProvider(
             lambda: fetch_access_token(http, base, acme.corpid, acme.app.secret), clock=sim.clock
         )
@@ -123,7 +123,7 @@ async def test_accounts_media_sessions_customers(sim: Sim, acme: Acme, client: W
 
 async def test_robot(sim: Sim) -> None:
     robot = await sim.control("POST", "/robots", {})
-    async with httpx.AsyncClient(trust_env=False) as http:
+    async with WeComHttp() as http:
         await robot_send(
             http,
             f"{sim.url}/cgi-bin",

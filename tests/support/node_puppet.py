@@ -14,6 +14,8 @@ the original's SIGINT handler (deregister with ``{kfId, kfName, corpId}`` and no
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,7 @@ from starlette.routing import Route
 
 from wecom.client import WeComClient
 from wecom.crypto import CryptoError, MsgCrypt
+from wecom.http import WeComHttp
 from wecom.models import KfMsgOrEvent, parse_event
 from wecom.tokens import GetTokenProvider
 from wecom.xml import parse_xml
@@ -40,6 +43,7 @@ class NodePuppet:
     api_base: str
     http: httpx.AsyncClient
     kf_name: str = ""
+    wecom: WeComHttp = field(default_factory=WeComHttp)  # its WeCom calls (sync_msg), as ours
     cursor: str = ""
     handled: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
@@ -52,9 +56,9 @@ class NodePuppet:
         from wecom.client import fetch_access_token
 
         async def fetch() -> Any:
-            return await fetch_access_token(self.http, self.api_base, self.corp_id, self.corp_secret)
+            return await fetch_access_token(self.wecom, self.api_base, self.corp_id, self.corp_secret)
 
-        self.client = WeComClient(self.http, self.api_base, GetTokenProvider(fetch))
+        self.client = WeComClient(self.wecom, self.api_base, GetTokenProvider(fetch))
         self._pulling = asyncio.Lock()
 
     def register_body(self, endpoint: str) -> dict[str, str]:
@@ -145,10 +149,16 @@ class NodePuppet:
         return PlainTextResponse("roger")
 
     def app(self) -> Starlette:
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            yield
+            await self.wecom.aclose()
+
         return Starlette(
+            lifespan=lifespan,
             routes=[
                 Route("/callback", self.verify, methods=["GET"]),
                 Route("/callback", self.raw_callback, methods=["POST"]),
                 Route("/callback/decrypted", self.decrypted_callback, methods=["POST"]),
-            ]
+            ],
         )
