@@ -133,17 +133,28 @@ class PuppetStore:
         return [item for item, new in zip(items, inserted, strict=True) if new]
 
     async def pending(self, account: str) -> list[Pending]:
-        """The account's unfinished messages, oldest first, those whose handler had started marked as
-        redeliveries (one indexed range and lookups by ``_id``, done at start-up)."""
+        """The account's unfinished messages, oldest first (one indexed range and lookups by ``_id``,
+        done at start-up). A redelivery is a customer's *oldest* unfinished message when its handler
+        had started: a customer's next start is written while the previous completion still is (two
+        collections, two commits), so a crash can leave both started and unfinished; but the next
+        handler is only called once that completion is durable, so only the oldest can have been cut
+        off, and the one after it was never handed to the bot."""
         cursor = self.messages.find(
-            {"account": account, "pending": True}, projection={"item": 1, "state": 1}
+            {"account": account, "pending": True}, projection={"item": 1, "state": 1, "customer": 1}
         ).sort("seq", ASCENDING)
         docs = [doc async for doc in cursor]
         started: set[str] = set()
         for keys in chunks([doc["_id"] for doc in docs]):
             found = self.started.find({"_id": {"$in": list(keys)}}, projection={"_id": 1})
             started.update([entry["_id"] async for entry in found])
-        return [Pending(doc["item"], doc.get("state") == HANDLING or doc["_id"] in started) for doc in docs]
+        pending: list[Pending] = []
+        seen: set[str] = set()
+        for doc in docs:
+            customer = doc.get("customer", "")
+            cut_off = customer not in seen and (doc.get("state") == HANDLING or doc["_id"] in started)
+            seen.add(customer)
+            pending.append(Pending(doc["item"], cut_off))
+        return pending
 
     async def mark_handling(self, account: str, msgid: str) -> None:
         """Its handler is about to be called: durable before it is (an insert; again for a redelivery,

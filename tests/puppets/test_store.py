@@ -38,6 +38,25 @@ async def test_a_started_handler_makes_its_unfinished_message_a_redelivery(db: D
     assert [(p.item["msgid"], p.redelivery) for p in pending] == [("m2", True), ("m3", False)]
 
 
+async def test_a_next_start_durable_before_the_previous_completion_is_no_second_redelivery(
+    db: Database,
+) -> None:
+    """m1's handler returned and m2's start was written, but m1's completion (another collection,
+    another commit) was not when the process died: m2's handler was never called (it waits for that
+    completion), so only m1 is handed again as a redelivery; another customer's cut-off one is too."""
+    store = await store_with(db, "m1", "m2", "m3")
+    await store.record(ACCOUNT, [text("b1", customer="wmB")])
+    for msgid in ("m1", "m2", "b1"):
+        await store.mark_handling(ACCOUNT, msgid)
+    pending = await store.pending(ACCOUNT)
+    assert [(p.item["msgid"], p.redelivery) for p in pending] == [
+        ("m1", True),
+        ("m2", False),
+        ("m3", False),
+        ("b1", True),
+    ]
+
+
 async def test_starting_a_handler_inserts_its_record_and_leaves_the_message_untouched(db: Database) -> None:
     """The start is an insert (batched with others into one synced commit), not an update of the
     message: updates are a synced commit each on the embedded server."""
