@@ -6,7 +6,9 @@ re-register with jittered exponential backoff (1 s up to 60 s) → *registered* 
 
 Every registration, the first included, is followed by a pull without a token (:meth:`Account.catch_up
 <puppets.account.Account.catch_up>`): callbacks WeCom gave up on while the manager could not be
-reached are never coming, so the puppet catches up by itself. The account's start-up pull waits for
+reached are never coming, so the puppet catches up by itself. So does a heartbeat whose answer carries a
+new ``upPeriod`` (:mod:`wxkf.up_period`): the hub went down and came back between two heartbeats, still
+knowing the registration. The account's start-up pull waits for
 the first attempt (made at once; whether it succeeds or not) so that one pull serves as both.
 :meth:`ManagerLink.deregister` ends it on shutdown, once the account's handlers have finished.
 
@@ -58,6 +60,8 @@ class ManagerLink:
         self._sleep = sleep
         self.registered = asyncio.Event()
         self.registrations = 0
+        self.up_period: str | None = None  # the manager's (upPeriod in its answers; wxkf.up_period)
+        self.catch_ups = 0  # pulls asked for because the up period changed under a heartbeat
 
     def _body(self) -> dict[str, str]:
         """The Node puppet's registration body (plus the hub's registration token, if configured)."""
@@ -91,6 +95,7 @@ class ManagerLink:
         answer = await self._post("register", self._body())
         secret = answer.get("webhookSecret")
         self.account.set_webhook_secret(secret if isinstance(secret, str) else None)
+        self._note_up_period(answer)  # the caller pulls after every registration anyway
         self.registrations += 1
         self.registered.set()
         log.info("%s: registered with the manager at %s", self.account.key, self.manager)
@@ -101,7 +106,24 @@ class ManagerLink:
         if secret is None:  # a Node manager has no heartbeat: registering again is its sign of life
             await self.register()
             return
-        await self._post("heartbeat", body, bearer=secret)
+        answer = await self._post("heartbeat", body, bearer=secret)
+        if self._note_up_period(answer):
+            log.warning(
+                "%s: the hub was down since the last heartbeat (a new up period); catching up",
+                self.account.key,
+            )
+            self.catch_ups += 1
+            self.account.catch_up()
+
+    def _note_up_period(self, answer: dict[str, Any]) -> bool:
+        """Remember the answer's ``upPeriod``; True if it replaced a different one (a Node manager
+        sends none: nothing changes)."""
+        period = answer.get("upPeriod")
+        if not isinstance(period, str) or not period:
+            return False
+        changed = self.up_period is not None and period != self.up_period
+        self.up_period = period
+        return changed
 
     async def run(self) -> None:
         """Register, heartbeat; on loss re-register with backoff; catch up after each registration."""
