@@ -21,6 +21,7 @@ from puppets.manager_link import ManagerLink
 from simulator.state import SimState
 from tests.puppets.conftest import Corp, Hosted, wait_until
 from tests.puppets.test_lifecycle import sim_config, tokenless_pulls, unstarted_hub  # noqa: F401
+from tests.puppets.test_manager_link import _async
 from tests.support.services import ServiceProcess
 
 
@@ -57,7 +58,3 @@ async def test_a_hub_restarted_between_two_heartbeats_is_noticed_and_what_it_mis
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
     assert link.registrations == 1 and link.catch_ups == 1  # noticed by the heartbeat, not a new registration
-
-
-async def _async(value: bool) -> bool:
-    return value
