@@ -16,12 +16,12 @@ import httpx
 
 from gateway import metrics
 from gateway.forwarder import Forwarder, Sink
-from gateway.inbox import DEFAULT_RETENTION, PENDING, Inbox, new_document
+from gateway.inbox import DEFAULT_RETENTION, PENDING, REPLICAS, Inbox, new_document
 from gateway.intake import CallbackEvent
 from gateway.manager_link import MANAGER_TARGET, ManagerIntake
 from gateway.registry import AppRegistry
 from gateway.subscriptions import TARGET_PREFIX, Subscriptions, SubscriptionSink
-from wxkf import retention
+from wxkf import retention, up_period
 from wxkf.database import Database
 from wxkf.delivery import DeliveryClient
 from wxkf.endpoints import IPNetwork
@@ -60,6 +60,7 @@ class Gateway:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.db = db
         self.http = http
         # every forward (manager, subscriptions) under the endpoint rules; closed by stop()
         self.deliveries = deliveries or DeliveryClient(config.allowed_networks)
@@ -86,6 +87,14 @@ class Gateway:
         await self.inbox.ensure_indexes()
         await self.registry.reload()
         await self.subscriptions.reload()
+        if self.manager_intake is None:  # (an in-process manager begins the up period itself)
+            await up_period.begin_unless_others_alive(
+                self.db,
+                self.db[REPLICAS],
+                self.config.replica_id,
+                self.config.replica_timeout,
+                clock=self._clock,
+            )
         await self.inbox.heartbeat()
         recovered = await self.forwarder.recover()
         if recovered:

@@ -133,7 +133,13 @@ def compat_routes(
             )
         )
         return JSONResponse(
-            {"code": 0, "message": "success", "openKfId": puppet.open_kfid, "webhookSecret": secret}
+            {
+                "code": 0,
+                "message": "success",
+                "openKfId": puppet.open_kfid,
+                "webhookSecret": secret,
+                "upPeriod": manager.up_period,
+            }
         )
 
     async def deregister(request: Request) -> Response:
@@ -157,7 +163,8 @@ def compat_routes(
                 403, "unauthenticated", "unknown puppet or wrong bearer webhookSecret; register first"
             )
         await manager.heartbeat(puppet)
-        return JSONResponse({"code": 0, "message": "success"})
+        # changes only when the hub may have missed callbacks (wxkf.up_period): the puppet then pulls
+        return JSONResponse({"code": 0, "message": "success", "upPeriod": manager.up_period})
 
     async def info(request: Request) -> Response:
         """The registration record, for the puppet itself or the admin; anyone else learns nothing,

@@ -18,12 +18,13 @@ from manager.account_state import Undelivered
 from manager.dispatcher import DispatchConfig, Dispatcher
 from manager.mailbox import DECRYPTED, RAW, Latest, MailboxStore, account_key
 from manager.puppets import Puppet, PuppetRegistry
+from manager.recovery import COLLECTION as REPLICAS
 from manager.recovery import Recovery
 from manager.registration import Registrar
 from manager.sockets import TRY_LATER, PuppetSockets
 from token_service.service import TokenService
 from wecom.http import WeComHttp
-from wxkf import retention
+from wxkf import retention, up_period
 from wxkf.database import Database
 from wxkf.delivery import DEFAULT_CONNECTIONS_PER_HOST, DeliveryClient
 from wxkf.endpoints import IPNetwork
@@ -101,6 +102,7 @@ class Manager:
             return await delivery.probe(self.puppet_http, puppet, sockets=self.sockets)
 
         self._tasks: list[asyncio.Task[None]] = []
+        self.up_period: str | None = None  # see wxkf.up_period; set at start, followed at each checkpoint
         self._unroutable_warned: dict[str, float] = {}
         self.dispatcher = Dispatcher(
             self.mailboxes,
@@ -129,6 +131,10 @@ class Manager:
         await self.puppets.ensure_indexes()
         await self.mailboxes.ensure_indexes()
         await self.recovery.ensure_indexes()
+        # before this replica's own checkpoint: were others alive to take WeCom's callbacks meanwhile?
+        self.up_period = await up_period.begin_unless_others_alive(
+            self.db, self.db[REPLICAS], self.config.owner, self.config.replica_timeout, clock=self._clock
+        )
         await self.recovery.recover_own()  # logs what it re-queued
         await self.puppets.release_sockets(self.config.owner)  # a new process holds no socket yet
         await self.dispatcher.start()
@@ -144,6 +150,7 @@ class Manager:
         return min(self.config.checkpoint_interval, self.config.replica_timeout / 4)
 
     async def _liveness(self) -> None:
+        self.up_period = await up_period.current(self.db) or self.up_period  # a gateway may begin one
         if not await self.recovery.checkpoint():
             await self.dispatcher.lost_all_leases()
             # so are its sockets' claims (see Recovery): their puppets reconnect and prove again

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -43,12 +43,14 @@ from wecom.tokens import AccessToken, AccessTokenProvider, GetTokenProvider
 from wxkf.database import Database
 from wxkf.http import common_routes
 from wxkf.retention import run_purger
-from wxkf.tasks import stop_tasks
+from wxkf.tasks import log_failure, stop_tasks
 
 log = logging.getLogger(__name__)
 
 #: with a manager, the start-up pull waits for the first registration attempt at most this long
 START_PULL_WAIT = 5.0
+#: a link task that ended (it never should: see ManagerLink.run) is started again this much later
+LINK_RESTART_DELAY = 1.0
 
 
 class StartupError(RuntimeError):
@@ -95,6 +97,7 @@ class PuppetHost:
         self._clients: dict[tuple[str, str], WeComClient] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._link_tasks: list[asyncio.Task[Any]] = []
+        self._leaving = False  # set by leave(): the link tasks end on purpose from then on
 
     def app(self) -> Starlette:
         if self.config.transport == "ws" and self.config.manager:  # deliveries come over the socket only
@@ -166,7 +169,7 @@ class PuppetHost:
                 Starlette(routes=callback_routes(self.directory)),  # frames run through them in-process
                 registration_token=self.config.registration_token,
             )
-            self._link_tasks.append(asyncio.create_task(self.socket_link.run(), name="manager socket"))
+            self._start_link(self.socket_link.run, "manager socket")
         elif self.config.manager:
             for account in self.accounts:
                 link = ManagerLink(
@@ -178,10 +181,34 @@ class PuppetHost:
                     registration_token=self.config.registration_token,
                 )
                 self.links.append(link)
-                self._link_tasks.append(asyncio.create_task(link.run(), name=f"manager link {account.key}"))
+                self._start_link(link.run, f"manager link {account.key}")
         if self.config.manager:
             self._spawn(self._start_pulling_after(START_PULL_WAIT), "start-up pulls")
         self._spawn(run_purger(self.store.purge, "puppet records"), "purger")
+
+    def _start_link(self, run: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        """Run a link (registration loop or socket) until :meth:`leave`; one that ends before (a bug,
+        a stray cancellation) is logged as an error and started again, so the accounts do not stay
+        unregistered for good with nothing in the log."""
+        task = asyncio.create_task(run(), name=name)
+        self._link_tasks.append(task)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            if self._leaving:
+                return
+            self._link_tasks.remove(task)
+            exc = None if task.cancelled() else task.exception()
+            if isinstance(exc, Exception):
+                log_failure(name, exc, log)  # with its traceback
+            how = "cancelled" if task.cancelled() else type(exc).__name__ if exc else "returned"
+            log.error("%s ended (%s) while the puppet runs; starting it again", name, how)
+            asyncio.get_running_loop().call_later(LINK_RESTART_DELAY, restart)
+
+        def restart() -> None:
+            if not self._leaving:
+                self._start_link(run, name)
+
+        task.add_done_callback(ended)
 
     async def _start_pulling_after(self, delay: float) -> None:
         """A manager slow to answer must not hold up the start-up pull for long."""
@@ -206,6 +233,7 @@ class PuppetHost:
 
     async def leave(self) -> None:
         """Deregister every account (after :meth:`finish`), then stop the heartbeats and the socket."""
+        self._leaving = True
         if self.socket_link is not None:
             await self.socket_link.leave()
         await stop_tasks(self._link_tasks)  # first: no heartbeat may register an account again

@@ -441,5 +441,5 @@ async def test_heartbeat_needs_the_puppet_secret_and_revives_it(world: World) ->
         await manager.puppets.mark_offline(key, probe_at=1e12, failures=0)  # offline; no probe for ages
         await world.customer_says("queued for an offline puppet")
         ok = await world.http.post(beat, json=body, headers={"authorization": f"Bearer {secret}"})
-        assert ok.json() == {"code": 0, "message": "success"}
+        assert ok.json() == {"code": 0, "message": "success", "upPeriod": manager.up_period}
         assert await puppet.wait_for_texts(1) == ["queued for an offline puppet"]
