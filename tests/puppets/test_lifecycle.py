@@ -109,6 +109,49 @@ async def test_what_wecom_gave_up_on_before_the_first_registration_is_answered_w
     assert await corp.wait_received(1) == ["echo: before the hub was up"]
 
 
+def lines_of(journal: Path) -> list[str]:
+    return journal.read_text().splitlines() if journal.exists() else []
+
+
+def held_handler(tmp_path: Path, puppet_env: dict[str, str]) -> tuple[Path, Path]:
+    """The journal and the release fifo of ``tests.puppets.lifecycle_bots:held``, whose handler holds
+    each message until the test writes to the fifo."""
+    journal, release = tmp_path / "journal", tmp_path / "release"
+    os.mkfifo(release)
+    puppet_env |= {"PUPPET_TEST_JOURNAL": str(journal), "PUPPET_TEST_RELEASE": str(release)}
+    return journal, release
+
+
+async def assert_the_stop_finishes_then_leaves(
+    hub: ServiceProcess, corp: Corp, puppet: PuppetProcess, journal: Path, release: Path
+) -> None:
+    """SIGTERM while the held handler runs: the puppet stays registered, refuses a delivery with a 503
+    (no pull starts any more; the manager's mailbox keeps it), lets the handler reply, deregisters and
+    exits 0; the message of the drain is handled, once, after the restart. Any transport."""
+    await corp.says("hold on")
+
+    async def started() -> bool:
+        return "start hold on" in lines_of(journal)
+
+    await wait_until(started, what="the handler to start")
+    assert puppet.process is not None
+    puppet.process.send_signal(signal.SIGTERM)
+    await wait_until(in_log(puppet, "stopping:"), what="the stop to begin")
+    assert (await info(hub, corp))["registered"] is True
+    await corp.says("during the drain")
+    await wait_until(in_log(puppet, "refused: stopping"), what="the delivery refused while stopping")
+    assert (await info(hub, corp))["registered"] is True
+    await asyncio.to_thread(release.write_text, "go")  # the handler replies and returns
+    assert await asyncio.to_thread(puppet.process.wait, 60) == 0
+    assert await corp.received() == ["echo: hold on"]  # the running handler's reply was sent
+    assert lines_of(journal) == ["start hold on", "replied hold on"]
+    assert "deregistered" in puppet.log()
+    assert (await info(hub, corp))["registered"] is False
+    await puppet.start()
+    assert await corp.wait_received(2) == ["echo: hold on", "echo: during the drain"]
+    assert lines_of(journal)[2] == "start during the drain"  # once, and only now
+
+
 async def test_a_handler_running_at_sigterm_finishes_and_replies_before_the_puppet_deregisters(
     corp: Corp,
     unstarted_hub: ServiceProcess,
@@ -117,9 +160,7 @@ async def test_a_handler_running_at_sigterm_finishes_and_replies_before_the_pupp
     tmp_path: Path,
 ) -> None:
     hub = unstarted_hub
-    journal, release = tmp_path / "journal", tmp_path / "release"
-    os.mkfifo(release)
-    puppet_env |= {"PUPPET_TEST_JOURNAL": str(journal), "PUPPET_TEST_RELEASE": str(release)}
+    journal, release = held_handler(tmp_path, puppet_env)
     await hub.start()
     await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
     port = free_port()
@@ -132,31 +173,7 @@ async def test_a_handler_running_at_sigterm_finishes_and_replies_before_the_pupp
     )
     await puppet.start()
     await wait_until(in_log(puppet, "registered with the manager"), what="registration")
-    await corp.says("hold on")
-
-    async def started() -> bool:
-        return journal.exists() and "start hold on" in journal.read_text()
-
-    await wait_until(started, what="the handler to start")
-    assert puppet.process is not None
-    puppet.process.send_signal(signal.SIGTERM)
-    await wait_until(in_log(puppet, "stopping:"), what="the stop to begin")
-    # still registered while its handler runs: a message now is delivered, refused with a 503 (no pull
-    # starts any more) and kept in the manager's mailbox
-    assert (await info(hub, corp))["registered"] is True
-    await corp.says("during the drain")
-    await wait_until(in_log(puppet, "refused: stopping"), what="the delivery refused while stopping")
-    assert (await info(hub, corp))["registered"] is True
-    await asyncio.to_thread(release.write_text, "go")  # the handler replies and returns
-    assert await asyncio.to_thread(puppet.process.wait, 60) == 0
-    assert await corp.received() == ["echo: hold on"]  # the running handler's reply was sent
-    assert journal.read_text().splitlines() == ["start hold on", "replied hold on"]
-    assert "deregistered" in puppet.log()
-    assert (await info(hub, corp))["registered"] is False
-    # the message that came during the drain is handled after the restart
-    await puppet.start()
-    assert await corp.wait_received(2) == ["echo: hold on", "echo: during the drain"]
-    assert journal.read_text().splitlines()[2] == "start during the drain"  # once, and only now
+    await assert_the_stop_finishes_then_leaves(hub, corp, puppet, journal, release)
 
 
 @pytest.mark.parametrize("sim_config", [ONE_TOKENLESS_PULL], ids=["no-tokenless-pull-left"])

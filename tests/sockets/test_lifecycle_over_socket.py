@@ -8,9 +8,6 @@ waits can only come from the path under test, never from that net.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,12 +15,13 @@ from simulator.state import SimState
 from tests.puppets.conftest import Corp, PuppetProcess, wait_until
 from tests.puppets.test_lifecycle import (  # noqa: F401 - fixtures
     NO_SAFETY_NET,
+    assert_the_stop_finishes_then_leaves,
+    held_handler,
     in_log,
     sim_config,
     tokenless_pulls,
     unstarted_hub,
 )
-from tests.sockets.conftest import info
 from tests.support.services import ServiceProcess
 
 
@@ -56,9 +54,7 @@ async def test_a_handler_running_at_sigterm_finishes_and_replies_before_the_sock
     tmp_path: Path,
 ) -> None:
     hub = unstarted_hub
-    journal, release = tmp_path / "journal", tmp_path / "release"
-    os.mkfifo(release)
-    puppet_env |= {"PUPPET_TEST_JOURNAL": str(journal), "PUPPET_TEST_RELEASE": str(release)}
+    journal, release = held_handler(tmp_path, puppet_env)
     await hub.start()
     await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
     puppet = socket_puppet(
@@ -66,27 +62,7 @@ async def test_a_handler_running_at_sigterm_finishes_and_replies_before_the_sock
     )
     await puppet.start()
     await wait_until(in_log(puppet, "registered over the manager's socket"), what="the proof")
-    await corp.says("hold on")
-
-    async def started() -> bool:
-        return journal.exists() and "start hold on" in journal.read_text()
-
-    await wait_until(started, what="the handler to start")
-    assert puppet.process is not None
-    puppet.process.send_signal(signal.SIGTERM)
-    await wait_until(in_log(puppet, "stopping:"), what="the stop to begin")
-    assert (await info(hub, corp, corp.secret))["registered"] is True
-    await corp.says("during the drain")  # acked 503 over the socket: the manager keeps it
-    await wait_until(in_log(puppet, "refused: stopping"), what="the delivery refused while stopping")
-    assert (await info(hub, corp, corp.secret))["registered"] is True
-    await asyncio.to_thread(release.write_text, "go")
-    assert await asyncio.to_thread(puppet.process.wait, 60) == 0
-    assert await corp.received() == ["echo: hold on"]
-    assert journal.read_text().splitlines() == ["start hold on", "replied hold on"]
-    assert "deregistered" in puppet.log()
-    assert (await info(hub, corp, corp.secret))["registered"] is False
-    await puppet.start()
-    assert await corp.wait_received(2) == ["echo: hold on", "echo: during the drain"]
+    await assert_the_stop_finishes_then_leaves(hub, corp, puppet, journal, release)
 
 
 async def test_what_wecom_gave_up_on_while_the_socket_was_down_is_answered_once_resumed(
