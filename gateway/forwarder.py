@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -33,7 +32,7 @@ from typing import Any, Protocol
 from gateway.inbox import DEAD, DONE, Inbox
 from wxkf.delivery import DeliveryError
 from wxkf.retry import JITTER, RetrySchedule
-from wxkf.tasks import stop_tasks
+from wxkf.tasks import finished_within, stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +176,7 @@ class Forwarder:
             wait = target.resume_at - self._clock()
             if wait > 0:
                 target.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(target.wake.wait(), timeout=wait)
+                await finished_within(target.wake.wait(), wait)
                 continue
             try:
                 await self._wave(target)

@@ -487,9 +487,7 @@ class Dispatcher:
         running = [account.task for account in accounts.values() if account.task and not account.task.done()]
         for account in accounts.values():
             account.apply(Event.LEASE_LOST)
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await stop_tasks(running)
         for key in accounts:
             await self._hand_over(key)
 

@@ -26,7 +26,6 @@ path. A stored cursor that lags costs only re-reading pages whose items are reco
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -41,7 +40,7 @@ from puppets import metrics
 from wecom.errors import ApiRateLimited, InvalidMsgToken, WeComError
 from wxkf.logging import warn_limited
 from wxkf.retry import JITTER
-from wxkf.tasks import stop_tasks
+from wxkf.tasks import finished_within, stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +178,7 @@ class Puller:
             self._wake.clear()
             return
         timeout = self.safety_interval * JITTER.uniform(0.8, 1.2)
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
+        if not await finished_within(self._wake.wait(), timeout):
             log.debug("%s: no pull for %.0f s; safety-net pull", self.account, timeout)
             self._catch_up = True
         self._wake.clear()
@@ -194,9 +191,7 @@ class Puller:
             if left <= 0:
                 return
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), left)
-            except TimeoutError:
+            if not await finished_within(self._wake.wait(), left):
                 return
 
     async def _pull(self, token: str | None) -> None:
@@ -243,8 +238,7 @@ class Puller:
         while self._cursor is not None and self._cursor != self._saved_cursor:
             wait = self._cursor_saved_at + self.cursor_interval - time.monotonic()
             if wait > 0 and not self._save_now.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._save_now.wait(), wait)
+                await finished_within(self._save_now.wait(), wait)
             cursor = self._cursor
             try:
                 await self._records.save_cursor(self.account, cursor)

@@ -64,6 +64,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from wxkf.settings import Settings
+from wxkf.tasks import finished_within, stop_tasks
 
 Document = dict[str, Any]
 Database = AsyncDatabase[Document]
@@ -448,9 +449,7 @@ class EmbeddedMongo:
         ``stop_timeout``; then unlock."""
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
-            supervisor.cancel()
-            with suppress(asyncio.CancelledError):
-                await supervisor
+            await stop_tasks([supervisor])  # PyMongo may absorb one cancellation (wxkf.tasks)
         process, self._process = self._process, None
         try:
             if process is not None and process.returncode is None:
@@ -498,11 +497,7 @@ def _read_from(path: Path, offset: int) -> str:
 
 async def _exited(process: asyncio.subprocess.Process, within: float) -> bool:
     """Wait up to ``within`` seconds for ``process`` to end; whether it did."""
-    try:
-        await asyncio.wait_for(process.wait(), within)
-    except TimeoutError:
-        return False
-    return True
+    return await finished_within(process.wait(), within)
 
 
 def _lock_data_dir(path: Path) -> int:

@@ -6,6 +6,10 @@ Stopping: a single ``task.cancel()`` is not enough: a library may absorb the can
 (PyMongo's async I/O can finish the operation it was in and carry on), after which the task waits
 forever and a shutdown that gathers it hangs. :func:`stop_tasks` cancels again until every task
 has really finished.
+
+Waiting with a deadline: Python 3.11's ``asyncio.wait_for`` absorbs a cancellation that arrives as
+the awaited thing finishes (it returns the result instead; fixed in 3.12). In a loop that waits
+again, that task never stops. :func:`finished_within` waits on ``asyncio.timeout``, which does not.
 """
 
 from __future__ import annotations
@@ -37,6 +41,20 @@ async def stop_tasks(
         log.warning(
             "%d background task(s) ignored cancellation: %s", len(pending), [t.get_name() for t in pending]
         )
+
+
+async def finished_within(awaitable: Awaitable[object], timeout: float) -> bool:
+    """Await ``awaitable`` for at most ``timeout`` seconds; whether it finished (it is cancelled if not).
+
+    A cancellation of the caller always propagates. ``awaitable`` must not raise ``TimeoutError`` of
+    its own (an event's or a process's ``wait()`` does not).
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await awaitable
+    except TimeoutError:
+        return False
+    return True
 
 
 async def run_every(

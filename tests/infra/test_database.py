@@ -37,6 +37,7 @@ from wxkf.database import (
     up_to,
 )
 from wxkf.settings import Settings, load_settings
+from wxkf.tasks import stop_tasks
 
 EXIT_TIMEOUT = 30.0
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -329,6 +330,43 @@ async def test_operations_fail_within_their_deadline_when_the_server_hangs(tmp_p
                     await durable(db.items).insert_one({"_id": "hung"})
                 with pytest.raises(PyMongoError, match="timed out"):
                     await db.items.find_one({"_id": "ok"})
+
+
+async def test_stopping_ends_a_supervisor_that_absorbs_a_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyMongo on Python 3.11 can absorb the cancellation of the supervisor's probe (its lock waits on
+    ``asyncio.wait_for``, which returns a result that arrives with the cancel); the stop then waited on
+    the supervisor forever (a 300 s hang in CI). Now it cancels again until the supervisor has ended,
+    and the server is stopped."""
+    absorbed = 0
+    probing = asyncio.Event()
+
+    async def probe_absorbing_one_cancellation(self: EmbeddedMongo) -> str:
+        nonlocal absorbed
+        probing.set()
+        while True:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                if absorbed:
+                    raise
+                absorbed += 1
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+
+    monkeypatch.setattr(EmbeddedMongo, "_watch", probe_absorbing_one_cancellation)
+    mongo = EmbeddedMongo(tmp_path, supervise=True)
+    await mongo.__aenter__()
+    pid = mongo.pid
+    assert pid is not None
+    await probing.wait()
+    stopping = asyncio.create_task(mongo.__aexit__(None, None, None))
+    finished, _ = await asyncio.wait({stopping}, timeout=EXIT_TIMEOUT)
+    if not finished:  # leave no server behind: a second cancel lets the old stop go on
+        await stop_tasks([stopping])
+    assert finished, "the stop waited on a supervisor that had absorbed its cancellation"
+    assert absorbed == 1
+    assert not is_running(pid)
 
 
 def test_client_options_bound_every_operation_unless_the_uri_sets_its_own() -> None:
