@@ -85,6 +85,11 @@ class Directory:
         if not any(c.token == account.crypt.token and c.same_key(account.crypt) for c in crypts):
             crypts.append(account.crypt)
 
+    @property
+    def stopping(self) -> bool:
+        """Every account is stopping (the process stops them all at once)."""
+        return bool(self.accounts) and all(account.stopping for account in self.accounts.values())
+
     def crypts(self, corp_id: str | None = None) -> list[MsgCrypt]:
         """The crypts of ``corp_id``'s apps (or of every corp's)."""
         if corp_id is not None:
@@ -129,6 +134,8 @@ def refuse_unsigned(accounts: list[Account], request: Request, body: bytes) -> R
 def callback_routes(directory: Directory) -> list[BaseRoute]:
     async def verify_url(request: Request) -> Response:
         q = request.query_params
+        if directory.stopping:  # the manager's probe reads this as "gone", not as alive
+            return PlainTextResponse("stopping", status_code=503)
         try:
             parts = (q["msg_signature"], q["timestamp"], q["nonce"], q["echostr"])
         except KeyError as exc:
