@@ -142,6 +142,9 @@ class Manager:
         self._tasks = [
             asyncio.create_task(retention.run_purger(self.mailboxes.purge_expired, "manager events")),
             asyncio.create_task(run_every(self._liveness, self.checkpoint_interval, "manager checkpoint")),
+            asyncio.create_task(  # not inside _liveness: that waits on the database
+                run_every(self._close_sockets_if_fenced, self.checkpoint_interval, "socket fence")
+            ),
         ]
 
     @property
@@ -156,6 +159,9 @@ class Manager:
             # so are its sockets' claims (see Recovery): their puppets reconnect and prove again
             await self.sockets.close_all(TRY_LATER, "manager replica taken over; reconnect")
         await self.recovery.take_over_dead()
+
+    async def _close_sockets_if_fenced(self) -> None:
+        await self.sockets.close_if_fenced(lambda: not self.recovery.liveness.valid())
 
     async def stop(self) -> None:
         await stop_tasks(self._tasks)

@@ -30,7 +30,7 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,6 +196,19 @@ class PuppetSockets:
             self.detach(key, connection)
         claims, connection.claims = connection.claims, {}
         return claims
+
+    async def close_if_fenced(self, fenced: Callable[[], bool]) -> None:
+        """While ``fenced()`` (this replica's lease fence ran out: it could not write a checkpoint, so
+        it may be taken over at any moment and must not deliver), close every connection with 1013,
+        so that its puppets reconnect and prove their accounts to a replica that can serve them,
+        rather than wait on this one until its database comes back."""
+        if self._by_account and fenced():
+            log.warning(
+                "this replica cannot renew its leases (no checkpoint written): closing the sockets of"
+                " %d puppet account(s) with 1013 so that they reconnect to another replica",
+                len(self._by_account),
+            )
+            await self.close_all(TRY_LATER, "manager replica cut off from its database; reconnect")
 
     async def close_all(self, code: int, reason: str) -> None:
         """Close every connection (their puppets reconnect and prove their accounts again)."""
