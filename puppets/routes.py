@@ -17,8 +17,11 @@ secret; its unsigned deliveries are accepted, as the Node puppet accepts them.
 
 A callback only hands its token to the account's puller and is answered at once; the pull runs
 behind the answer (WeCom waits at most 5 s, the manager 10 s). While the process stops, an
-authenticated callback is answered 503 ``stopping``, so that its sender keeps it. Nothing a caller
-sends creates state beyond the one newest token per account.
+authenticated callback is answered 503 ``stopping``, so that its sender keeps it. The same
+authenticated request again (WeCom's retry, or a captured callback replayed while its token still
+works) is answered as the first was, without another pull: a replay flood cannot spend the corp's
+``sync_msg`` budget. Nothing a caller sends creates state beyond the one newest token per account and
+a bounded memory of the authenticated requests taken.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import hmac
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -46,6 +50,8 @@ from wxkf.logging import warn_limited
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+#: requests taken that are remembered, to answer a repeat of one without pulling again
+REQUESTS_REMEMBERED = 10_000
 
 
 class DecryptedIn(BaseModel):
@@ -60,16 +66,36 @@ def refuse(status: int, reason: str, detail: str = "") -> Response:
     return PlainTextResponse(reason, status_code=status)
 
 
-def take(account: Account, token: str, answer: str) -> Response:
+def take(directory: Directory, account: Account, token: str, answer: str, request_id: str | None) -> Response:
     """Hand an authenticated callback's token to the account's puller; while the process stops, a 503
     instead: the sender keeps the callback (the manager's mailbox; WeCom retries), and the next start
-    pulls everything after the cursor in any case."""
+    pulls everything after the cursor in any case.
+
+    ``request_id`` names this exact request (see :meth:`Directory.taken_before`): the same request
+    again — WeCom's retry, or a captured one replayed — is answered as before without a new pull."""
     if account.stopping:
         metrics.REFUSED.labels("stopping").inc()
         log.info("callback for %s refused: stopping (the sender keeps it)", account.key)
         return PlainTextResponse("stopping", status_code=503)
+    if request_id is not None and directory.taken_before(request_id):
+        metrics.REFUSED.labels("repeated").inc()
+        warn_limited(log, "repeated", "callback for %s taken before: answered, not pulled again", account.key)
+        return PlainTextResponse(answer)
     account.puller.callback(token)
     return PlainTextResponse(answer)
+
+
+def request_id(account: Account, request: Request, msg_signature: str | None = None) -> str | None:
+    """What tells this request from every other one for ``account``: with webhook signatures, its
+    (verified) ``webhook-id`` and ``webhook-timestamp`` (a redelivery by the manager is signed anew);
+    else WeCom's ``msg_signature``, over the timestamp, nonce and ciphertext. None for an unsigned
+    ``{token, openKfId}`` (a Node manager's)."""
+    if account.signed_deliveries:
+        headers = request.headers
+        return f"{account.key}|{headers.get('webhook-id')}|{headers.get('webhook-timestamp')}"
+    if msg_signature is not None:
+        return f"{account.key}|wecom|{msg_signature.lower()}"
+    return None
 
 
 class Directory:
@@ -80,6 +106,7 @@ class Directory:
         self._crypts: dict[str, list[MsgCrypt]] = {}  # corp -> its apps' crypts
         self._by_open_kfid: dict[str, list[Account]] = {}
         self._by_token: dict[str, list[MsgCrypt]] = {}  # an app's callback Token -> its crypts
+        self._taken: OrderedDict[str, None] = OrderedDict()  # ids of requests taken, oldest first
         self.has_manager = has_manager
         for account in accounts:
             self.add(account)
@@ -91,6 +118,17 @@ class Directory:
         if not any(c.token == account.crypt.token and c.same_key(account.crypt) for c in crypts):
             crypts.append(account.crypt)
             self._by_token.setdefault(account.crypt.token, []).append(account.crypt)
+
+    def taken_before(self, request_id: str) -> bool:
+        """True if a request with this id was taken before; else remember it (the newest
+        :data:`REQUESTS_REMEMBERED`, across accounts: only authenticated requests are remembered)."""
+        if request_id in self._taken:
+            self._taken.move_to_end(request_id)
+            return True
+        self._taken[request_id] = None
+        while len(self._taken) > REQUESTS_REMEMBERED:
+            self._taken.popitem(last=False)
+        return False
 
     def signed_by(self, msg_signature: str, timestamp: str, nonce: str, encrypt: str) -> list[MsgCrypt]:
         """The crypts whose app's Token makes ``msg_signature`` (usually one; none for a forgery): one
@@ -227,7 +265,7 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             return refuse(503, "not_registered", f"{account.key}: its signature cannot be checked yet")
         if not signature_ok(account, request, body):
             return refuse_unsigned([account], request, body)
-        return take(account, event.token, "success")
+        return take(directory, account, event.token, "success", request_id(account, request, parts[0]))
 
     async def decrypted(request: Request) -> Response:
         try:
@@ -253,7 +291,7 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             return refuse(503, "not_registered", f"{candidates[0].key}: its signature cannot be checked yet")
         for account in candidates:
             if account.registered and signature_ok(account, request, body):
-                return take(account, parsed.token, "roger")
+                return take(directory, account, parsed.token, "roger", request_id(account, request))
         return refuse_unsigned(candidates, request, body)
 
     return [
