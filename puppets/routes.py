@@ -92,7 +92,8 @@ def request_id(account: Account, request: Request, msg_signature: str | None = N
     ``{token, openKfId}`` (a Node manager's)."""
     if account.signed_deliveries:
         headers = request.headers
-        return f"{account.key}|{headers.get('webhook-id')}|{headers.get('webhook-timestamp')}"
+        event_id, stamp = headers.get("webhook-id", "")[:128], headers.get("webhook-timestamp", "")[:32]
+        return f"{account.key}|{event_id}|{stamp}"
     if msg_signature is not None:
         return f"{account.key}|wecom|{msg_signature.lower()}"
     return None

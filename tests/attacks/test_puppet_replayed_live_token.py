@@ -6,8 +6,11 @@ kept the account pulling back to back, spending the corp's API budget (10,000 ca
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
@@ -20,10 +23,15 @@ from puppets import Bot, TextMessage
 from puppets.pulling import Page
 from tests.puppets.conftest import Corp, Hosted, corp, hosted, sim, sim_config, wait_until
 from tests.support.servers import serve_app
+from wecom.crypto import MsgCrypt
+from wecom.models import KfMsgOrEvent, parse_event
+from wecom.xml import parse_xml
+from wxkf import webhooks
 
 __all__ = ["corp", "hosted", "sim", "sim_config"]
 
 REPLAYS = 5
+UNREACHABLE_MANAGER = "http://127.0.0.1:9"  # nothing listens: the puppet has a manager, never reached
 
 
 @dataclass
@@ -89,6 +97,64 @@ async def test_a_replayed_callback_whose_token_still_works_costs_no_pull(
     replayed_token = used[0]
     assert replayed_token is not None
     assert used.count(replayed_token) == 1, used  # before: once more per replay
+
+
+async def test_a_replayed_signed_delivery_costs_no_pull_and_a_redelivery_signed_anew_does(
+    corp: Corp, hosted: Callable[..., Awaitable[Hosted]], capture: tuple[Capture, str]
+) -> None:
+    """The manager's Standard Webhooks signature is genuine within its 5 minutes: a captured delivery
+    replayed is answered ``roger`` without a pull; the manager's own redelivery of the same event
+    (same ``webhook-id``, signed anew) is pulled."""
+    captured, capture_url = capture
+    puppet = await hosted(Bot(), callback=False, manager=UNREACHABLE_MANAGER)
+    await asyncio.wait_for(puppet.account.puller.caught_up.wait(), 20)
+    secret = webhooks.generate_secret()
+    puppet.account.set_webhook_secret(secret)  # as a registration's answer does
+    await corp.set_callback(capture_url + "/callback")
+    await corp.says("m0")  # for a token WeCom issued: a made-up one is dropped after its first 95007
+    await asyncio.wait_for(captured.arrived.wait(), 10)
+    query, xml = captured.requests[0]
+    params = dict(parse_qsl(query))
+    crypt = MsgCrypt(corp.token, corp.aes_key, corp.corpid)
+    event = parse_event(
+        crypt.open(params["msg_signature"], params["timestamp"], params["nonce"], parse_xml(xml)["Encrypt"])
+    )
+    assert isinstance(event, KfMsgOrEvent)
+    puller = puppet.account.puller
+    used: list[str | None] = []
+    fetch = puller._fetch
+
+    async def recording(cursor: str | None, token: str | None) -> Page:
+        used.append(token)
+        return await fetch(cursor, token)
+
+    puller._fetch = recording
+    body = json.dumps({"token": event.token, "openKfId": corp.kf}).encode()
+    now = int(time.time())
+    delivery = {
+        "content-type": "application/json",
+        **webhooks.headers(secret, "event-1", body, timestamp=now),
+    }
+    url = puppet.url + "/callback/decrypted"
+    async with httpx.AsyncClient(trust_env=False) as http:
+        assert (await http.post(url, content=body, headers=delivery)).text == "roger"
+        await wait_until(lambda: _pulled(used, 1), what="the delivery pulled")
+        for _ in range(REPLAYS):
+            await puller.caught_up.wait()  # each replay meets an idle puller: a pull would show
+            replayed = await http.post(url, content=body, headers=delivery)
+            assert (replayed.status_code, replayed.text) == (200, "roger")
+        await puller.caught_up.wait()
+        anew = {
+            "content-type": "application/json",
+            **webhooks.headers(secret, "event-1", body, timestamp=now + 1),
+        }
+        assert (await http.post(url, content=body, headers=anew)).text == "roger"
+        await wait_until(lambda: _pulled(used, 2), what="the redelivery pulled")
+    assert used.count(event.token) == 2, used  # before: once more per replay (7)
+
+
+async def _pulled(used: list[str | None], count: int) -> bool:
+    return len(used) >= count
 
 
 def handled(texts: list[str], text: str) -> Callable[[], Awaitable[bool]]:
