@@ -20,7 +20,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from puppets import Bot, TextMessage
-from puppets.pulling import Page
+from puppets.pulling import Page, Puller
 from tests.puppets.conftest import Corp, Hosted, corp, hosted, sim, sim_config, wait_until
 from tests.support.servers import serve_app
 from wecom.crypto import MsgCrypt
@@ -75,14 +75,7 @@ async def test_a_replayed_callback_whose_token_still_works_costs_no_pull(
     await asyncio.wait_for(captured.arrived.wait(), 10)
     query, body = captured.requests[0]
     puller = puppet.account.puller
-    used: list[str | None] = []
-    fetch = puller._fetch
-
-    async def recording(cursor: str | None, token: str | None) -> Page:
-        used.append(token)
-        return await fetch(cursor, token)
-
-    puller._fetch = recording
+    used = tokens_pulled_with(puller)
     await corp.set_callback(puppet.url + "/callback")
     async with httpx.AsyncClient(trust_env=False) as http:
         first = await http.post(f"{puppet.url}/callback?{query}", content=body)  # as WeCom delivered it
@@ -121,14 +114,7 @@ async def test_a_replayed_signed_delivery_costs_no_pull_and_a_redelivery_signed_
     )
     assert isinstance(event, KfMsgOrEvent)
     puller = puppet.account.puller
-    used: list[str | None] = []
-    fetch = puller._fetch
-
-    async def recording(cursor: str | None, token: str | None) -> Page:
-        used.append(token)
-        return await fetch(cursor, token)
-
-    puller._fetch = recording
+    used = tokens_pulled_with(puller)
     body = json.dumps({"token": event.token, "openKfId": corp.kf}).encode()
     now = int(time.time())
     delivery = {
@@ -155,6 +141,19 @@ async def test_a_replayed_signed_delivery_costs_no_pull_and_a_redelivery_signed_
 
 async def _pulled(used: list[str | None], count: int) -> bool:
     return len(used) >= count
+
+
+def tokens_pulled_with(puller: Puller) -> list[str | None]:
+    """From now on, the token of every ``sync_msg`` call ``puller`` makes (None: token-less), in order."""
+    used: list[str | None] = []
+    fetch = puller._fetch
+
+    async def recording(cursor: str | None, token: str | None) -> Page:
+        used.append(token)
+        return await fetch(cursor, token)
+
+    puller._fetch = recording
+    return used
 
 
 def handled(texts: list[str], text: str) -> Callable[[], Awaitable[bool]]:

@@ -9,14 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.puppets.conftest import Corp, wait_until
-from tests.sockets.conftest import RawSocket, hub_log, info
+from tests.sockets.conftest import hub_log, info
+from tests.sockets.test_socket_protocol import delivery
 from tests.support.services import ServiceProcess
-
-
-async def delivery(client: RawSocket, account: str) -> dict[str, Any]:
-    frame = await client.receive()
-    assert frame["type"] == "delivery" and frame["account"] == account, frame
-    return frame
 
 
 async def test_a_stopping_ack_parks_the_account_until_a_successor_proves_it(
