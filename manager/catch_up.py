@@ -16,6 +16,10 @@ without a token. So the catch-up covers accounts whose newest callback is at mos
 :data:`TOKEN_WINDOW` old (a minute short of the token's life, for the delivery and the pull);
 an outage longer than that is caught up by the Node puppet's own poll (docs/compat.md).
 
+"How old" compares the arrival key (the accepting host's wall clock) with this host's clock, so the
+replicas' clocks must agree (NTP) to within a minute: a token judged fresh that has expired costs the
+puppet one pull answered 95007, nothing more.
+
 Work: one scan of the registered puppets and one indexed query per account (``manager_events`` by
 ``(account, arrival)``), once per start with no other replica alive, in the background.
 """
