@@ -45,6 +45,8 @@ class ManagerConfig:
     retention: float = 7 * 86400.0
     checkpoint_interval: float = 1.0
     replica_timeout: float = 30.0
+    #: a start with no other replica alive gives recent callbacks again (manager/catch_up.py)
+    catch_up_after_outage: bool = True
 
 
 class Manager:
@@ -149,7 +151,8 @@ class Manager:
                 run_every(self._close_sockets_if_fenced, self.checkpoint_interval, "socket fence")
             ),
         ]
-        if alone:  # callbacks may have been lost: puppets that ignore upPeriod get one to catch up
+        if alone and self.config.catch_up_after_outage:  # callbacks may have been lost: puppets
+            # that ignore upPeriod get one to catch up
             self._tasks.append(asyncio.create_task(self._catch_up(), name="manager:catch-up"))
 
     @property
