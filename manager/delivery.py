@@ -10,6 +10,12 @@ them. ``webhook-id`` is the stable event id.
 
 A puppet registered with the endpoint :data:`~manager.sockets.SOCKET_ENDPOINT` takes the same path,
 query, headers and body as a frame on its own WebSocket (:mod:`manager.sockets`) instead.
+
+**A puppet that is stopping** answers ``503 stopping`` (over HTTP, or as its socket ack) until it
+deregisters: it is going away, not failing. That answer is :class:`PuppetStopping`, an
+:class:`~wxkf.delivery.Unreachable`, so the dispatcher marks the puppet offline and keeps the work in
+the account's mailbox without counting a failed attempt (no backoff, no dead letter); the probe
+counts a stopping puppet as down, and the account flows when the puppet, or its successor, registers.
 """
 
 from __future__ import annotations
@@ -19,7 +25,18 @@ import json
 from manager.mailbox import RAW, Latest
 from manager.puppets import Puppet
 from manager.sockets import SOCKET_ENDPOINT, NoSocketHere, PuppetSockets
-from wxkf.delivery import DeliveryClient
+from wxkf.delivery import DeliveryClient, DeliveryError, Unreachable
+
+#: what a stopping puppet answers, with status 503 (docs/compat.md)
+STOPPING = "stopping"
+
+
+class PuppetStopping(Unreachable):
+    """The puppet answered ``503 stopping``: it is going away (and deregisters soon)."""
+
+
+def is_stopping(status: int | None, answer: str) -> bool:
+    return status == 503 and answer.strip() == STOPPING
 
 
 def content_for(puppet: Puppet, latest: Latest) -> tuple[str, str, bytes, str]:
@@ -46,38 +63,46 @@ async def deliver(
 ) -> None:
     """Raises :class:`~wxkf.delivery.Unreachable` (the puppet is down; :class:`NoSocketHere` for a
     socket puppet with no connection to this process) or :class:`~wxkf.delivery.DeliveryError` (it
-    answered, but not with a 2xx)."""
-    if puppet.endpoint == SOCKET_ENDPOINT:
-        if sockets is None:
-            raise NoSocketHere("this process serves no puppet sockets")
-        path, query, body, content_type = content_for(puppet, latest)
-        await sockets.deliver(
-            puppet.key,
-            path=path,
-            query=query,
-            body=body,
+    answered, but not with a 2xx; :class:`PuppetStopping`, an ``Unreachable``, for ``503 stopping``)."""
+    try:
+        if puppet.endpoint == SOCKET_ENDPOINT:
+            if sockets is None:
+                raise NoSocketHere("this process serves no puppet sockets")
+            path, query, body, content_type = content_for(puppet, latest)
+            await sockets.deliver(
+                puppet.key,
+                path=path,
+                query=query,
+                body=body,
+                content_type=content_type,
+                event_id=latest.event_id,
+                secret=puppet.webhook_secret,
+                timeout=timeout,
+            )
+            return
+        url, body, content_type = request_for(puppet, latest)
+        await http.post(
+            url,
+            body,
             content_type=content_type,
             event_id=latest.event_id,
             secret=puppet.webhook_secret,
             timeout=timeout,
         )
-        return
-    url, body, content_type = request_for(puppet, latest)
-    await http.post(
-        url,
-        body,
-        content_type=content_type,
-        event_id=latest.event_id,
-        secret=puppet.webhook_secret,
-        timeout=timeout,
-    )
+    except DeliveryError as exc:
+        if isinstance(exc, Unreachable) or not is_stopping(exc.status, exc.answer):
+            raise
+        if sockets is not None and puppet.endpoint == SOCKET_ENDPOINT:
+            sockets.stopping(puppet.key)
+        raise PuppetStopping("the puppet is stopping (503 stopping); it deregisters soon") from None
 
 
 async def probe(
     http: DeliveryClient, puppet: Puppet, timeout: float = 3.0, sockets: PuppetSockets | None = None
 ) -> bool:
-    """Is anything answering HTTP at the puppet's callback URL? (Any status counts as alive.) For a
-    socket puppet: is its socket open to this process?"""
+    """Is anything answering HTTP at the puppet's callback URL? (Any status counts as alive, but
+    ``503 stopping``.) For a socket puppet: is its socket open to this process, and not stopping?"""
     if puppet.endpoint == SOCKET_ENDPOINT:
         return sockets is not None and sockets.connected(puppet.key)
-    return await http.reachable(f"{puppet.endpoint}/callback", timeout)
+    answer = await http.get(f"{puppet.endpoint}/callback", timeout)
+    return answer is not None and not is_stopping(*answer)

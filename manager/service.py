@@ -13,7 +13,7 @@ import httpx
 
 from gateway.intake import CallbackEvent
 from gateway.registry import AppRegistry
-from manager import delivery, metrics
+from manager import catch_up, delivery, metrics
 from manager.account_state import Undelivered
 from manager.dispatcher import DispatchConfig, Dispatcher
 from manager.mailbox import DECRYPTED, RAW, Latest, MailboxStore, account_key
@@ -29,7 +29,7 @@ from wxkf.database import Database
 from wxkf.delivery import DEFAULT_CONNECTIONS_PER_HOST, DeliveryClient
 from wxkf.endpoints import IPNetwork
 from wxkf.secretbox import SecretBox
-from wxkf.tasks import run_every, stop_tasks
+from wxkf.tasks import log_failure, run_every, stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class ManagerConfig:
     retention: float = 7 * 86400.0
     checkpoint_interval: float = 1.0
     replica_timeout: float = 30.0
+    #: a start with no other replica alive gives recent callbacks again (manager/catch_up.py)
+    catch_up_after_outage: bool = True
 
 
 class Manager:
@@ -132,6 +134,9 @@ class Manager:
         await self.mailboxes.ensure_indexes()
         await self.recovery.ensure_indexes()
         # before this replica's own checkpoint: were others alive to take WeCom's callbacks meanwhile?
+        alone = not await up_period.others_alive(
+            self.db[REPLICAS], self.config.owner, self.config.replica_timeout, clock=self._clock
+        )
         self.up_period = await up_period.begin_unless_others_alive(
             self.db, self.db[REPLICAS], self.config.owner, self.config.replica_timeout, clock=self._clock
         )
@@ -142,7 +147,13 @@ class Manager:
         self._tasks = [
             asyncio.create_task(retention.run_purger(self.mailboxes.purge_expired, "manager events")),
             asyncio.create_task(run_every(self._liveness, self.checkpoint_interval, "manager checkpoint")),
+            asyncio.create_task(  # not inside _liveness: that waits on the database
+                run_every(self._close_sockets_if_fenced, self.checkpoint_interval, "socket fence")
+            ),
         ]
+        if alone and self.config.catch_up_after_outage:  # callbacks may have been lost: puppets
+            # that ignore upPeriod get one to catch up
+            self._tasks.append(asyncio.create_task(self._catch_up(), name="manager:catch-up"))
 
     @property
     def checkpoint_interval(self) -> float:
@@ -156,6 +167,15 @@ class Manager:
             # so are its sockets' claims (see Recovery): their puppets reconnect and prove again
             await self.sockets.close_all(TRY_LATER, "manager replica taken over; reconnect")
         await self.recovery.take_over_dead()
+
+    async def _catch_up(self) -> None:
+        try:
+            await catch_up.redeliver_recent(self.db, self.mailboxes, clock=self._clock)
+        except Exception as exc:
+            log_failure("the catch-up after an outage", exc)
+
+    async def _close_sockets_if_fenced(self) -> None:
+        await self.sockets.close_if_fenced(lambda: not self.recovery.liveness.valid())
 
     async def stop(self) -> None:
         await stop_tasks(self._tasks)

@@ -299,6 +299,11 @@ def socket_routes(manager: Manager) -> list[BaseRoute]:
             )
             await websocket.close(TRY_LATER)  # before accept: the handshake is refused
             return
+        if not manager.recovery.liveness.valid():  # cut off from the database: try another replica
+            REFUSALS.labels("fenced").inc()
+            warn_limited(log, "fenced", "puppet socket refused: this replica cannot renew its leases")
+            await websocket.close(TRY_LATER)
+            return
         sockets.unproven += 1
         try:
             await websocket.accept()

@@ -30,7 +30,7 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +89,7 @@ class Connection:
         self.accounts: set[str] = set()
         self.claims: dict[str, str] = {}  # account -> the claim its proof recorded (puppet registry)
         self.failed_proofs = 0
+        self.stopping: set[str] = set()  # accounts whose puppet answered "503 stopping" here
         self._pending: dict[str, tuple[str, asyncio.Future[tuple[int, str]]]] = {}
         self._ids = itertools.count(1)
         self._send_lock = asyncio.Lock()
@@ -156,8 +157,16 @@ class PuppetSockets:
         self.unproven = 0  # connections open but with no account proven yet
 
     def connected(self, key: str) -> bool:
+        """Is a connection open for ``key``, whose puppet is not stopping?"""
         connection = self._by_account.get(key)
-        return connection is not None and not connection.closed
+        return connection is not None and not connection.closed and key not in connection.stopping
+
+    def stopping(self, key: str) -> None:
+        """``key``'s puppet answered that it is stopping: its socket no longer counts as connected for
+        it (the probe); a new proof, on any connection, counts again."""
+        connection = self._by_account.get(key)
+        if connection is not None:
+            connection.stopping.add(key)
 
     def attach(self, key: str, connection: Connection, claim: str) -> None:
         """``connection`` proved ``key`` (recorded durably as ``claim``): it takes the account's
@@ -167,12 +176,14 @@ class PuppetSockets:
         if previous is not None and previous is not connection:
             previous.accounts.discard(key)
         connection.accounts.add(key)
+        connection.stopping.discard(key)
         connection.claims[key] = claim
         self._by_account[key] = connection
         ACCOUNTS.set(len(self._by_account))
 
     def detach(self, key: str, connection: Connection) -> None:
         connection.accounts.discard(key)
+        connection.stopping.discard(key)
         if self._by_account.get(key) is connection:
             del self._by_account[key]
             ACCOUNTS.set(len(self._by_account))
@@ -185,6 +196,19 @@ class PuppetSockets:
             self.detach(key, connection)
         claims, connection.claims = connection.claims, {}
         return claims
+
+    async def close_if_fenced(self, fenced: Callable[[], bool]) -> None:
+        """While ``fenced()`` (this replica's lease fence ran out: it could not write a checkpoint, so
+        it may be taken over at any moment and must not deliver), close every connection with 1013,
+        so that its puppets reconnect and prove their accounts to a replica that can serve them,
+        rather than wait on this one until its database comes back."""
+        if self._by_account and fenced():
+            log.warning(
+                "this replica cannot renew its leases (no checkpoint written): closing the sockets of"
+                " %d puppet account(s) with 1013 so that they reconnect to another replica",
+                len(self._by_account),
+            )
+            await self.close_all(TRY_LATER, "manager replica cut off from its database; reconnect")
 
     async def close_all(self, code: int, reason: str) -> None:
         """Close every connection (their puppets reconnect and prove their accounts again)."""
@@ -219,5 +243,8 @@ class PuppetSockets:
         if 200 <= status < 300:
             return
         raise DeliveryError(
-            f"socket ack {status}: {message[:200]!r}", status=status, permanent=is_permanent(status)
+            f"socket ack {status}: {message[:200]!r}",
+            status=status,
+            permanent=is_permanent(status),
+            answer=message[:200],
         )

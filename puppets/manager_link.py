@@ -106,6 +106,8 @@ class ManagerLink:
         log.info("%s: registered with the manager at %s", self.account.key, self.manager)
 
     async def heartbeat(self) -> None:
+        if self.account.stopping:  # no sign of life: it would only bring a delivery we refuse (503)
+            return
         body = {"corpId": self.account.corp_id, "kfId": self.account.open_kfid}
         secret = self.account.webhook_secrets[0] if self.account.webhook_secrets else None
         if secret is None:  # a Node manager has no heartbeat: registering again is its sign of life

@@ -59,10 +59,13 @@ class DeliveryError(Exception):
     """The receiver did not acknowledge; the message says how. ``status`` is the HTTP status of its
     answer (None: no answer); ``permanent`` says that sending the same request again is pointless."""
 
-    def __init__(self, message: str, *, status: int | None = None, permanent: bool = False) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, permanent: bool = False, answer: str = ""
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.permanent = permanent
+        self.answer = answer  # the first bytes of the answer's body, decoded
 
 
 class Unreachable(DeliveryError):
@@ -210,15 +213,22 @@ class DeliveryClient:
                 permanent=True,
             )
         snippet = answer[:200].decode(errors="replace")
-        raise DeliveryError(f"HTTP {status}: {snippet!r}", status=status, permanent=is_permanent(status))
+        raise DeliveryError(
+            f"HTTP {status}: {snippet!r}", status=status, permanent=is_permanent(status), answer=snippet
+        )
 
     async def reachable(self, url: str, timeout: float = 3.0) -> bool:
         """Does anything answer HTTP at ``url``? (Any status counts as alive; redirects are not followed.)"""
+        return await self.get(url, timeout) is not None
+
+    async def get(self, url: str, timeout: float = 3.0) -> tuple[int, str] | None:
+        """``(status, first bytes of the body)`` of a GET of ``url``; None if nothing answered HTTP
+        (redirects are not followed)."""
         try:
-            await self._request("GET", url, None, {}, timeout)
+            status, answer, _ = await self._request("GET", url, None, {}, timeout)
         except DeliveryError:
-            return False
-        return True
+            return None
+        return status, answer[:200].decode(errors="replace")
 
     # -- one request ----------------------------------------------------------------------------
     async def _request(

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from puppets import Bot, TextMessage
-from puppets.pulling import Page
+from tests.attacks.test_puppet_replayed_live_token import tokens_pulled_with
 from tests.puppets.conftest import Corp, Hosted, corp, hosted, sim, sim_config, wait_until
 from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, signed_post
 
@@ -32,15 +32,7 @@ async def test_a_replayed_callback_with_an_expired_token_is_pulled_with_at_most_
         texts.append(message.text)
 
     puppet = await hosted(bot)
-    puller = puppet.account.puller
-    used: list[str | None] = []
-    fetch = puller._fetch
-
-    async def recording(cursor: str | None, token: str | None) -> Page:
-        used.append(token)
-        return await fetch(cursor, token)
-
-    puller._fetch = recording
+    used = tokens_pulled_with(puppet.account.puller)
     query, xml = signed_post(
         CorpAppKeys(corp.corpid, corp.token, corp.aes_key), kf_event_xml(corp.corpid, corp.kf, DEAD)
     )

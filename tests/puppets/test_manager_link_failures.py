@@ -25,6 +25,7 @@ class FakeAccount(SimpleNamespace):
         super().__init__(spec=spec, open_kfid="wkA", corp_id="wwCORP", name="A", key="wwCORP/wkA")
         self.webhook_secrets: list[str] = []
         self.catch_ups = 0
+        self.stopping = False
 
     def set_webhook_secret(self, secret: str | None) -> None:
         if secret:
