@@ -6,31 +6,42 @@ Collections (one set for every account of every puppet process on the database):
 |---|---|---|
 | ``puppet_accounts`` | ``corp/open_kfid`` | the ``sync_msg`` cursor |
 | ``puppet_messages`` | ``corp/open_kfid/msgid`` | each pulled item, its handling state, the customer |
-| ``puppet_started`` | ``corp/open_kfid/msgid`` | one entry per message whose handler was started |
+| ``puppet_handler_log`` | ``start/<key>``, ``end/<key>`` | a message's handler started; it ended (done) |
 | ``puppet_sends`` | ``corp/open_kfid/msgid`` | each message sent, its delivery state |
 | ``puppet_media`` | ``corp/type/sha256`` | uploaded media ids, for reuse within their 3 days |
+| ``puppet_started`` | ``corp/open_kfid/msgid`` | starts written by earlier versions (read at start-up) |
 
-The invariants that make delivery to the bot exactly once:
+(``<key>`` is the message's ``_id``.) The invariants that make delivery to the bot exactly once:
 
 * a page's items are recorded (inserts by ``_id``, duplicates ignored) *before* the cursor
   past them is stored, both acknowledged durably; a crash in between re-pulls the page and the
   duplicates are recognised;
-* a message is ``new`` until its handler finishes, then ``done`` or ``failed``; before its handler is
-  called, its entry in ``puppet_started`` is written (an insert: on the embedded server each update
-  is a transaction and a synced commit of its own, while a batch of inserts shares one, so the hot
-  path writes one update per message, its completion). At start-up the unfinished ones are handed to
-  the bot again, those with a started entry (or, written by earlier versions, in state ``handling``)
-  marked as redeliveries;
+* a message is *unfinished* (``pending``) until its handler ends. Before its handler is called its
+  ``start`` entry is durable in the handler log; when the handler returns, its ``end`` entry is (a
+  handler that raised or timed out instead updates its message to ``failed``, with the error). Both are
+  inserts into one collection: on the embedded server every update is a transaction and a synced commit
+  of its own, while a batch of inserts shares one, so a customer's next start and the previous end
+  share one commit, and the hot path updates nothing. *Settling* then updates the ended messages to
+  ``done`` (``pending`` unset, ``expire_at`` set) in batches of up to 100, off the handlers' path;
+  reads (:meth:`PuppetStore.message`, :meth:`PuppetStore.conversation`) show an ended but unsettled
+  message as ``done`` already;
+* at start-up the unfinished messages without an ``end`` entry are handed to the bot again, a
+  customer's oldest one marked as a redelivery when its handler had started (a ``start`` entry, an
+  earlier version's ``puppet_started`` entry or state ``handling``); the ended ones are settled;
 * recorded messages are kept at least as long as WeCom can return them (3 days) so a re-pulled one is
-  always recognised; finished ones carry an ``expire_at`` (the retention) and are purged in batches.
+  always recognised; finished ones carry an ``expire_at`` (the retention) and are purged in batches;
+  handler-log entries are kept twice the retention, so that they outlive their messages.
 
-Queries are by ``_id`` or by an index whose prefix is the account (``pending`` is set only while a
-message is unfinished), never one of the shapes SecantusDB scans (:mod:`wxkf.database`).
+Queries are by ``_id`` (``$in`` lists of at most 100) or by an index whose prefix is the account
+(``pending`` is set only while a message is unsettled: what start-up reads is the unfinished work and
+what ended in the last moments before a stop), never one of the shapes SecantusDB scans
+(:mod:`wxkf.database`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,11 +54,17 @@ from wxkf.database import Collection, Database, Document, chunks, durable
 from wxkf.group_commit import GroupCommit
 from wxkf.retention import ensure_expiry_index, expiry, purge_expired
 
+log = logging.getLogger(__name__)
+
 ACCOUNTS = "puppet_accounts"
 MESSAGES = "puppet_messages"
+HANDLER_LOG = "puppet_handler_log"
 SENDS = "puppet_sends"
 MEDIA = "puppet_media"
-STARTED = "puppet_started"
+STARTED = "puppet_started"  # earlier versions' start entries (``_id`` the message's key)
+
+#: messages settled by one update, and keys per ``$in`` list (:func:`wxkf.database.chunks`)
+SETTLE_BATCH = 100
 
 #: how long WeCom's sync_msg can return a message: dedup must remember at least this long
 WECOM_READABLE = 3 * 86400
@@ -71,6 +88,16 @@ def message_key(account: str, msgid: str) -> str:
     return f"{account}/{msgid}"
 
 
+def start_key(key: str) -> str:
+    """The handler log's entry for "the handler of message ``key`` was started"."""
+    return f"start/{key}"
+
+
+def end_key(key: str) -> str:
+    """The handler log's entry for "the handler of message ``key`` returned"."""
+    return f"end/{key}"
+
+
 class PuppetStore:
     """The puppet's collections on one database. ``retention``: seconds finished records are kept."""
 
@@ -81,9 +108,12 @@ class PuppetStore:
         self.messages: Collection = durable(db[MESSAGES])
         self.sends: Collection = durable(db[SENDS])
         self.media: Collection = durable(db[MEDIA])
+        self.handler_log: Collection = durable(db[HANDLER_LOG])
         self.started: Collection = durable(db[STARTED])
         self._message_writes = GroupCommit(self.messages)
-        self._started_writes = GroupCommit(self.started)
+        self._log_writes = GroupCommit(self.handler_log)
+        self._unsettled: list[str] = []  # keys of ended messages not yet updated to done, oldest first
+        self._settler: asyncio.Task[None] | None = None
         self._cursor_writes = GroupCommit(self.accounts)
         self._send_records = GroupCommit(self.sends)
 
@@ -97,7 +127,7 @@ class PuppetStore:
         await self.sends.create_index(
             [("account", ASCENDING), ("customer", ASCENDING), ("at", ASCENDING)], name="conversation"
         )
-        for collection in (self.messages, self.sends, self.media, self.started):
+        for collection in (self.messages, self.sends, self.media, self.handler_log, self.started):
             await ensure_expiry_index(collection)
 
     # -- cursor -----------------------------------------------------------------------------
@@ -134,56 +164,118 @@ class PuppetStore:
 
     async def pending(self, account: str) -> list[Pending]:
         """The account's unfinished messages, oldest first (one indexed range and lookups by ``_id``,
-        done at start-up). A redelivery is a customer's *oldest* unfinished message when its handler
-        had started: a customer's next start is written while the previous completion still is (two
-        collections, two commits), so a crash can leave both started and unfinished; but the next
-        handler is only called once that completion is durable, so only the oldest can have been cut
-        off, and the one after it was never handed to the bot."""
+        done at start-up); the ended ones among the unsettled are settled. A redelivery is a customer's
+        *oldest* unfinished message when its handler had started: a customer's next start may be
+        durable while the previous end is not (a batch of inserts is not atomic on MongoDB), so a
+        crash can leave both started and unfinished; but the next handler is only called once that end
+        is durable, so only the oldest can have been cut off, and the one after it was never handed to
+        the bot."""
         cursor = self.messages.find(
             {"account": account, "pending": True}, projection={"item": 1, "state": 1, "customer": 1}
         ).sort("seq", ASCENDING)
         docs = [doc async for doc in cursor]
+        logged: set[str] = set()
         started: set[str] = set()
-        for keys in chunks([doc["_id"] for doc in docs]):
-            found = self.started.find({"_id": {"$in": list(keys)}}, projection={"_id": 1})
-            started.update([entry["_id"] async for entry in found])
+        for keys in chunks([doc["_id"] for doc in docs], SETTLE_BATCH // 2):
+            ids = [start_key(key) for key in keys] + [end_key(key) for key in keys]
+            found = self.handler_log.find({"_id": {"$in": ids}}, projection={"_id": 1})
+            logged.update([entry["_id"] async for entry in found])
+            legacy = self.started.find({"_id": {"$in": list(keys)}}, projection={"_id": 1})
+            started.update([entry["_id"] async for entry in legacy])
         pending: list[Pending] = []
         seen: set[str] = set()
         for doc in docs:
+            key = doc["_id"]
+            if end_key(key) in logged:
+                self._settle_soon(key)
+                continue
             customer = doc.get("customer", "")
-            cut_off = customer not in seen and (doc.get("state") == HANDLING or doc["_id"] in started)
+            was_started = doc.get("state") == HANDLING or key in started or start_key(key) in logged
+            cut_off = customer not in seen and was_started
             seen.add(customer)
             pending.append(Pending(doc["item"], cut_off))
         return pending
 
     async def mark_handling(self, account: str, msgid: str) -> None:
         """Its handler is about to be called: durable before it is (an insert; again for a redelivery,
-        then a duplicate, which is as good). Kept twice the retention, so that it outlives its message,
-        whose retention starts when it finishes; only start-up reads it, before the first purge."""
-        now = self._clock()
-        await self._started_writes.insert(
-            {
-                "_id": message_key(account, msgid),
-                "account": account,
-                "at": now,
-                "expire_at": expiry(now, 2 * self.retention),
-            }
-        )
+        then a duplicate, which is as good)."""
+        await self._log_writes.insert(self._log_entry(start_key(message_key(account, msgid)), account))
 
     async def mark_finished(self, account: str, msgid: str, error: str | None = None) -> None:
+        """Its handler returned (``error`` None: an ``end`` entry, then settled to ``done`` behind the
+        caller) or failed (the message is updated to ``failed`` with the error); durable on return."""
+        key = message_key(account, msgid)
+        if error is None:
+            await self._log_writes.insert(self._log_entry(end_key(key), account))
+            self._settle_soon(key)
+            return
         now = self._clock()
-        fields: dict[str, Any] = {
-            "state": FAILED if error else DONE,
+        fields = {
+            "state": FAILED,
             "finished_at": now,
             "expire_at": expiry(now, self.retention),
+            "error": error[:2000],
         }
-        if error:
-            fields["error"] = error[:2000]
         update = {"$set": fields, "$unset": {"pending": ""}}
-        await self._message_writes.write(UpdateOne({"_id": message_key(account, msgid)}, update))
+        await self._message_writes.write(UpdateOne({"_id": key}, update))
+
+    def _log_entry(self, entry_id: str, account: str) -> Document:
+        now = self._clock()
+        return {"_id": entry_id, "account": account, "at": now, "expire_at": expiry(now, 2 * self.retention)}
+
+    # -- settling: ended messages become done, behind the handlers ----------------------------
+    def _settle_soon(self, key: str) -> None:
+        self._unsettled.append(key)
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.create_task(self._settle_all(), name="settle finished messages")
+
+    async def _settle_all(self) -> None:
+        """No timer: while one batch is written the next ones queue, so a busy store settles many
+        messages per update. A failure only delays it (start-up settles what a crash left)."""
+        delay = 0.1
+        while self._unsettled:
+            keys = self._unsettled[:SETTLE_BATCH]
+            now = self._clock()
+            fields = {"state": DONE, "finished_at": now, "expire_at": expiry(now, self.retention)}
+            try:
+                await self.messages.update_many(
+                    {"_id": {"$in": keys}}, {"$set": fields, "$unset": {"pending": ""}}
+                )
+            except Exception as exc:
+                log.warning(
+                    "settling %d finished messages failed (%s); retrying in %.1f s", len(keys), exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            del self._unsettled[: len(keys)]
+            delay = 0.1
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Wait until every ended message is settled (on stopping, before a purge); give up after
+        ``timeout`` s (the database is away: the next start settles them)."""
+        settler = self._settler
+        if settler is None or settler.done():
+            return
+        done, _ = await asyncio.wait({settler}, timeout=timeout)
+        if not done:
+            log.warning("%d finished messages not settled; the next start settles them", len(self._unsettled))
+
+    async def _ended(self, docs: Sequence[Document]) -> dict[str, Document]:
+        """The handler log's ``end`` entries of those of ``docs`` still unsettled, by message key."""
+        keys = [doc["_id"] for doc in docs if doc.get("pending")]
+        ended: dict[str, Document] = {}
+        for chunk in chunks(keys, SETTLE_BATCH):
+            found = self.handler_log.find({"_id": {"$in": [end_key(key) for key in chunk]}})
+            ended.update({entry["_id"].removeprefix("end/"): entry async for entry in found})
+        return ended
 
     async def message(self, account: str, msgid: str) -> Document | None:
-        return await self.messages.find_one({"_id": message_key(account, msgid)})
+        """The message's record, ``done`` as soon as its ``end`` entry is durable."""
+        doc = await self.messages.find_one({"_id": message_key(account, msgid)})
+        if doc is None:
+            return None
+        return settled(doc, (await self._ended([doc])).get(doc["_id"]))
 
     # -- sends ------------------------------------------------------------------------------
     async def sent(self, account: str, msgid: str) -> Document | None:
@@ -235,6 +327,8 @@ class PuppetStore:
         the item and the handling state, outgoing ones the body and delivery state.
         """
         where = {"account": account, "customer": customer}
+        received = [doc async for doc in self.messages.find(where).sort("send_time", -1).limit(limit)]
+        ended = await self._ended(received)
         incoming = [
             {
                 "direction": "in",
@@ -246,7 +340,7 @@ class PuppetStore:
                 "item": doc["item"],
                 "_order": (int(doc.get("send_time") or 0), (doc.get("seq") or 0) / 1e9),
             }
-            async for doc in self.messages.find(where).sort("send_time", -1).limit(limit)
+            for doc in (settled(found, ended.get(found["_id"])) for found in received)
         ]
         outgoing = [
             {
@@ -291,11 +385,21 @@ class PuppetStore:
 
     # -- retention --------------------------------------------------------------------------
     async def purge(self) -> int:
+        await self.settle()
         now = self._clock()
         total = 0
-        for collection in (self.messages, self.sends, self.media, self.started):
+        for collection in (self.messages, self.sends, self.media, self.handler_log, self.started):
             total += await purge_expired(collection, now)
         return total
+
+
+def settled(doc: Document, end: Document | None) -> Document:
+    """A message's record as it reads once settled, given its handler log ``end`` entry (if any)."""
+    if end is None or not doc.get("pending"):
+        return doc
+    shown = {name: value for name, value in doc.items() if name != "pending"}
+    shown.update(state=DONE, finished_at=end.get("at"))
+    return shown
 
 
 def customer_of(item: Document) -> str:
