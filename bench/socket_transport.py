@@ -4,7 +4,7 @@
 minutes.
 
 The hub runs as users run it (``python -m hub up``, embedded database) with the simulator as WeCom
-(``python -m simulator``), each a child process; so is every puppet (``python -m hub puppet`` with
+(``python -m hub sim``), each a child process; so is every puppet (``python -m hub puppet`` with
 :mod:`bench.quiet_bot`, whose handler does nothing, on its own embedded database). For each account
 count, an HTTP puppet and a socket puppet (``--transport ws``) run one after the other against the same
 hub, each serving its own corp's accounts:
@@ -182,7 +182,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     python = sys.executable
     sim = Child(
         "simulator",
-        [python, "-m", "simulator", "--port", str(sim_port), "--seed", str(workdir / "seed.json")],
+        [python, "-m", "hub", "sim", "--port", str(sim_port), "--seed", str(workdir / "seed.json")],
         workdir / "simulator.log",
         env={"WXKF_LOG_LEVEL": "WARNING"},  # as in the other benchmarks: WeCom's logging is not ours
     )
