@@ -22,7 +22,8 @@ Collections (one set for every account of every puppet process on the database):
   inserts into one collection: on the embedded server every update is a transaction and a synced commit
   of its own, while a batch of inserts shares one, so a customer's next start and the previous end
   share one commit, and the hot path updates nothing. *Settling* then updates the ended messages to
-  ``done`` (``pending`` unset, ``expire_at`` set) in batches of up to 100, off the handlers' path;
+  ``done`` (``pending`` unset, ``expire_at`` set), one update for up to 100 of them at most a second
+  after the first ended, off the handlers' path;
   reads (:meth:`PuppetStore.message`, :meth:`PuppetStore.conversation`) show an ended but unsettled
   message as ``done`` already;
 * at start-up the unfinished messages without an ``end`` entry are handed to the bot again, a
@@ -53,6 +54,7 @@ from pymongo import ASCENDING, UpdateOne
 from wxkf.database import Collection, Database, Document, chunks, durable
 from wxkf.group_commit import GroupCommit
 from wxkf.retention import ensure_expiry_index, expiry, purge_expired
+from wxkf.tasks import finished_within
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +101,18 @@ def end_key(key: str) -> str:
 
 
 class PuppetStore:
-    """The puppet's collections on one database. ``retention``: seconds finished records are kept."""
+    """The puppet's collections on one database. ``retention``: seconds finished records are kept;
+    ``settle_interval``: the longest an ended message waits to be settled in a batch of fewer than
+    ``SETTLE_BATCH``."""
 
-    def __init__(self, db: Database, *, retention: float = 30 * 86400, clock: Any = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        retention: float = 30 * 86400,
+        clock: Any = time.time,
+        settle_interval: float = 1.0,
+    ) -> None:
         self.retention = max(retention, MIN_RETENTION)
         self._clock = clock
         self.accounts: Collection = durable(db[ACCOUNTS])
@@ -114,6 +125,9 @@ class PuppetStore:
         self._log_writes = GroupCommit(self.handler_log)
         self._unsettled: list[str] = []  # keys of ended messages not yet updated to done, oldest first
         self._settler: asyncio.Task[None] | None = None
+        self._settle_wake = asyncio.Event()  # a full batch is waiting, or settle() was called
+        self._settling_all = False
+        self.settle_interval = settle_interval
         self._cursor_writes = GroupCommit(self.accounts)
         self._send_records = GroupCommit(self.sends)
 
@@ -226,14 +240,21 @@ class PuppetStore:
     # -- settling: ended messages become done, behind the handlers ----------------------------
     def _settle_soon(self, key: str) -> None:
         self._unsettled.append(key)
+        if len(self._unsettled) >= SETTLE_BATCH:
+            self._settle_wake.set()
         if self._settler is None or self._settler.done():
             self._settler = asyncio.create_task(self._settle_all(), name="settle finished messages")
 
     async def _settle_all(self) -> None:
-        """No timer: while one batch is written the next ones queue, so a busy store settles many
-        messages per update. A failure only delays it (start-up settles what a crash left)."""
+        """One update per ``SETTLE_BATCH`` ended messages, or per ``settle_interval`` with fewer: on
+        the embedded server an update of few documents costs nearly what one of a hundred does. A
+        failure only delays settling (start-up settles what a crash left)."""
         delay = 0.1
         while self._unsettled:
+            if len(self._unsettled) < SETTLE_BATCH and not self._settle_wake.is_set():
+                await finished_within(self._settle_wake.wait(), self.settle_interval)
+            if not self._settling_all:
+                self._settle_wake.clear()
             keys = self._unsettled[:SETTLE_BATCH]
             now = self._clock()
             fields = {"state": DONE, "finished_at": now, "expire_at": expiry(now, self.retention)}
@@ -252,12 +273,17 @@ class PuppetStore:
             delay = 0.1
 
     async def settle(self, timeout: float = 10.0) -> None:
-        """Wait until every ended message is settled (on stopping, before a purge); give up after
-        ``timeout`` s (the database is away: the next start settles them)."""
+        """Settle every ended message now (on stopping, before a purge); give up after ``timeout`` s
+        (the database is away: the next start settles them)."""
         settler = self._settler
         if settler is None or settler.done():
             return
-        done, _ = await asyncio.wait({settler}, timeout=timeout)
+        self._settling_all = True
+        self._settle_wake.set()
+        try:
+            done, _ = await asyncio.wait({settler}, timeout=timeout)
+        finally:
+            self._settling_all = False
         if not done:
             log.warning("%d finished messages not settled; the next start settles them", len(self._unsettled))
 
