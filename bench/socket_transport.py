@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 
 from bench.manager_support import AGENT_ID, Child, Corp, free_ports, machine, run_benchmark
-from bench.puppet_support import cpu_split
+from bench.puppet_support import cpu_split, metric_total
 
 HANDLED = re.compile(r'^wxkf_puppet_messages_handled_total\{outcome="done"\} ([0-9.e+]+)$', re.M)
 
@@ -135,6 +135,8 @@ async def one_run(
         await wait_handled(http, port, len(corp.accounts))
         base = await handled(http, port)
         slots = asyncio.Semaphore(concurrency)
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
+        pulls_before = await metric_total(metrics_url, "wxkf_puppet_pulls_total")
         processes = {**others, "puppet": puppet.pid}
         cpu_before = {name: cpu_split(pid) for name, pid in processes.items()}
 
@@ -147,6 +149,7 @@ async def one_run(
         posted = time.perf_counter()
         done = await wait_handled(http, port, base + messages)
         cpu = {name: cpu_split(pid) for name, pid in processes.items()}
+        pulls = await metric_total(metrics_url, "wxkf_puppet_pulls_total") - pulls_before
     finally:
         puppet.stop()
     seconds = done - started
@@ -166,6 +169,7 @@ async def one_run(
         "handled_in_s": round(seconds, 2),
         "messages_per_s": round(messages / seconds, 1),
         "cpu_ms_per_msg": cpu_ms,
+        "sync_msg_per_msg": round(pulls / messages, 2),
         "load_average": round(os.getloadavg()[0], 2),
     }
 
