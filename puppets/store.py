@@ -23,7 +23,8 @@ Collections (one set for every account of every puppet process on the database):
   of its own, while a batch of inserts shares one, so a customer's next start and the previous end
   share one commit, and the hot path updates nothing. *Settling* then updates the ended messages to
   ``done`` (``pending`` unset, ``expire_at`` set), one update for up to 100 of them at most a second
-  after the first ended, off the handlers' path;
+  after the first ended, off the handlers' path (``finished_at``, and the retention, count from the
+  batch's first end);
   reads (:meth:`PuppetStore.message`, :meth:`PuppetStore.conversation`) show an ended but unsettled
   message as ``done`` already;
 * at start-up the unfinished messages without an ``end`` entry are handed to the bot again, a
@@ -123,7 +124,7 @@ class PuppetStore:
         self.started: Collection = durable(db[STARTED])
         self._message_writes = GroupCommit(self.messages)
         self._log_writes = GroupCommit(self.handler_log)
-        self._unsettled: list[str] = []  # keys of ended messages not yet updated to done, oldest first
+        self._unsettled: list[tuple[str, float]] = []  # (key, end time) of ended messages not yet done
         self._settler: asyncio.Task[None] | None = None
         self._settle_wake = asyncio.Event()  # a full batch is waiting, or settle() was called
         self._settling_all = False
@@ -188,12 +189,12 @@ class PuppetStore:
             {"account": account, "pending": True}, projection={"item": 1, "state": 1, "customer": 1}
         ).sort("seq", ASCENDING)
         docs = [doc async for doc in cursor]
-        logged: set[str] = set()
+        logged: dict[str, float] = {}  # handler log entry -> its time
         started: set[str] = set()
         for keys in chunks([doc["_id"] for doc in docs], SETTLE_BATCH // 2):
             ids = [start_key(key) for key in keys] + [end_key(key) for key in keys]
-            found = self.handler_log.find({"_id": {"$in": ids}}, projection={"_id": 1})
-            logged.update([entry["_id"] async for entry in found])
+            found = self.handler_log.find({"_id": {"$in": ids}}, projection={"at": 1})
+            logged.update({entry["_id"]: entry.get("at", self._clock()) async for entry in found})
             legacy = self.started.find({"_id": {"$in": list(keys)}}, projection={"_id": 1})
             started.update([entry["_id"] async for entry in legacy])
         pending: list[Pending] = []
@@ -201,7 +202,7 @@ class PuppetStore:
         for doc in docs:
             key = doc["_id"]
             if end_key(key) in logged:
-                self._settle_soon(key)
+                self._settle_soon(key, logged[end_key(key)])
                 continue
             customer = doc.get("customer", "")
             was_started = doc.get("state") == HANDLING or key in started or start_key(key) in logged
@@ -213,17 +214,18 @@ class PuppetStore:
     async def mark_handling(self, account: str, msgid: str) -> None:
         """Its handler is about to be called: durable before it is (an insert; again for a redelivery,
         then a duplicate, which is as good)."""
-        await self._log_writes.insert(self._log_entry(start_key(message_key(account, msgid)), account))
+        entry = self._log_entry(start_key(message_key(account, msgid)), account, self._clock())
+        await self._log_writes.insert(entry)
 
     async def mark_finished(self, account: str, msgid: str, error: str | None = None) -> None:
         """Its handler returned (``error`` None: an ``end`` entry, then settled to ``done`` behind the
         caller) or failed (the message is updated to ``failed`` with the error); durable on return."""
         key = message_key(account, msgid)
-        if error is None:
-            await self._log_writes.insert(self._log_entry(end_key(key), account))
-            self._settle_soon(key)
-            return
         now = self._clock()
+        if error is None:
+            await self._log_writes.insert(self._log_entry(end_key(key), account, now))
+            self._settle_soon(key, now)
+            return
         fields = {
             "state": FAILED,
             "finished_at": now,
@@ -233,13 +235,12 @@ class PuppetStore:
         update = {"$set": fields, "$unset": {"pending": ""}}
         await self._message_writes.write(UpdateOne({"_id": key}, update))
 
-    def _log_entry(self, entry_id: str, account: str) -> Document:
-        now = self._clock()
+    def _log_entry(self, entry_id: str, account: str, now: float) -> Document:
         return {"_id": entry_id, "account": account, "at": now, "expire_at": expiry(now, 2 * self.retention)}
 
     # -- settling: ended messages become done, behind the handlers ----------------------------
-    def _settle_soon(self, key: str) -> None:
-        self._unsettled.append(key)
+    def _settle_soon(self, key: str, ended_at: float) -> None:
+        self._unsettled.append((key, ended_at))
         if len(self._unsettled) >= SETTLE_BATCH:
             self._settle_wake.set()
         if self._settler is None or self._settler.done():
@@ -255,9 +256,10 @@ class PuppetStore:
                 await finished_within(self._settle_wake.wait(), self.settle_interval)
             if not self._settling_all:
                 self._settle_wake.clear()
-            keys = self._unsettled[:SETTLE_BATCH]
-            now = self._clock()
-            fields = {"state": DONE, "finished_at": now, "expire_at": expiry(now, self.retention)}
+            batch = self._unsettled[:SETTLE_BATCH]
+            keys = [key for key, _ in batch]
+            ended = min(ended_at for _, ended_at in batch)  # each is kept the retention from its end
+            fields = {"state": DONE, "finished_at": ended, "expire_at": expiry(ended, self.retention)}
             try:
                 await self.messages.update_many(
                     {"_id": {"$in": keys}}, {"$set": fields, "$unset": {"pending": ""}}
@@ -269,7 +271,7 @@ class PuppetStore:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            del self._unsettled[: len(keys)]
+            del self._unsettled[: len(batch)]
             delay = 0.1
 
     async def settle(self, timeout: float = 10.0) -> None:
