@@ -55,7 +55,7 @@ from pymongo import ASCENDING, UpdateOne
 from wxkf.database import Collection, Database, Document, chunks, durable
 from wxkf.group_commit import GroupCommit
 from wxkf.retention import ensure_expiry_index, expiry, purge_expired
-from wxkf.tasks import finished_within
+from wxkf.tasks import finished_within, stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,7 @@ class PuppetStore:
             self._settling_all = False
         if not done:
             log.warning("%d finished messages not settled; the next start settles them", len(self._unsettled))
+            await stop_tasks([settler])
 
     async def _ended(self, docs: Sequence[Document]) -> dict[str, Document]:
         """The handler log's ``end`` entries of those of ``docs`` still unsettled, by message key."""
