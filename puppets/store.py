@@ -4,9 +4,9 @@ Collections (one set for every account of every puppet process on the database):
 
 | collection | ``_id`` | holds |
 |---|---|---|
-| ``puppet_accounts`` | ``corp/open_kfid`` | the ``sync_msg`` cursor |
-| ``puppet_messages`` | ``corp/open_kfid/msgid`` | each pulled item, its handling state, the customer |
-| ``puppet_handler_log`` | ``start/<key>``, ``end/<key>`` | a message's handler started; it ended (done) |
+| ``puppet_accounts`` | ``corp/open_kfid`` | the ``sync_msg`` cursor, the settled mark |
+| ``puppet_messages`` | ``corp/open_kfid/msgid`` | each pulled item, the customer, ``failed`` and why |
+| ``puppet_handler_log`` | ``start/<key>``, ``end/<key>`` | a message's handler started; it returned |
 | ``puppet_sends`` | ``corp/open_kfid/msgid`` | each message sent, its delivery state |
 | ``puppet_media`` | ``corp/type/sha256`` | uploaded media ids, for reuse within their 3 days |
 | ``puppet_started`` | ``corp/open_kfid/msgid`` | starts written by earlier versions (read at start-up) |
@@ -16,28 +16,30 @@ Collections (one set for every account of every puppet process on the database):
 * a page's items are recorded (inserts by ``_id``, duplicates ignored) *before* the cursor
   past them is stored, both acknowledged durably; a crash in between re-pulls the page and the
   duplicates are recognised;
-* a message is *unfinished* (``pending``) until its handler ends. Before its handler is called its
-  ``start`` entry is durable in the handler log; when the handler returns, its ``end`` entry is (a
-  handler that raised or timed out instead updates its message to ``failed``, with the error). Both are
-  inserts into one collection: on the embedded server every update is a transaction and a synced commit
-  of its own, while a batch of inserts shares one, so a customer's next start and the previous end
-  share one commit, and the hot path updates nothing. *Settling* then updates the ended messages to
-  ``done`` (``pending`` unset, ``expire_at`` set), one update for up to 100 of them at most a second
-  after the first ended, off the handlers' path (``finished_at``, and the retention, count from the
-  batch's first end);
-  reads (:meth:`PuppetStore.message`, :meth:`PuppetStore.conversation`) show an ended but unsettled
-  message as ``done`` already;
-* at start-up the unfinished messages without an ``end`` entry are handed to the bot again, a
-  customer's oldest one marked as a redelivery when its handler had started (a ``start`` entry, an
-  earlier version's ``puppet_started`` entry or state ``handling``); the ended ones are settled;
+* before a message's handler is called, its ``start`` entry is durable in the handler log; when the
+  handler returns, its ``end`` entry is (a handler that raised or timed out instead updates its message
+  to ``failed``, with the error). Both are inserts into one collection: on the embedded server every
+  update is a transaction and a synced commit of its own, while a batch of inserts shares one, so a
+  customer's next start and the previous end share one commit, and a handler that returns updates
+  nothing. A message is ``done`` when its ``end`` entry exists (:meth:`PuppetStore.message` and
+  :meth:`PuppetStore.conversation` read it so);
+* each message gets a ``seq``, increasing within the process and above the account's stored mark. The
+  account's *settled mark* (``settled_below``) says that every message of the account with a lower
+  ``seq`` has ended: it is the lowest ``seq`` still unfinished in this process (or past the highest
+  recorded), stored at most once a second, and only after the ends it covers are durable. Start-up reads
+  the messages from the mark up (one indexed range, ``pending`` being set on every message that did not
+  fail), drops those with an ``end`` entry, and hands the rest to the bot again, a customer's oldest
+  one marked as a redelivery when its handler had started (a ``start`` entry, an earlier version's
+  ``puppet_started`` entry or state ``handling``). So that a slow handler, which holds the mark, does
+  not make start-up read everything that ended after it, a message the mark has not passed
+  ``SETTLE_AFTER`` seconds after its end is *settled*: updated to ``done``, ``pending`` unset, in
+  batches of up to 100 (as is everything above the mark on stopping);
 * recorded messages are kept at least as long as WeCom can return them (3 days) so a re-pulled one is
-  always recognised; finished ones carry an ``expire_at`` (the retention) and are purged in batches;
-  handler-log entries are kept twice the retention, so that they outlive their messages.
+  always recognised: a finished message goes with its ``end`` entry, the retention after its end (a
+  failed or settled one carries its own ``expire_at``); ``start`` entries are kept twice the retention.
 
 Queries are by ``_id`` (``$in`` lists of at most 100) or by an index whose prefix is the account
-(``pending`` is set only while a message is unsettled: what start-up reads is the unfinished work and
-what ended in the last moments before a stop), never one of the shapes SecantusDB scans
-(:mod:`wxkf.database`).
+(two-sided ranges), never one of the shapes SecantusDB scans (:mod:`wxkf.database`).
 """
 
 from __future__ import annotations
@@ -46,13 +48,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
 
-from wxkf.database import Collection, Database, Document, chunks, durable
+from wxkf.database import Collection, Database, Document, chunks, durable, up_to
 from wxkf.group_commit import GroupCommit
 from wxkf.retention import ensure_expiry_index, expiry, purge_expired
 from wxkf.tasks import finished_within, stop_tasks
@@ -68,6 +71,33 @@ STARTED = "puppet_started"  # earlier versions' start entries (``_id`` the messa
 
 #: messages settled by one update, and keys per ``$in`` list (:func:`wxkf.database.chunks`)
 SETTLE_BATCH = 100
+#: an ended message the account's mark has not passed after this long is settled by an update
+SETTLE_AFTER = 5.0
+SEQ_MAX = 2**63 - 1
+
+
+@dataclass
+class _Progress:
+    """One account's messages in this process, for its settled mark (every message of the account
+    with a lower ``seq`` has ended): the lowest unfinished one, or past the highest recorded."""
+
+    open: dict[str, int] = field(default_factory=dict)  # unfinished: key -> seq
+    recording: list[int] = field(default_factory=list)  # the first seq of each record() under way
+    high: int = 0  # the highest seq recorded or read here
+    saved: int = 0  # the mark stored
+    ended: list[tuple[str, int | None, float]] = field(default_factory=list)  # above the stored mark
+
+    def mark(self) -> int:
+        """Every message of the account with a lower seq has ended (its end is durable)."""
+        lowest = [*self.open.values(), *self.recording]
+        if lowest:
+            return min(lowest)
+        return self.high + 1 if self.high else self.saved
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.ended) or self.mark() > self.saved
+
 
 #: how long WeCom's sync_msg can return a message: dedup must remember at least this long
 WECOM_READABLE = 3 * 86400
@@ -124,10 +154,10 @@ class PuppetStore:
         self.started: Collection = durable(db[STARTED])
         self._message_writes = GroupCommit(self.messages)
         self._log_writes = GroupCommit(self.handler_log)
-        self._unsettled: list[tuple[str, float]] = []  # (key, end time) of ended messages not yet done
-        self._settler: asyncio.Task[None] | None = None
-        self._settle_wake = asyncio.Event()  # a full batch is waiting, or settle() was called
-        self._settling_all = False
+        self._progress: dict[str, _Progress] = {}
+        self._next_seq = 0
+        self._keeper: asyncio.Task[None] | None = None
+        self._settle_wake = asyncio.Event()  # settle() was called
         self.settle_interval = settle_interval
         self._cursor_writes = GroupCommit(self.accounts)
         self._send_records = GroupCommit(self.sends)
@@ -156,10 +186,12 @@ class PuppetStore:
 
     # -- messages ---------------------------------------------------------------------------
     async def record(self, account: str, items: Sequence[Document]) -> list[Document]:
-        """Record a page durably; return the items not seen before, in page order."""
+        """Record a page durably; return the items not seen before, in page order. They count as
+        unfinished (the account's settled mark stays below them) until they end."""
         if not items:
             return []
-        base = time.time_ns()
+        base = max(time.time_ns(), self._next_seq)  # increasing, even if the clock steps back
+        self._next_seq = base + len(items)
         docs = [
             {
                 "_id": message_key(account, str(item.get("msgid", ""))),
@@ -173,122 +205,172 @@ class PuppetStore:
             }
             for index, item in enumerate(items)
         ]
-        # One group commit for every account's pages and state changes: concurrent pulls share a round.
-        inserted = await asyncio.gather(*(self._message_writes.insert(doc) for doc in docs))
+        progress = self._progress_of(account)
+        progress.recording.append(base)
+        try:
+            # One group commit for every account's pages and state changes: concurrent pulls share a round.
+            inserted = await asyncio.gather(*(self._message_writes.insert(doc) for doc in docs))
+        except BaseException:
+            # Some may be stored yet never handed to the bot: the mark stays below them, so that the
+            # next start reads them.
+            for doc in docs:
+                progress.open.setdefault(doc["_id"], doc["seq"])
+            raise
+        finally:
+            progress.recording.remove(base)
+        for doc, new in zip(docs, inserted, strict=True):
+            if new:  # an earlier attempt that raised may have stored it with a lower seq
+                progress.open[doc["_id"]] = min(progress.open.get(doc["_id"], doc["seq"]), doc["seq"])
+        progress.high = max(progress.high, docs[-1]["seq"])
+        self._keep_soon()
         return [item for item, new in zip(items, inserted, strict=True) if new]
 
     async def pending(self, account: str) -> list[Pending]:
-        """The account's unfinished messages, oldest first (one indexed range and lookups by ``_id``,
-        done at start-up); the ended ones among the unsettled are settled. A redelivery is a customer's
-        *oldest* unfinished message when its handler had started: a customer's next start may be
-        durable while the previous end is not (a batch of inserts is not atomic on MongoDB), so a
-        crash can leave both started and unfinished; but the next handler is only called once that end
-        is durable, so only the oldest can have been cut off, and the one after it was never handed to
-        the bot."""
-        cursor = self.messages.find(
-            {"account": account, "pending": True}, projection={"item": 1, "state": 1, "customer": 1}
-        ).sort("seq", ASCENDING)
+        """The account's unfinished messages, oldest first: those above its settled mark (one indexed
+        range) without an ``end`` entry (lookups by ``_id``); done at start-up. A redelivery is a
+        customer's *oldest* unfinished message when its handler had started: a customer's next start
+        may be durable while the previous end is not (a batch of inserts is not atomic on MongoDB), so
+        a crash can leave both started and unfinished; but the next handler is only called once that
+        end is durable, so only the oldest can have been cut off, and the one after it was never handed
+        to the bot."""
+        progress = self._progress_of(account)
+        found = await self.accounts.find_one({"_id": account}, projection={"settled_below": 1})
+        mark = int(found.get("settled_below") or 0) if found else 0
+        progress.saved = max(progress.saved, mark)
+        self._next_seq = max(self._next_seq, mark)
+        where = {"account": account, "pending": True, "seq": {"$gte": mark, "$lte": SEQ_MAX}}
+        cursor = self.messages.find(where, projection={"item": 1, "state": 1, "customer": 1, "seq": 1}).sort(
+            "seq", ASCENDING
+        )
         docs = [doc async for doc in cursor]
         logged: dict[str, float] = {}  # handler log entry -> its time
         started: set[str] = set()
         for keys in chunks([doc["_id"] for doc in docs], SETTLE_BATCH // 2):
             ids = [start_key(key) for key in keys] + [end_key(key) for key in keys]
-            found = self.handler_log.find({"_id": {"$in": ids}}, projection={"at": 1})
-            logged.update({entry["_id"]: entry.get("at", self._clock()) async for entry in found})
+            entries = self.handler_log.find({"_id": {"$in": ids}}, projection={"at": 1})
+            logged.update({entry["_id"]: entry.get("at", self._clock()) async for entry in entries})
             legacy = self.started.find({"_id": {"$in": list(keys)}}, projection={"_id": 1})
             started.update([entry["_id"] async for entry in legacy])
         pending: list[Pending] = []
         seen: set[str] = set()
         for doc in docs:
-            key = doc["_id"]
-            if end_key(key) in logged:
-                self._settle_soon(key, logged[end_key(key)])
+            key, seq = doc["_id"], int(doc.get("seq") or 0)
+            progress.high = max(progress.high, seq)
+            if end_key(key) in logged:  # ended: under the mark once the older ones end, else settled
+                progress.ended.append((key, seq, logged[end_key(key)]))
                 continue
+            progress.open[key] = seq
             customer = doc.get("customer", "")
             was_started = doc.get("state") == HANDLING or key in started or start_key(key) in logged
             cut_off = customer not in seen and was_started
             seen.add(customer)
             pending.append(Pending(doc["item"], cut_off))
+        self._keep_soon()
         return pending
 
     async def mark_handling(self, account: str, msgid: str) -> None:
         """Its handler is about to be called: durable before it is (an insert; again for a redelivery,
         then a duplicate, which is as good)."""
-        entry = self._log_entry(start_key(message_key(account, msgid)), account, self._clock())
+        now = self._clock()
+        entry = self._log_entry(start_key(message_key(account, msgid)), account, now, 2 * self.retention)
         await self._log_writes.insert(entry)
 
     async def mark_finished(self, account: str, msgid: str, error: str | None = None) -> None:
-        """Its handler returned (``error`` None: an ``end`` entry, then settled to ``done`` behind the
-        caller) or failed (the message is updated to ``failed`` with the error); durable on return."""
+        """Its handler returned (``error`` None: an ``end`` entry) or failed (the message is updated to
+        ``failed`` with the error); durable on return."""
         key = message_key(account, msgid)
         now = self._clock()
         if error is None:
-            await self._log_writes.insert(self._log_entry(end_key(key), account, now))
-            self._settle_soon(key, now)
-            return
-        fields = {
-            "state": FAILED,
-            "finished_at": now,
-            "expire_at": expiry(now, self.retention),
-            "error": error[:2000],
-        }
-        update = {"$set": fields, "$unset": {"pending": ""}}
-        await self._message_writes.write(UpdateOne({"_id": key}, update))
+            await self._log_writes.insert(self._log_entry(end_key(key), account, now, self.retention))
+        else:
+            fields = {
+                "state": FAILED,
+                "finished_at": now,
+                "expire_at": expiry(now, self.retention),
+                "error": error[:2000],
+            }
+            update = {"$set": fields, "$unset": {"pending": ""}}
+            await self._message_writes.write(UpdateOne({"_id": key}, update))
+        progress = self._progress_of(account)
+        seq = progress.open.pop(key, None)
+        if error is None:
+            progress.ended.append((key, seq, now))
+        self._keep_soon()
 
-    def _log_entry(self, entry_id: str, account: str, now: float) -> Document:
-        return {"_id": entry_id, "account": account, "at": now, "expire_at": expiry(now, 2 * self.retention)}
+    def _log_entry(self, entry_id: str, account: str, now: float, keep_for: float) -> Document:
+        return {"_id": entry_id, "account": account, "at": now, "expire_at": expiry(now, keep_for)}
 
-    # -- settling: ended messages become done, behind the handlers ----------------------------
-    def _settle_soon(self, key: str, ended_at: float) -> None:
-        self._unsettled.append((key, ended_at))
-        if len(self._unsettled) >= SETTLE_BATCH:
-            self._settle_wake.set()
-        if self._settler is None or self._settler.done():
-            self._settler = asyncio.create_task(self._settle_all(), name="settle finished messages")
+    # -- the settled mark: what start-up need not read ------------------------------------------
+    def _progress_of(self, account: str) -> _Progress:
+        progress = self._progress.get(account)
+        if progress is None:
+            progress = self._progress[account] = _Progress()
+        return progress
 
-    async def _settle_all(self) -> None:
-        """One update per ``SETTLE_BATCH`` ended messages, or per ``settle_interval`` with fewer: on
-        the embedded server an update of few documents costs nearly what one of a hundred does. A
-        failure only delays settling (start-up settles what a crash left)."""
+    def _keep_soon(self) -> None:
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.create_task(self._keep(), name="store settled marks")
+
+    async def _keep(self) -> None:
+        """Every ``settle_interval`` while there is work: store each account's mark, and settle the
+        ended messages it has not passed within ``SETTLE_AFTER``. A failure only delays it."""
         delay = 0.1
-        while self._unsettled:
-            if len(self._unsettled) < SETTLE_BATCH and not self._settle_wake.is_set():
+        while any(progress.busy for progress in self._progress.values()):
+            if not self._settle_wake.is_set():
                 await finished_within(self._settle_wake.wait(), self.settle_interval)
-            if not self._settling_all:
-                self._settle_wake.clear()
-            batch = self._unsettled[:SETTLE_BATCH]
-            keys = [key for key, _ in batch]
-            ended = min(ended_at for _, ended_at in batch)  # each is kept the retention from its end
-            fields = {"state": DONE, "finished_at": ended, "expire_at": expiry(ended, self.retention)}
+            everything = self._settle_wake.is_set()
+            self._settle_wake.clear()
             try:
-                await self.messages.update_many(
-                    {"_id": {"$in": keys}}, {"$set": fields, "$unset": {"pending": ""}}
-                )
+                for account, progress in list(self._progress.items()):
+                    await self._keep_account(account, progress, everything)
             except Exception as exc:
-                log.warning(
-                    "settling %d finished messages failed (%s); retrying in %.1f s", len(keys), exc, delay
-                )
+                log.warning("storing the settled marks failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            del self._unsettled[: len(batch)]
             delay = 0.1
+            if everything:
+                return
+
+    async def _keep_account(self, account: str, progress: _Progress, everything: bool) -> None:
+        mark = progress.mark()
+        if mark > progress.saved:
+            update = {"$set": {"settled_below": mark}}
+            await self._cursor_writes.write(UpdateOne({"_id": account}, update, upsert=True))
+            progress.saved = mark
+        due = self._clock() - SETTLE_AFTER
+        above = [entry for entry in progress.ended if entry[1] is None or entry[1] >= progress.saved]
+
+        def overdue(entry: tuple[str, int | None, float]) -> bool:
+            return everything or entry[1] is None or entry[2] <= due
+
+        progress.ended = [entry for entry in above if not overdue(entry)]
+        settling = [entry for entry in above if overdue(entry)]
+        try:  # behind an older unfinished message: update them, so that start-up need not read them
+            for batch in chunks(settling, SETTLE_BATCH):
+                ended = min(ended_at for _, _, ended_at in batch)  # kept the retention from its end
+                fields = {"state": DONE, "finished_at": ended, "expire_at": expiry(ended, self.retention)}
+                keys = [key for key, _, _ in batch]
+                await self.messages.update_many(
+                    {"_id": {"$in": keys}}, {"$set": fields, "$unset": {"pending": ""}}
+                )
+        except BaseException:
+            progress.ended.extend(settling)  # tried again (an update done twice is harmless)
+            raise
 
     async def settle(self, timeout: float = 10.0) -> None:
-        """Settle every ended message now (on stopping, before a purge); give up after ``timeout`` s
-        (the database is away: the next start settles them)."""
-        settler = self._settler
-        if settler is None or settler.done():
+        """Store every account's mark now and settle every ended message above it (on stopping); give
+        up after ``timeout`` s (the database is away: the next start reads a little more)."""
+        if not any(progress.busy for progress in self._progress.values()):
             return
-        self._settling_all = True
         self._settle_wake.set()
-        try:
-            done, _ = await asyncio.wait({settler}, timeout=timeout)
-        finally:
-            self._settling_all = False
+        self._keep_soon()
+        keeper = self._keeper
+        assert keeper is not None
+        done, _ = await asyncio.wait({keeper}, timeout=timeout)
         if not done:
-            log.warning("%d finished messages not settled; the next start settles them", len(self._unsettled))
-            await stop_tasks([settler])
+            log.warning("the settled marks could not be stored; the next start reads more")
+            await stop_tasks([keeper])
 
     async def _ended(self, docs: Sequence[Document]) -> dict[str, Document]:
         """The handler log's ``end`` entries of those of ``docs`` still unsettled, by message key."""
@@ -414,12 +496,24 @@ class PuppetStore:
 
     # -- retention --------------------------------------------------------------------------
     async def purge(self) -> int:
-        await self.settle()
+        """Delete what has expired: records with an ``expire_at``, and handler log entries, an ``end``
+        entry together with its message (first, so that no message outlives its end entry)."""
         now = self._clock()
         total = 0
-        for collection in (self.messages, self.sends, self.media, self.handler_log, self.started):
+        for collection in (self.messages, self.sends, self.media, self.started):
             total += await purge_expired(collection, now)
-        return total
+        expired = {"expire_at": up_to(datetime.fromtimestamp(now, tz=UTC), inclusive=False)}
+        while True:
+            found = self.handler_log.find(expired, projection={"_id": 1}, limit=SETTLE_BATCH)
+            ids = [entry["_id"] async for entry in found]
+            if not ids:
+                return total
+            ended = [entry.removeprefix("end/") for entry in ids if entry.startswith("end/")]
+            if ended:
+                total += (await self.messages.delete_many({"_id": {"$in": ended}})).deleted_count
+            total += (await self.handler_log.delete_many({"_id": {"$in": ids}})).deleted_count
+            if len(ids) < SETTLE_BATCH:
+                return total
 
 
 def settled(doc: Document, end: Document | None) -> Document:

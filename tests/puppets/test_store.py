@@ -94,7 +94,8 @@ async def test_start_records_outlive_their_finished_messages(db: Database) -> No
     await store.mark_finished(ACCOUNT, "m1")
     now = store._clock()
     store._clock = lambda: now + store.retention + 60  # type: ignore[method-assign]
-    assert await store.purge() == 1  # the message
-    assert await store.handler_log.count_documents({}) == 2
+    assert await store.purge() == 2  # the message and its end entry
+    assert await store.messages.count_documents({}) == 0
+    assert await store.handler_log.count_documents({}) == 1
     store._clock = lambda: now + 2 * store.retention + 60  # type: ignore[method-assign]
-    assert await store.purge() == 2  # its start and end entries
+    assert await store.purge() == 1  # its start entry
