@@ -163,8 +163,14 @@ def stop(*processes: subprocess.Popen[bytes] | None) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of ``pid`` and its children (the embedded database), from /proc."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """``(pid's own, its children's)`` user + system CPU seconds, from /proc (the children of a hub
+    or puppet: its embedded database)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    own = children = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -172,9 +178,12 @@ def cpu_seconds(pid: int) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1] is the parent's pid
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if int(entry.name) == pid:
+            own += used
+        elif int(fields[1]) == pid:  # fields[1] is the parent's pid
+            children += used
+    return own, children
 
 
 # -- results --------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 minutes.
 
 The hub runs as users run it (``python -m hub up``, embedded database) with the simulator as WeCom
-(``python -m simulator``), each a child process; so is every puppet (``python -m hub puppet`` with
+(``python -m hub sim``), each a child process; so is every puppet (``python -m hub puppet`` with
 :mod:`bench.quiet_bot`, whose handler does nothing, on its own embedded database). For each account
 count, an HTTP puppet and a socket puppet (``--transport ws``) run one after the other against the same
 hub, each serving its own corp's accounts:
@@ -16,7 +16,9 @@ hub, each serving its own corp's accounts:
    delivers it to the puppet, which pulls with ``kf/sync_msg`` and hands each message to the handler.
 
 The rate is messages over the time from the first post to the last handler call (the puppet's
-``wxkf_puppet_messages_handled_total`` counter, read from its ``/metrics``).
+``wxkf_puppet_messages_handled_total`` counter, read from its ``/metrics``). With it, each run prints
+the CPU milliseconds per message of the simulator, the hub and the puppet, each as "process +
+its embedded database" (from ``/proc``, over the same interval), and the load average.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import sys
@@ -35,6 +38,7 @@ from typing import Any
 import aiohttp
 
 from bench.manager_support import AGENT_ID, Child, Corp, free_ports, machine, run_benchmark
+from bench.puppet_support import cpu_split, metric_total
 
 HANDLED = re.compile(r'^wxkf_puppet_messages_handled_total\{outcome="done"\} ([0-9.e+]+)$', re.M)
 
@@ -104,6 +108,7 @@ async def one_run(
     transport: str,
     messages: int,
     concurrency: int,
+    others: dict[str, int],
 ) -> dict[str, Any]:
     patch = f"{sim_url}/sim/corps/{corp.corp_id}/apps/{AGENT_ID}"
     async with (
@@ -130,6 +135,10 @@ async def one_run(
         await wait_handled(http, port, len(corp.accounts))
         base = await handled(http, port)
         slots = asyncio.Semaphore(concurrency)
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
+        pulls_before = await metric_total(metrics_url, "wxkf_puppet_pulls_total")
+        processes = {**others, "puppet": puppet.pid}
+        cpu_before = {name: cpu_split(pid) for name, pid in processes.items()}
 
         async def post(n: int) -> None:
             async with slots:
@@ -139,9 +148,19 @@ async def one_run(
         await asyncio.gather(*(post(n) for n in range(messages)))
         posted = time.perf_counter()
         done = await wait_handled(http, port, base + messages)
+        cpu = {name: cpu_split(pid) for name, pid in processes.items()}
+        pulls = await metric_total(metrics_url, "wxkf_puppet_pulls_total") - pulls_before
     finally:
         puppet.stop()
     seconds = done - started
+    # CPU ms per message of each process and (after the "+") of its embedded database
+    cpu_ms = {
+        name: "+".join(
+            f"{1000 * (now - before) / messages:.2f}"
+            for now, before in zip(cpu[name], cpu_before[name], strict=True)
+        )
+        for name in processes
+    }
     return {
         "transport": transport,
         "accounts": len(corp.accounts),
@@ -149,6 +168,9 @@ async def one_run(
         "posted_in_s": round(posted - started, 2),
         "handled_in_s": round(seconds, 2),
         "messages_per_s": round(messages / seconds, 1),
+        "cpu_ms_per_msg": cpu_ms,
+        "sync_msg_per_msg": round(pulls / messages, 2),
+        "load_average": round(os.getloadavg()[0], 2),
     }
 
 
@@ -164,8 +186,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     python = sys.executable
     sim = Child(
         "simulator",
-        [python, "-m", "simulator", "--port", str(sim_port), "--seed", str(workdir / "seed.json")],
+        [python, "-m", "hub", "sim", "--port", str(sim_port), "--seed", str(workdir / "seed.json")],
         workdir / "simulator.log",
+        env={"WXKF_LOG_LEVEL": "WARNING"},  # as in the other benchmarks: WeCom's logging is not ours
     )
     hub = Child(
         "hub",
@@ -188,7 +211,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for step in plan:  # a session per run: an idle connection kept across a run's start goes stale
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
                 run = await one_run(
-                    http, workdir, sim_url, hub_url, corps[step], step[1], args.messages, args.concurrency
+                    http,
+                    workdir,
+                    sim_url,
+                    hub_url,
+                    corps[step],
+                    step[1],
+                    args.messages,
+                    args.concurrency,
+                    {"simulator": sim.pid, "hub": hub.pid},
                 )
                 print(json.dumps(run), flush=True)
                 runs.append(run)

@@ -169,6 +169,7 @@ class Account:
             if unwritten:
                 log.warning("%s: %d completion(s) not recorded before stopping", self.key, len(unwritten))
                 await stop_tasks(unwritten)
+        await self.store.settle(self.options.drain_timeout)
 
     def set_webhook_secret(self, secret: str | None) -> None:
         self.registered = True
@@ -203,8 +204,8 @@ class Account:
         if handler is None:  # recorded for the conversation; nothing to run, so no "handling" write
             self._finish(customer, message.msgid, None)
             return
-        # The previous message's completion and this one's start share a database round: the handler
-        # starts once both are durable, so a crash leaves at most one "handling" message per customer.
+        # The previous message's end and this one's start share a database round (one batch of inserts
+        # into the handler log): the handler starts once both are durable.
         started = self._until_written(
             lambda: self.store.mark_handling(self.key, message.msgid), "handling state"
         )

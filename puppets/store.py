@@ -4,50 +4,100 @@ Collections (one set for every account of every puppet process on the database):
 
 | collection | ``_id`` | holds |
 |---|---|---|
-| ``puppet_accounts`` | ``corp/open_kfid`` | the ``sync_msg`` cursor |
-| ``puppet_messages`` | ``corp/open_kfid/msgid`` | each pulled item, its handling state, the customer |
-| ``puppet_started`` | ``corp/open_kfid/msgid`` | one entry per message whose handler was started |
+| ``puppet_accounts`` | ``corp/open_kfid`` | the ``sync_msg`` cursor, the settled mark |
+| ``puppet_messages`` | ``corp/open_kfid/msgid`` | each pulled item, the customer, ``failed`` and why |
+| ``puppet_handler_log`` | ``start/<key>``, ``end/<key>`` | a message's handler started; it returned |
 | ``puppet_sends`` | ``corp/open_kfid/msgid`` | each message sent, its delivery state |
 | ``puppet_media`` | ``corp/type/sha256`` | uploaded media ids, for reuse within their 3 days |
+| ``puppet_started`` | ``corp/open_kfid/msgid`` | starts written by earlier versions (read at start-up) |
 
-The invariants that make delivery to the bot exactly once:
+(``<key>`` is the message's ``_id``.) The invariants that make delivery to the bot exactly once:
 
 * a page's items are recorded (inserts by ``_id``, duplicates ignored) *before* the cursor
   past them is stored, both acknowledged durably; a crash in between re-pulls the page and the
   duplicates are recognised;
-* a message is ``new`` until its handler finishes, then ``done`` or ``failed``; before its handler is
-  called, its entry in ``puppet_started`` is written (an insert: on the embedded server each update
-  is a transaction and a synced commit of its own, while a batch of inserts shares one, so the hot
-  path writes one update per message, its completion). At start-up the unfinished ones are handed to
-  the bot again, those with a started entry (or, written by earlier versions, in state ``handling``)
-  marked as redeliveries;
+* before a message's handler is called, its ``start`` entry is durable in the handler log; when the
+  handler returns, its ``end`` entry is (a handler that raised or timed out instead updates its message
+  to ``failed``, with the error). Both are inserts into one collection: on the embedded server every
+  update is a transaction and a synced commit of its own, while a batch of inserts shares one, so a
+  customer's next start and the previous end share one commit, and a handler that returns updates
+  nothing. A message is ``done`` when its ``end`` entry exists (:meth:`PuppetStore.message` and
+  :meth:`PuppetStore.conversation` read it so);
+* each message gets a ``seq``, increasing within the process and above the account's stored mark. The
+  account's *settled mark* (``settled_below``) says that every message of the account with a lower
+  ``seq`` has ended: it is the lowest ``seq`` still unfinished in this process (or past the highest
+  recorded), stored at most once a second, and only after the ends it covers are durable. Start-up reads
+  the messages from the mark up (one indexed range, ``pending`` being set on every message that did not
+  fail), drops those with an ``end`` entry, and hands the rest to the bot again, a customer's oldest
+  one marked as a redelivery when its handler had started (a ``start`` entry, an earlier version's
+  ``puppet_started`` entry or state ``handling``). So that a slow handler, which holds the mark, does
+  not make start-up read everything that ended after it, a message the mark has not passed
+  ``SETTLE_AFTER`` seconds after its end is *settled*: updated to ``done``, ``pending`` unset, in
+  batches of up to 100 (as is everything above the mark on stopping);
 * recorded messages are kept at least as long as WeCom can return them (3 days) so a re-pulled one is
-  always recognised; finished ones carry an ``expire_at`` (the retention) and are purged in batches.
+  always recognised: a finished message goes with its ``end`` entry, the retention after its end (a
+  failed or settled one carries its own ``expire_at``); ``start`` entries are kept twice the retention.
 
-Queries are by ``_id`` or by an index whose prefix is the account (``pending`` is set only while a
-message is unfinished), never one of the shapes SecantusDB scans (:mod:`wxkf.database`).
+Queries are by ``_id`` (``$in`` lists of at most 100) or by an index whose prefix is the account
+(two-sided ranges), never one of the shapes SecantusDB scans (:mod:`wxkf.database`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
 
-from wxkf.database import Collection, Database, Document, chunks, durable
+from wxkf.database import Collection, Database, Document, chunks, durable, up_to
 from wxkf.group_commit import GroupCommit
 from wxkf.retention import ensure_expiry_index, expiry, purge_expired
+from wxkf.tasks import finished_within, stop_tasks
+
+log = logging.getLogger(__name__)
 
 ACCOUNTS = "puppet_accounts"
 MESSAGES = "puppet_messages"
+HANDLER_LOG = "puppet_handler_log"
 SENDS = "puppet_sends"
 MEDIA = "puppet_media"
-STARTED = "puppet_started"
+STARTED = "puppet_started"  # earlier versions' start entries (``_id`` the message's key)
+
+#: messages settled by one update, and keys per ``$in`` list (:func:`wxkf.database.chunks`)
+SETTLE_BATCH = 100
+#: an ended message the account's mark has not passed after this long is settled by an update
+SETTLE_AFTER = 5.0
+SEQ_MAX = 2**63 - 1
+
+
+@dataclass
+class _Progress:
+    """One account's messages in this process, for its settled mark (every message of the account
+    with a lower ``seq`` has ended): the lowest unfinished one, or past the highest recorded."""
+
+    open: dict[str, int] = field(default_factory=dict)  # unfinished: key -> seq
+    recording: list[int] = field(default_factory=list)  # the first seq of each record() under way
+    high: int = 0  # the highest seq recorded or read here
+    saved: int = 0  # the mark stored
+    ended: list[tuple[str, int | None, float]] = field(default_factory=list)  # above the stored mark
+
+    def mark(self) -> int:
+        """Every message of the account with a lower seq has ended (its end is durable)."""
+        lowest = [*self.open.values(), *self.recording]
+        if lowest:
+            return min(lowest)
+        return self.high + 1 if self.high else self.saved
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.ended) or self.mark() > self.saved
+
 
 #: how long WeCom's sync_msg can return a message: dedup must remember at least this long
 WECOM_READABLE = 3 * 86400
@@ -71,19 +121,44 @@ def message_key(account: str, msgid: str) -> str:
     return f"{account}/{msgid}"
 
 
-class PuppetStore:
-    """The puppet's collections on one database. ``retention``: seconds finished records are kept."""
+def start_key(key: str) -> str:
+    """The handler log's entry for "the handler of message ``key`` was started"."""
+    return f"start/{key}"
 
-    def __init__(self, db: Database, *, retention: float = 30 * 86400, clock: Any = time.time) -> None:
+
+def end_key(key: str) -> str:
+    """The handler log's entry for "the handler of message ``key`` returned"."""
+    return f"end/{key}"
+
+
+class PuppetStore:
+    """The puppet's collections on one database. ``retention``: seconds finished records are kept;
+    ``settle_interval``: the longest an ended message waits to be settled in a batch of fewer than
+    ``SETTLE_BATCH``."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        retention: float = 30 * 86400,
+        clock: Any = time.time,
+        settle_interval: float = 1.0,
+    ) -> None:
         self.retention = max(retention, MIN_RETENTION)
         self._clock = clock
         self.accounts: Collection = durable(db[ACCOUNTS])
         self.messages: Collection = durable(db[MESSAGES])
         self.sends: Collection = durable(db[SENDS])
         self.media: Collection = durable(db[MEDIA])
+        self.handler_log: Collection = durable(db[HANDLER_LOG])
         self.started: Collection = durable(db[STARTED])
         self._message_writes = GroupCommit(self.messages)
-        self._started_writes = GroupCommit(self.started)
+        self._log_writes = GroupCommit(self.handler_log)
+        self._progress: dict[str, _Progress] = {}
+        self._next_seq = 0
+        self._keeper: asyncio.Task[None] | None = None
+        self._settle_wake = asyncio.Event()  # settle() was called
+        self.settle_interval = settle_interval
         self._cursor_writes = GroupCommit(self.accounts)
         self._send_records = GroupCommit(self.sends)
 
@@ -97,7 +172,7 @@ class PuppetStore:
         await self.sends.create_index(
             [("account", ASCENDING), ("customer", ASCENDING), ("at", ASCENDING)], name="conversation"
         )
-        for collection in (self.messages, self.sends, self.media, self.started):
+        for collection in (self.messages, self.sends, self.media, self.handler_log, self.started):
             await ensure_expiry_index(collection)
 
     # -- cursor -----------------------------------------------------------------------------
@@ -111,10 +186,12 @@ class PuppetStore:
 
     # -- messages ---------------------------------------------------------------------------
     async def record(self, account: str, items: Sequence[Document]) -> list[Document]:
-        """Record a page durably; return the items not seen before, in page order."""
+        """Record a page durably; return the items not seen before, in page order. They count as
+        unfinished (the account's settled mark stays below them) until they end."""
         if not items:
             return []
-        base = time.time_ns()
+        base = max(time.time_ns(), self._next_seq)  # increasing, even if the clock steps back
+        self._next_seq = base + len(items)
         docs = [
             {
                 "_id": message_key(account, str(item.get("msgid", ""))),
@@ -128,62 +205,188 @@ class PuppetStore:
             }
             for index, item in enumerate(items)
         ]
-        # One group commit for every account's pages and state changes: concurrent pulls share a round.
-        inserted = await asyncio.gather(*(self._message_writes.insert(doc) for doc in docs))
+        progress = self._progress_of(account)
+        progress.recording.append(base)
+        try:
+            # One group commit for every account's pages and state changes: concurrent pulls share a round.
+            inserted = await asyncio.gather(*(self._message_writes.insert(doc) for doc in docs))
+        except BaseException:
+            # Some may be stored yet never handed to the bot: the mark stays below them, so that the
+            # next start reads them.
+            for doc in docs:
+                progress.open.setdefault(doc["_id"], doc["seq"])
+            raise
+        finally:
+            progress.recording.remove(base)
+        for doc, new in zip(docs, inserted, strict=True):
+            if new:  # an earlier attempt that raised may have stored it with a lower seq
+                progress.open[doc["_id"]] = min(progress.open.get(doc["_id"], doc["seq"]), doc["seq"])
+        progress.high = max(progress.high, docs[-1]["seq"])
+        self._keep_soon()
         return [item for item, new in zip(items, inserted, strict=True) if new]
 
     async def pending(self, account: str) -> list[Pending]:
-        """The account's unfinished messages, oldest first (one indexed range and lookups by ``_id``,
-        done at start-up). A redelivery is a customer's *oldest* unfinished message when its handler
-        had started: a customer's next start is written while the previous completion still is (two
-        collections, two commits), so a crash can leave both started and unfinished; but the next
-        handler is only called once that completion is durable, so only the oldest can have been cut
-        off, and the one after it was never handed to the bot."""
-        cursor = self.messages.find(
-            {"account": account, "pending": True}, projection={"item": 1, "state": 1, "customer": 1}
-        ).sort("seq", ASCENDING)
+        """The account's unfinished messages, oldest first: those above its settled mark (one indexed
+        range) without an ``end`` entry (lookups by ``_id``); done at start-up. A redelivery is a
+        customer's *oldest* unfinished message when its handler had started: a customer's next start
+        may be durable while the previous end is not (a batch of inserts is not atomic on MongoDB), so
+        a crash can leave both started and unfinished; but the next handler is only called once that
+        end is durable, so only the oldest can have been cut off, and the one after it was never handed
+        to the bot."""
+        progress = self._progress_of(account)
+        found = await self.accounts.find_one({"_id": account}, projection={"settled_below": 1})
+        mark = int(found.get("settled_below") or 0) if found else 0
+        progress.saved = max(progress.saved, mark)
+        self._next_seq = max(self._next_seq, mark)
+        where = {"account": account, "pending": True, "seq": {"$gte": mark, "$lte": SEQ_MAX}}
+        cursor = self.messages.find(where, projection={"item": 1, "state": 1, "customer": 1, "seq": 1}).sort(
+            "seq", ASCENDING
+        )
         docs = [doc async for doc in cursor]
+        logged: dict[str, float] = {}  # handler log entry -> its time
         started: set[str] = set()
-        for keys in chunks([doc["_id"] for doc in docs]):
-            found = self.started.find({"_id": {"$in": list(keys)}}, projection={"_id": 1})
-            started.update([entry["_id"] async for entry in found])
+        for keys in chunks([doc["_id"] for doc in docs], SETTLE_BATCH // 2):
+            ids = [start_key(key) for key in keys] + [end_key(key) for key in keys]
+            entries = self.handler_log.find({"_id": {"$in": ids}}, projection={"at": 1})
+            logged.update({entry["_id"]: entry.get("at", self._clock()) async for entry in entries})
+            legacy = self.started.find({"_id": {"$in": list(keys)}}, projection={"_id": 1})
+            started.update([entry["_id"] async for entry in legacy])
         pending: list[Pending] = []
         seen: set[str] = set()
         for doc in docs:
+            key, seq = doc["_id"], int(doc.get("seq") or 0)
+            progress.high = max(progress.high, seq)
+            if end_key(key) in logged:  # ended: under the mark once the older ones end, else settled
+                progress.ended.append((key, seq, logged[end_key(key)]))
+                continue
+            progress.open[key] = seq
             customer = doc.get("customer", "")
-            cut_off = customer not in seen and (doc.get("state") == HANDLING or doc["_id"] in started)
+            was_started = doc.get("state") == HANDLING or key in started or start_key(key) in logged
+            cut_off = customer not in seen and was_started
             seen.add(customer)
             pending.append(Pending(doc["item"], cut_off))
+        self._keep_soon()
         return pending
 
     async def mark_handling(self, account: str, msgid: str) -> None:
         """Its handler is about to be called: durable before it is (an insert; again for a redelivery,
-        then a duplicate, which is as good). Kept twice the retention, so that it outlives its message,
-        whose retention starts when it finishes; only start-up reads it, before the first purge."""
+        then a duplicate, which is as good)."""
         now = self._clock()
-        await self._started_writes.insert(
-            {
-                "_id": message_key(account, msgid),
-                "account": account,
-                "at": now,
-                "expire_at": expiry(now, 2 * self.retention),
-            }
-        )
+        entry = self._log_entry(start_key(message_key(account, msgid)), account, now, 2 * self.retention)
+        await self._log_writes.insert(entry)
 
     async def mark_finished(self, account: str, msgid: str, error: str | None = None) -> None:
+        """Its handler returned (``error`` None: an ``end`` entry) or failed (the message is updated to
+        ``failed`` with the error); durable on return."""
+        key = message_key(account, msgid)
         now = self._clock()
-        fields: dict[str, Any] = {
-            "state": FAILED if error else DONE,
-            "finished_at": now,
-            "expire_at": expiry(now, self.retention),
-        }
-        if error:
-            fields["error"] = error[:2000]
-        update = {"$set": fields, "$unset": {"pending": ""}}
-        await self._message_writes.write(UpdateOne({"_id": message_key(account, msgid)}, update))
+        if error is None:
+            await self._log_writes.insert(self._log_entry(end_key(key), account, now, self.retention))
+        else:
+            fields = {
+                "state": FAILED,
+                "finished_at": now,
+                "expire_at": expiry(now, self.retention),
+                "error": error[:2000],
+            }
+            update = {"$set": fields, "$unset": {"pending": ""}}
+            await self._message_writes.write(UpdateOne({"_id": key}, update))
+        progress = self._progress_of(account)
+        seq = progress.open.pop(key, None)
+        if error is None:
+            progress.ended.append((key, seq, now))
+        self._keep_soon()
+
+    def _log_entry(self, entry_id: str, account: str, now: float, keep_for: float) -> Document:
+        return {"_id": entry_id, "account": account, "at": now, "expire_at": expiry(now, keep_for)}
+
+    # -- the settled mark: what start-up need not read ------------------------------------------
+    def _progress_of(self, account: str) -> _Progress:
+        progress = self._progress.get(account)
+        if progress is None:
+            progress = self._progress[account] = _Progress()
+        return progress
+
+    def _keep_soon(self) -> None:
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.create_task(self._keep(), name="store settled marks")
+
+    async def _keep(self) -> None:
+        """Every ``settle_interval`` while there is work: store each account's mark, and settle the
+        ended messages it has not passed within ``SETTLE_AFTER``. A failure only delays it."""
+        delay = 0.1
+        while any(progress.busy for progress in self._progress.values()):
+            if not self._settle_wake.is_set():
+                await finished_within(self._settle_wake.wait(), self.settle_interval)
+            everything = self._settle_wake.is_set()
+            self._settle_wake.clear()
+            try:
+                for account, progress in list(self._progress.items()):
+                    await self._keep_account(account, progress, everything)
+            except Exception as exc:
+                log.warning("storing the settled marks failed (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            if everything:
+                return
+
+    async def _keep_account(self, account: str, progress: _Progress, everything: bool) -> None:
+        mark = progress.mark()
+        if mark > progress.saved:
+            update = {"$set": {"settled_below": mark}}
+            await self._cursor_writes.write(UpdateOne({"_id": account}, update, upsert=True))
+            progress.saved = mark
+        due = self._clock() - SETTLE_AFTER
+        above = [entry for entry in progress.ended if entry[1] is None or entry[1] >= progress.saved]
+
+        def overdue(entry: tuple[str, int | None, float]) -> bool:
+            return everything or entry[1] is None or entry[2] <= due
+
+        progress.ended = [entry for entry in above if not overdue(entry)]
+        settling = [entry for entry in above if overdue(entry)]
+        try:  # behind an older unfinished message: update them, so that start-up need not read them
+            for batch in chunks(settling, SETTLE_BATCH):
+                ended = min(ended_at for _, _, ended_at in batch)  # kept the retention from its end
+                fields = {"state": DONE, "finished_at": ended, "expire_at": expiry(ended, self.retention)}
+                keys = [key for key, _, _ in batch]
+                await self.messages.update_many(
+                    {"_id": {"$in": keys}}, {"$set": fields, "$unset": {"pending": ""}}
+                )
+        except BaseException:
+            progress.ended.extend(settling)  # tried again (an update done twice is harmless)
+            raise
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Store every account's mark now and settle every ended message above it (on stopping); give
+        up after ``timeout`` s (the database is away: the next start reads a little more)."""
+        if not any(progress.busy for progress in self._progress.values()):
+            return
+        self._settle_wake.set()
+        self._keep_soon()
+        keeper = self._keeper
+        assert keeper is not None
+        done, _ = await asyncio.wait({keeper}, timeout=timeout)
+        if not done:
+            log.warning("the settled marks could not be stored; the next start reads more")
+            await stop_tasks([keeper])
+
+    async def _ended(self, docs: Sequence[Document]) -> dict[str, Document]:
+        """The handler log's ``end`` entries of those of ``docs`` still unsettled, by message key."""
+        keys = [doc["_id"] for doc in docs if doc.get("pending")]
+        ended: dict[str, Document] = {}
+        for chunk in chunks(keys, SETTLE_BATCH):
+            found = self.handler_log.find({"_id": {"$in": [end_key(key) for key in chunk]}})
+            ended.update({entry["_id"].removeprefix("end/"): entry async for entry in found})
+        return ended
 
     async def message(self, account: str, msgid: str) -> Document | None:
-        return await self.messages.find_one({"_id": message_key(account, msgid)})
+        """The message's record, ``done`` as soon as its ``end`` entry is durable."""
+        doc = await self.messages.find_one({"_id": message_key(account, msgid)})
+        if doc is None:
+            return None
+        return settled(doc, (await self._ended([doc])).get(doc["_id"]))
 
     # -- sends ------------------------------------------------------------------------------
     async def sent(self, account: str, msgid: str) -> Document | None:
@@ -235,6 +438,8 @@ class PuppetStore:
         the item and the handling state, outgoing ones the body and delivery state.
         """
         where = {"account": account, "customer": customer}
+        received = [doc async for doc in self.messages.find(where).sort("send_time", -1).limit(limit)]
+        ended = await self._ended(received)
         incoming = [
             {
                 "direction": "in",
@@ -246,7 +451,7 @@ class PuppetStore:
                 "item": doc["item"],
                 "_order": (int(doc.get("send_time") or 0), (doc.get("seq") or 0) / 1e9),
             }
-            async for doc in self.messages.find(where).sort("send_time", -1).limit(limit)
+            for doc in (settled(found, ended.get(found["_id"])) for found in received)
         ]
         outgoing = [
             {
@@ -291,11 +496,33 @@ class PuppetStore:
 
     # -- retention --------------------------------------------------------------------------
     async def purge(self) -> int:
+        """Delete what has expired: records with an ``expire_at``, and handler log entries, an ``end``
+        entry together with its message (first, so that no message outlives its end entry)."""
         now = self._clock()
         total = 0
         for collection in (self.messages, self.sends, self.media, self.started):
             total += await purge_expired(collection, now)
-        return total
+        expired = {"expire_at": up_to(datetime.fromtimestamp(now, tz=UTC), inclusive=False)}
+        while True:
+            found = self.handler_log.find(expired, projection={"_id": 1}, limit=SETTLE_BATCH)
+            ids = [entry["_id"] async for entry in found]
+            if not ids:
+                return total
+            ended = [entry.removeprefix("end/") for entry in ids if entry.startswith("end/")]
+            if ended:
+                total += (await self.messages.delete_many({"_id": {"$in": ended}})).deleted_count
+            total += (await self.handler_log.delete_many({"_id": {"$in": ids}})).deleted_count
+            if len(ids) < SETTLE_BATCH:
+                return total
+
+
+def settled(doc: Document, end: Document | None) -> Document:
+    """A message's record as it reads once settled, given its handler log ``end`` entry (if any)."""
+    if end is None or not doc.get("pending"):
+        return doc
+    shown = {name: value for name, value in doc.items() if name != "pending"}
+    shown.update(state=DONE, finished_at=end.get("at"))
+    return shown
 
 
 def customer_of(item: Document) -> str:

@@ -4,7 +4,9 @@
 loop) and closes it in :meth:`~WeComHttp.aclose`; a process makes one and hands it to every
 :class:`~wecom.client.WeComClient`, so all of its WeCom calls share one connection pool. Redirects are
 never followed (a 3xx is an unusable answer, not a new target); proxies come from the environment
-(``HTTPS_PROXY``...), as a deployment that reaches WeCom through one expects.
+(``HTTPS_PROXY``...), as a deployment that reaches WeCom through one expects, read when the session
+opens: with no proxy variable set, the session does not consult the environment (nor ``~/.netrc``)
+again, which aiohttp otherwise does in a worker thread for every request.
 
 Secrets travel in query strings (``corpsecret``, ``access_token``, a robot's ``key``). Every failure
 to get an answer (refused, reset, timed out, an invalid URL) is raised as
@@ -20,6 +22,7 @@ callback), and httpx's request building and pool cost several times aiohttp's pe
 from __future__ import annotations
 
 import json as jsonlib
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -128,10 +131,15 @@ class WeComHttp:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.connections),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
-                trust_env=True,
+                trust_env=_proxy_in_environment(),
                 auto_decompress=True,
             )
         return self._session
+
+
+def _proxy_in_environment() -> bool:
+    """Whether the environment names a proxy for the schemes WeCom calls use."""
+    return any(scheme in ("http", "https") for scheme in urllib.request.getproxies_environment())
 
 
 def _wrap(exc: BaseException, method: str, url: URL) -> WeComTransportError:

@@ -393,7 +393,7 @@ async def test_finished_records_are_purged_after_the_retention_and_unfinished_on
     await wait_until(lambda: _count(store, 2), what="two recorded")
     now = store._clock()
     store._clock = lambda: now + 5 * 86400  # type: ignore[method-assign]
-    assert await store.purge() == 2  # the finished message and its reply
+    assert await store.purge() == 3  # the finished message, its end entry and its reply
     assert await store.messages.count_documents({}) == 1  # the unfinished one stays
     release.set()
 

@@ -41,9 +41,10 @@ async def test_a_started_handler_makes_its_unfinished_message_a_redelivery(db: D
 async def test_a_next_start_durable_before_the_previous_completion_is_no_second_redelivery(
     db: Database,
 ) -> None:
-    """m1's handler returned and m2's start was written, but m1's completion (another collection,
-    another commit) was not when the process died: m2's handler was never called (it waits for that
-    completion), so only m1 is handed again as a redelivery; another customer's cut-off one is too."""
+    """m1's handler returned and m2's start was written, but m1's end (the same batch of inserts,
+    which MongoDB does not apply atomically) was not when the process died: m2's handler was never
+    called (it waits for that end), so only m1 is handed again as a redelivery; another customer's
+    cut-off one is too."""
     store = await store_with(db, "m1", "m2", "m3")
     await store.record(ACCOUNT, [text("b1", customer="wmB")])
     for msgid in ("m1", "m2", "b1"):
@@ -66,7 +67,7 @@ async def test_starting_a_handler_inserts_its_record_and_leaves_the_message_unto
     await store.mark_handling(ACCOUNT, "m1")  # a redelivery starts it again: a duplicate, no error
     assert await store.message(ACCOUNT, "m1") == before
     assert before is not None and before["state"] == NEW
-    assert await store.started.count_documents({"_id": f"{ACCOUNT}/m1"}) == 1
+    assert await store.handler_log.count_documents({"_id": f"start/{ACCOUNT}/m1"}) == 1
 
 
 async def test_completions_are_recorded_on_the_message(db: Database) -> None:
@@ -93,7 +94,8 @@ async def test_start_records_outlive_their_finished_messages(db: Database) -> No
     await store.mark_finished(ACCOUNT, "m1")
     now = store._clock()
     store._clock = lambda: now + store.retention + 60  # type: ignore[method-assign]
-    assert await store.purge() == 1  # the message
-    assert await store.started.count_documents({}) == 1
+    assert await store.purge() == 2  # the message and its end entry
+    assert await store.messages.count_documents({}) == 0
+    assert await store.handler_log.count_documents({}) == 1
     store._clock = lambda: now + 2 * store.retention + 60  # type: ignore[method-assign]
-    assert await store.purge() == 1  # its start record
+    assert await store.purge() == 1  # its start entry
