@@ -1,5 +1,5 @@
-"""Thousands of mutated callbacks at a live gateway: never a 5xx, never a dropped connection, no forged 200.
-And mutated requests at every other public route of the whole hub (compat, admin, token): never a 5xx,
+"""Over a thousand mutated callbacks at a live gateway: never a 5xx, never a dropped connection, no forged
+200. And mutated requests at every other public route of the whole hub (compat, admin, token): never a 5xx,
 and the puppet-facing compat routes always answer in the Node manager's 2xx form.
 
 Each example starts from a genuine callback and breaks it at one or more layers: the plaintext (then
@@ -47,7 +47,7 @@ from wecom.models import EventError, KfMsgOrEvent, parse_event
 from wecom.xml import XMLError, build_xml, parse_xml
 from wxkf.runtime import Runtime
 
-EXAMPLES = 2500
+EXAMPLES = 1200  # every stage of the oracle is reached by dozens of them (the outcomes printed)
 MAX_BODY = 64 * 1024  # GatewayConfig's default, which the gw fixture keeps
 MAX_PARAM = 512
 RSS_GROWTH_LIMIT = 150 * 1024 * 1024
@@ -438,7 +438,7 @@ async def test_mutated_callbacks_never_crash_the_gateway_or_get_through(
     print(
         f"\nfuzz: {outcomes.total()} requests, RSS growth {growth / 2**20:.1f} MiB, outcomes {dict(outcomes)}"
     )
-    assert outcomes.total() >= 2000
+    assert outcomes.total() >= EXAMPLES * 0.9, outcomes.total()
     assert growth < RSS_GROWTH_LIMIT
     # the mutations reached every layer: some got through, and each stage refused some
     for reached in ("accepted", "bad_signature", "bad_event", "xml_malformed", "xml_doctype", "bad_padding"):
@@ -662,7 +662,7 @@ def fuzz_hub_callbacks(url: str, keys: CorpAppKeys, outcomes: Counter[str]) -> N
         hub_takes_exactly_the_valid_callbacks()
 
 
-HUB_CALLBACK_EXAMPLES = 800
+HUB_CALLBACK_EXAMPLES = 400
 
 
 async def test_mutated_callbacks_at_the_whole_hub_get_no_5xx(world: World) -> None:
