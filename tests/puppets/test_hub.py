@@ -37,7 +37,7 @@ async def hub(
     process = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
     await process.start()
     yield process
-    process.stop()
+    process.discard()
 
 
 async def registered(puppet: PuppetProcess, times: int = 1) -> bool:

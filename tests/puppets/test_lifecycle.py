@@ -61,7 +61,7 @@ async def unstarted_hub(
     )
     process = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
     yield process
-    process.stop()
+    process.discard()
 
 
 async def info(hub: ServiceProcess, corp: Corp) -> dict[str, object]:

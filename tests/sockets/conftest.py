@@ -46,7 +46,7 @@ async def hub(
     process = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
     await process.start()
     yield process
-    process.stop()
+    process.discard()
 
 
 def hub_log(hub: ServiceProcess) -> str:

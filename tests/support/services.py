@@ -83,7 +83,14 @@ class ServiceProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
 
+    def discard(self) -> None:
+        """SIGKILL if it still runs: a fixture's teardown, once the test has seen all it needs (an
+        orderly stop there would only cost time)."""
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+
     def stop(self) -> None:
+        """SIGTERM, and wait for the orderly stop (SIGKILL after 15 s)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
