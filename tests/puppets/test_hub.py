@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.puppets.conftest import Corp, PuppetProcess, wait_until
-from tests.support.services import ServiceProcess, free_port, service_env
+from tests.support.services import ServiceProcess, free_port, puppet_info, service_env
 from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, signed_post
 from wxkf import webhooks
 from wxkf.settings import Settings
@@ -44,16 +44,6 @@ async def registered(puppet: PuppetProcess, times: int = 1) -> bool:
     return puppet.log().count("registered with the manager") >= times
 
 
-async def info(hub: ServiceProcess, corp: Corp) -> dict[str, object]:
-    async with httpx.AsyncClient() as http:
-        response = await http.get(  # the integration of issue 10: only the puppet or the admin may ask
-            f"{hub.url}/puppetWxkfManager/puppetWxkfInfo/{corp.kf}",
-            headers={"authorization": f"Bearer {corp.secret}"},
-        )
-    result: dict[str, object] = response.json()
-    return result
-
-
 @pytest.fixture
 async def echo_puppet(
     corp: Corp, hub: ServiceProcess, hub_puppet: Callable[..., PuppetProcess]
@@ -74,7 +64,7 @@ async def test_echo_through_wxkf_up_then_a_clean_stop_deregisters(
     assert await corp.wait_received(1) == ["echo: ding"]
     assert await puppet.terminate() == 0
     assert "deregistered" in puppet.log()
-    assert (await info(hub, corp))["registered"] is False
+    assert (await puppet_info(hub, corp))["registered"] is False
 
 
 async def test_a_forged_delivery_is_refused_when_the_puppet_holds_a_webhook_secret(

@@ -13,14 +13,13 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from simulator import SimConfig
 from simulator.config import Rate
 from simulator.state import SimState
 from tests.puppets.conftest import SIM_CONFIG, Corp, PuppetProcess, wait_until
-from tests.support.services import ServiceProcess, free_port, service_env
+from tests.support.services import ServiceProcess, free_port, puppet_info, service_env
 from wxkf.settings import Settings
 
 NO_SAFETY_NET = 86400  # seconds: the configuration's maximum
@@ -62,16 +61,6 @@ async def unstarted_hub(
     process = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
     yield process
     process.discard()
-
-
-async def info(hub: ServiceProcess, corp: Corp) -> dict[str, object]:
-    async with httpx.AsyncClient() as http:
-        response = await http.get(
-            f"{hub.url}/puppetWxkfManager/puppetWxkfInfo/{corp.kf}",
-            headers={"authorization": f"Bearer {corp.secret}"},
-        )
-    result: dict[str, object] = response.json()
-    return result
 
 
 def in_log(process: PuppetProcess, text: str, times: int = 1) -> Callable[[], Awaitable[bool]]:
@@ -159,16 +148,16 @@ async def assert_the_stop_finishes_then_leaves(
     assert puppet.process is not None
     puppet.process.send_signal(signal.SIGTERM)
     await wait_until(in_log(puppet, "stopping:"), what="the stop to begin")
-    assert (await info(hub, corp))["registered"] is True
+    assert (await puppet_info(hub, corp))["registered"] is True
     await corp.says("during the drain")
     await wait_until(in_log(puppet, "refused: stopping"), what="the delivery refused while stopping")
-    assert (await info(hub, corp))["registered"] is True
+    assert (await puppet_info(hub, corp))["registered"] is True
     await asyncio.to_thread(release.write_text, "go")  # the handler replies and returns
     assert await asyncio.to_thread(puppet.process.wait, 60) == 0
     assert await corp.received() == ["echo: hold on"]  # the running handler's reply was sent
     assert lines_of(journal) == ["start hold on", "replied hold on"]
     assert "deregistered" in puppet.log()
-    assert (await info(hub, corp))["registered"] is False
+    assert (await puppet_info(hub, corp))["registered"] is False
     await puppet.start()
     assert await corp.wait_received(2) == ["echo: hold on", "echo: during the drain"]
     assert lines_of(journal)[2] == "start during the drain"  # once, and only now

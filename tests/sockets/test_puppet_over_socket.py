@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from tests.puppets.conftest import Corp, PuppetProcess, wait_until
-from tests.sockets.conftest import hub_log, info
-from tests.support.services import ServiceProcess
+from tests.sockets.conftest import hub_log
+from tests.support.services import ServiceProcess, puppet_info
 
 
 def proofs(puppet: PuppetProcess, word: str = "registered") -> int:
@@ -47,7 +47,7 @@ async def test_echo_over_the_socket_then_a_clean_stop_deregisters(
         assert (await http.get(f"{puppet.url}/healthz")).status_code == 200
     assert await puppet.terminate() == 0
     assert "deregistered" in puppet.log()
-    assert (await info(hub, corp, corp.secret))["registered"] is False
+    assert (await puppet_info(hub, corp))["registered"] is False
 
 
 async def test_one_connection_carries_accounts_of_several_corps(
