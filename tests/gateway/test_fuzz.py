@@ -54,6 +54,17 @@ RSS_GROWTH_LIMIT = 150 * 1024 * 1024
 QUERY_NAMES = ("msg_signature", "timestamp", "nonce")
 
 
+def fuzzing(examples: int) -> settings:
+    """Hypothesis's settings for ``examples`` requests at a live server: no deadline (a request's time
+    is the server's, not the strategy's), no example database, no health check on large slow inputs."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
+
+
 def rss_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -391,16 +402,7 @@ def fuzz(gw: RunningGateway, mongo_uri: str, db_name: str, outcomes: Counter[str
     with httpx.Client(base_url=gw.url, timeout=30.0) as http, mongo:
         inbox = mongo[db_name][INBOX]
 
-        @settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            database=None,
-            suppress_health_check=[
-                HealthCheck.too_slow,
-                HealthCheck.data_too_large,
-                HealthCheck.filter_too_much,
-            ],
-        )
+        @fuzzing(EXAMPLES)
         @given(requests(keys))
         def gateway_is_never_fooled(sent: Sent) -> None:
             stored_before = inbox.count_documents({})
@@ -642,16 +644,7 @@ async def test_mutated_requests_never_get_a_5xx_from_compat_admin_or_token_route
 def fuzz_hub_callbacks(url: str, keys: CorpAppKeys, outcomes: Counter[str]) -> None:
     with httpx.Client(base_url=url, timeout=30.0) as http:
 
-        @settings(
-            max_examples=HUB_CALLBACK_EXAMPLES,
-            deadline=None,
-            database=None,
-            suppress_health_check=[
-                HealthCheck.too_slow,
-                HealthCheck.data_too_large,
-                HealthCheck.filter_too_much,
-            ],
-        )
+        @fuzzing(HUB_CALLBACK_EXAMPLES)
         @given(requests(keys))
         def hub_takes_exactly_the_valid_callbacks(sent: Sent) -> None:
             response = send(http, sent)
