@@ -22,6 +22,9 @@ from wxkf.logging import LIMITER
 from wxkf.runtime import Runtime, open_runtime
 from wxkf.settings import Settings, load_settings
 
+#: a hung test fails alone: its own deadline inside the loop, then nothing of it left running
+pytest_plugins = ["tests.support.deadlines"]
+
 
 @pytest.fixture(autouse=True)
 def fresh_warning_budget() -> None:

@@ -63,6 +63,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from wxkf.retry import parse_delays
 from wxkf.settings import Settings
 from wxkf.tasks import finished_within, stop_tasks
 
@@ -94,7 +95,7 @@ HEARTBEAT_INTERVAL = 2.0
 # The embedded server's supervision: the waits before each restart attempt in a row (about 20 s in all;
 # then the process gives up and exits non-zero), how often it is probed, how long a probe may take, how
 # long it may fail probes before it is restarted, and how long it must then run before a new failure
-# counts as a new incident rather than the same one.
+# counts as a new incident rather than the same one. (WXKF_DB_RESTART_DELAYS sets the first for `connect`.)
 RESTART_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 4.0, 8.0)
 PROBE_INTERVAL = 1.0
 PROBE_TIMEOUT = 2.0
@@ -204,7 +205,8 @@ async def connect(settings: Settings) -> AsyncIterator[tuple[Database, DatabaseS
         uri = settings.mongo_uri
         embedded = None
         if uri is None:
-            embedded = EmbeddedMongo(settings.wxkf_data_dir, supervise=True)
+            delays = parse_delays(settings.wxkf_db_restart_delays)
+            embedded = EmbeddedMongo(settings.wxkf_data_dir, supervise=True, restart_delays=delays)
             uri = await stack.enter_async_context(embedded)
         client: AsyncMongoClient[Document] = AsyncMongoClient(uri, tz_aware=True, **client_options(settings))
         stack.push_async_callback(client.close)

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     wxkf_db_timeout: float = Field(
         default=2.0, ge=0.1, le=600, description="seconds one database operation may take before it fails"
     )
+    wxkf_db_restart_delays: str = Field(
+        default="0.2s,0.5s,1s,2s,4s,4s,8s",
+        description="embedded database: waits before each restart attempt in a row; then exit 1",
+    )
     host: str = Field(default="127.0.0.1", description="address the HTTP server binds")
     port: int = Field(default=8080, ge=0, le=65535, description="HTTP port")
     wecom_api_base: AnyHttpUrl = Field(default=AnyHttpUrl("https://qyapi.weixin.qq.com/cgi-bin"))
@@ -101,7 +105,7 @@ class Settings(BaseSettings):
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return value
 
-    @field_validator("wxkf_retry_schedule")
+    @field_validator("wxkf_retry_schedule", "wxkf_db_restart_delays")
     @classmethod
     def _schedule(cls, value: str) -> str:
         parse_delays(value)

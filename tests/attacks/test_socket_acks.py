@@ -11,29 +11,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 
 from manager.service import Manager
-from manager.socket_routes import PATH, socket_routes
-from manager.sockets import SOCKET_ENDPOINT
-from tests.manager.conftest import PUPPET_SECRET, add_puppet, make_manager
-from tests.support.servers import serve_app
+from tests.manager.conftest import PUPPET_SECRET, serving_sockets
 from wxkf.delivery import DeliveryError
 from wxkf.runtime import Runtime
 
 
 @pytest.fixture
 async def manager_url(runtime: Runtime) -> AsyncIterator[tuple[Manager, str]]:
-    manager = make_manager(runtime)
-    await manager.start()
-    for kf in ("wk1", "wk2"):
-        await add_puppet(manager, "wwcorp", kf, SOCKET_ENDPOINT)
-    try:
-        async with serve_app(Starlette(routes=socket_routes(manager))) as url:
-            yield manager, "ws://" + url.removeprefix("http://") + PATH
-    finally:
-        await manager.stop()
+    async with serving_sockets(runtime) as served:
+        yield served
 
 
 async def frame(ws: ClientConnection) -> dict[str, Any]:

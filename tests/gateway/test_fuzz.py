@@ -1,5 +1,5 @@
-"""Thousands of mutated callbacks at a live gateway: never a 5xx, never a dropped connection, no forged 200.
-And mutated requests at every other public route of the whole hub (compat, admin, token): never a 5xx,
+"""Over a thousand mutated callbacks at a live gateway: never a 5xx, never a dropped connection, no forged
+200. And mutated requests at every other public route of the whole hub (compat, admin, token): never a 5xx,
 and the puppet-facing compat routes always answer in the Node manager's 2xx form.
 
 Each example starts from a genuine callback and breaks it at one or more layers: the plaintext (then
@@ -47,11 +47,22 @@ from wecom.models import EventError, KfMsgOrEvent, parse_event
 from wecom.xml import XMLError, build_xml, parse_xml
 from wxkf.runtime import Runtime
 
-EXAMPLES = 2500
+EXAMPLES = 1200  # every stage of the oracle is reached by dozens of them (the outcomes printed)
 MAX_BODY = 64 * 1024  # GatewayConfig's default, which the gw fixture keeps
 MAX_PARAM = 512
 RSS_GROWTH_LIMIT = 150 * 1024 * 1024
 QUERY_NAMES = ("msg_signature", "timestamp", "nonce")
+
+
+def fuzzing(examples: int) -> settings:
+    """Hypothesis's settings for ``examples`` requests at a live server: no deadline (a request's time
+    is the server's, not the strategy's), no example database, no health check on large slow inputs."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
 
 
 def rss_bytes() -> int:
@@ -391,16 +402,7 @@ def fuzz(gw: RunningGateway, mongo_uri: str, db_name: str, outcomes: Counter[str
     with httpx.Client(base_url=gw.url, timeout=30.0) as http, mongo:
         inbox = mongo[db_name][INBOX]
 
-        @settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            database=None,
-            suppress_health_check=[
-                HealthCheck.too_slow,
-                HealthCheck.data_too_large,
-                HealthCheck.filter_too_much,
-            ],
-        )
+        @fuzzing(EXAMPLES)
         @given(requests(keys))
         def gateway_is_never_fooled(sent: Sent) -> None:
             stored_before = inbox.count_documents({})
@@ -438,7 +440,7 @@ async def test_mutated_callbacks_never_crash_the_gateway_or_get_through(
     print(
         f"\nfuzz: {outcomes.total()} requests, RSS growth {growth / 2**20:.1f} MiB, outcomes {dict(outcomes)}"
     )
-    assert outcomes.total() >= 2000
+    assert outcomes.total() >= EXAMPLES * 0.9, outcomes.total()
     assert growth < RSS_GROWTH_LIMIT
     # the mutations reached every layer: some got through, and each stage refused some
     for reached in ("accepted", "bad_signature", "bad_event", "xml_malformed", "xml_doctype", "bad_padding"):
@@ -642,16 +644,7 @@ async def test_mutated_requests_never_get_a_5xx_from_compat_admin_or_token_route
 def fuzz_hub_callbacks(url: str, keys: CorpAppKeys, outcomes: Counter[str]) -> None:
     with httpx.Client(base_url=url, timeout=30.0) as http:
 
-        @settings(
-            max_examples=HUB_CALLBACK_EXAMPLES,
-            deadline=None,
-            database=None,
-            suppress_health_check=[
-                HealthCheck.too_slow,
-                HealthCheck.data_too_large,
-                HealthCheck.filter_too_much,
-            ],
-        )
+        @fuzzing(HUB_CALLBACK_EXAMPLES)
         @given(requests(keys))
         def hub_takes_exactly_the_valid_callbacks(sent: Sent) -> None:
             response = send(http, sent)
@@ -662,7 +655,7 @@ def fuzz_hub_callbacks(url: str, keys: CorpAppKeys, outcomes: Counter[str]) -> N
         hub_takes_exactly_the_valid_callbacks()
 
 
-HUB_CALLBACK_EXAMPLES = 800
+HUB_CALLBACK_EXAMPLES = 400
 
 
 async def test_mutated_callbacks_at_the_whole_hub_get_no_5xx(world: World) -> None:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import pytest
 
+from wxkf.database import RESTART_DELAYS
+from wxkf.retry import parse_delays
 from wxkf.settings import SettingsError, load_settings
 
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("PORT", "eighty"), ("PORT", "70000"), ("MONGO_URI", "http://db"), ("WXKF_LOG_LEVEL", "LOUD")],
+    [
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("MONGO_URI", "http://db"),
+        ("WXKF_LOG_LEVEL", "LOUD"),
+        ("WXKF_DB_RESTART_DELAYS", "1s,-2s"),
+    ],
 )
 def test_error_names_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     monkeypatch.setenv(variable, value)
@@ -26,3 +34,7 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.port == 9000
     assert settings.wxkf_log_level == "DEBUG"
+
+
+def test_the_embedded_databases_restart_delays_default_to_the_supervisors_own() -> None:
+    assert parse_delays(load_settings().wxkf_db_restart_delays) == RESTART_DELAYS

@@ -8,10 +8,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
 
 from gateway.registry import AppRegistry
 from manager.dispatcher import DispatchConfig
 from manager.service import Manager, ManagerConfig
+from manager.socket_routes import PATH, socket_routes
+from manager.sockets import SOCKET_ENDPOINT, PuppetSockets
 from tests.support.recorder import Recorder
 from tests.support.servers import serve_app
 from token_service.service import TokenService
@@ -87,3 +90,23 @@ async def running(*managers: Manager) -> AsyncIterator[None]:
     finally:
         for manager in managers:
             await manager.stop()
+
+
+@asynccontextmanager
+async def serving_sockets(
+    runtime: Runtime, sockets: PuppetSockets | None = None
+) -> AsyncIterator[tuple[Manager, str]]:
+    """A started manager (its socket registry ``sockets`` if given) with socket puppets registered for
+    ``wwcorp/wk1`` and ``wwcorp/wk2``, and only its socket route served; yields it and the route's
+    ``ws://`` URL."""
+    manager = make_manager(runtime)
+    if sockets is not None:
+        manager.sockets = sockets
+    await manager.start()
+    for kf in ("wk1", "wk2"):
+        await add_puppet(manager, "wwcorp", kf, SOCKET_ENDPOINT)
+    try:
+        async with serve_app(Starlette(routes=socket_routes(manager))) as url:
+            yield manager, "ws://" + url.removeprefix("http://") + PATH
+    finally:
+        await manager.stop()

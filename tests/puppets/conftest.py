@@ -85,6 +85,19 @@ def make_puppet(
         process.stop()
 
 
+@pytest.fixture
+def hub_puppet(make_puppet: Callable[..., PuppetProcess]) -> Callable[..., PuppetProcess]:
+    """``hub_puppet(manager_url, bot, **top)``: :func:`make_puppet` registering with the manager at
+    ``manager_url``, which POSTs the account's deliveries to the puppet's own port."""
+
+    def make(manager: str, bot: str = "examples.echo:bot", **top: Any) -> PuppetProcess:
+        port = free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        return make_puppet(bot, port=port, manager=manager, self_endpoint=endpoint, **top)
+
+    return make
+
+
 @dataclass
 class Hosted:
     """A :class:`PuppetHost` serving in the test's own loop (for tests that look inside)."""

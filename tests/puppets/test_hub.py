@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.puppets.conftest import Corp, PuppetProcess, wait_until
-from tests.support.services import ServiceProcess, free_port, service_env
+from tests.support.services import ServiceProcess, free_port, puppet_info, service_env
 from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, signed_post
 from wxkf import webhooks
 from wxkf.settings import Settings
@@ -37,45 +37,40 @@ async def hub(
     process = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
     await process.start()
     yield process
-    process.stop()
+    process.discard()
 
 
 async def registered(puppet: PuppetProcess, times: int = 1) -> bool:
     return puppet.log().count("registered with the manager") >= times
 
 
-async def info(hub: ServiceProcess, corp: Corp) -> dict[str, object]:
-    async with httpx.AsyncClient() as http:
-        response = await http.get(  # the integration of issue 10: only the puppet or the admin may ask
-            f"{hub.url}/puppetWxkfManager/puppetWxkfInfo/{corp.kf}",
-            headers={"authorization": f"Bearer {corp.secret}"},
-        )
-    result: dict[str, object] = response.json()
-    return result
+@pytest.fixture
+async def echo_puppet(
+    corp: Corp, hub: ServiceProcess, hub_puppet: Callable[..., PuppetProcess]
+) -> PuppetProcess:
+    """The echo bot's puppet, registered with the hub, which WeCom calls back."""
+    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
+    puppet = hub_puppet(hub.url)
+    await puppet.start()
+    await wait_until(lambda: registered(puppet), what="registration")
+    return puppet
 
 
 async def test_echo_through_wxkf_up_then_a_clean_stop_deregisters(
-    corp: Corp, hub: ServiceProcess, make_puppet: Callable[..., PuppetProcess]
+    corp: Corp, hub: ServiceProcess, echo_puppet: PuppetProcess
 ) -> None:
-    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
-    port = free_port()
-    puppet = make_puppet(port=port, manager=hub.url, self_endpoint=f"http://127.0.0.1:{port}")
-    await puppet.start()
-    await wait_until(lambda: registered(puppet), what="registration")
+    puppet = echo_puppet
     await corp.says("ding")
     assert await corp.wait_received(1) == ["echo: ding"]
     assert await puppet.terminate() == 0
     assert "deregistered" in puppet.log()
-    assert (await info(hub, corp))["registered"] is False
+    assert (await puppet_info(hub, corp))["registered"] is False
 
 
 async def test_a_forged_delivery_is_refused_when_the_puppet_holds_a_webhook_secret(
-    corp: Corp, hub: ServiceProcess, make_puppet: Callable[..., PuppetProcess]
+    corp: Corp, echo_puppet: PuppetProcess
 ) -> None:
-    port = free_port()
-    puppet = make_puppet(port=port, manager=hub.url, self_endpoint=f"http://127.0.0.1:{port}")
-    await puppet.start()
-    await wait_until(lambda: registered(puppet), what="registration")
+    puppet = echo_puppet
     decrypted = f"{puppet.url}/callback/decrypted"
     body = b'{"token": "forged-token", "openKfId": "%s"}' % corp.kf.encode()
     someone_elses = webhooks.headers(webhooks.generate_secret(), "msg_forged", body)
@@ -96,23 +91,16 @@ async def test_a_forged_delivery_is_refused_when_the_puppet_holds_a_webhook_secr
     assert puppet.log().count("callback refused: bad_webhook_signature") == 4
     assert "forged-token" not in puppet.log()
     # and the real thing still works
-    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
     await corp.says("ding")
     assert await corp.wait_received(1) == ["echo: ding"]
 
 
 async def test_a_hub_down_longer_than_wecoms_retries_loses_nothing(
-    corp: Corp, hub: ServiceProcess, make_puppet: Callable[..., PuppetProcess]
+    corp: Corp, hub: ServiceProcess, hub_puppet: Callable[..., PuppetProcess]
 ) -> None:
     await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
-    port = free_port()
-    puppet = make_puppet(  # no safety-net pull for a day: the answer can only come from the catch-up
-        port=port,
-        manager=hub.url,
-        self_endpoint=f"http://127.0.0.1:{port}",
-        heartbeat_interval=0.5,
-        safety_pull_interval=86400,
-    )
+    # no safety-net pull for a day: the answer can only come from the catch-up
+    puppet = hub_puppet(hub.url, heartbeat_interval=0.5, safety_pull_interval=86400)
     await puppet.start()
     await wait_until(lambda: registered(puppet), what="registration")
     hub.kill()
@@ -126,13 +114,8 @@ async def test_a_hub_down_longer_than_wecoms_retries_loses_nothing(
 
 
 async def test_a_token_wecom_revoked_early_is_reported_to_the_hub_and_replaced(
-    corp: Corp, hub: ServiceProcess, make_puppet: Callable[..., PuppetProcess]
+    corp: Corp, echo_puppet: PuppetProcess
 ) -> None:
-    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
-    port = free_port()
-    puppet = make_puppet(port=port, manager=hub.url, self_endpoint=f"http://127.0.0.1:{port}")
-    await puppet.start()
-    await wait_until(lambda: registered(puppet), what="registration")
     await corp.says("first")
     assert await corp.wait_received(1) == ["echo: first"]
     revoked = await corp.http.post(f"{corp.sim_url}/sim/tokens/invalidate", json={"corpid": corp.corpid})
@@ -143,22 +126,15 @@ async def test_a_token_wecom_revoked_early_is_reported_to_the_hub_and_replaced(
 
 @pytest.mark.parametrize("hub_env", [{"wxkf_registration_token": "let-me-in"}])
 async def test_a_hub_that_requires_a_registration_token_gets_it_from_the_config(
-    corp: Corp, hub: ServiceProcess, make_puppet: Callable[..., PuppetProcess], puppet_env: dict[str, str]
+    corp: Corp, hub: ServiceProcess, hub_puppet: Callable[..., PuppetProcess], puppet_env: dict[str, str]
 ) -> None:
-    port = free_port()
-    without = make_puppet(port=port, manager=hub.url, self_endpoint=f"http://127.0.0.1:{port}")
+    without = hub_puppet(hub.url)
     await without.start()
     await wait_until(lambda: _contains(without, "registration failed"), what="a refusal")
     assert "registration token missing or wrong" in without.log()
     without.stop()
     puppet_env["HUB_REGISTRATION_TOKEN"] = "let-me-in"
-    port = free_port()
-    puppet = make_puppet(
-        port=port,
-        manager=hub.url,
-        self_endpoint=f"http://127.0.0.1:{port}",
-        registration_token={"env": "HUB_REGISTRATION_TOKEN"},
-    )
+    puppet = hub_puppet(hub.url, registration_token={"env": "HUB_REGISTRATION_TOKEN"})
     await puppet.start()
     await wait_until(lambda: registered(puppet), what="registration")
 

@@ -13,14 +13,13 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from simulator import SimConfig
 from simulator.config import Rate
 from simulator.state import SimState
 from tests.puppets.conftest import SIM_CONFIG, Corp, PuppetProcess, wait_until
-from tests.support.services import ServiceProcess, free_port, service_env
+from tests.support.services import ServiceProcess, free_port, puppet_info, service_env
 from wxkf.settings import Settings
 
 NO_SAFETY_NET = 86400  # seconds: the configuration's maximum
@@ -61,17 +60,7 @@ async def unstarted_hub(
     )
     process = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
     yield process
-    process.stop()
-
-
-async def info(hub: ServiceProcess, corp: Corp) -> dict[str, object]:
-    async with httpx.AsyncClient() as http:
-        response = await http.get(
-            f"{hub.url}/puppetWxkfManager/puppetWxkfInfo/{corp.kf}",
-            headers={"authorization": f"Bearer {corp.secret}"},
-        )
-    result: dict[str, object] = response.json()
-    return result
+    process.discard()
 
 
 def in_log(process: PuppetProcess, text: str, times: int = 1) -> Callable[[], Awaitable[bool]]:
@@ -85,19 +74,31 @@ async def test_what_wecom_gave_up_on_before_the_first_registration_is_answered_w
     corp: Corp,
     sim: tuple[str, SimState],
     unstarted_hub: ServiceProcess,
-    make_puppet: Callable[..., PuppetProcess],
+    hub_puppet: Callable[..., PuppetProcess],
 ) -> None:
     hub = unstarted_hub
     await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
-    port = free_port()
-    puppet = make_puppet(
-        port=port,
-        manager=hub.url,
-        self_endpoint=f"http://127.0.0.1:{port}",
-        safety_pull_interval=NO_SAFETY_NET,
+    puppet = hub_puppet(hub.url, safety_pull_interval=NO_SAFETY_NET)
+    await assert_what_wecom_gave_up_on_first_is_answered(
+        hub, corp, sim, puppet, failed="registration failed", serving="registered with the manager"
     )
-    await puppet.start()  # the hub is not up: the first registration fails
-    await wait_until(in_log(puppet, "registration failed"), what="a failed registration")
+
+
+async def assert_what_wecom_gave_up_on_first_is_answered(
+    hub: ServiceProcess,
+    corp: Corp,
+    sim: tuple[str, SimState],
+    puppet: PuppetProcess,
+    *,
+    failed: str,
+    serving: str,
+) -> None:
+    """The puppet starts while the hub is down: its first registration fails (the log says ``failed``)
+    and its start-up pull finds nothing; a message comes whose every callback WeCom then gives up on;
+    once the hub is up and the puppet serves through it (the log says ``serving``), that message is
+    answered — only the pull after the first registration can bring it. Any transport."""
+    await puppet.start()
+    await wait_until(in_log(puppet, failed), what="a failed first registration")
 
     async def pulled() -> bool:
         return tokenless_pulls(sim, corp) >= 1
@@ -105,12 +106,16 @@ async def test_what_wecom_gave_up_on_before_the_first_registration_is_answered_w
     await wait_until(pulled, what="the start-up pull")
     await corp.says("before the hub was up", wait=True)  # every retry fails: WeCom gives up for good
     await hub.start()
-    await wait_until(in_log(puppet, "registered with the manager"), timeout=90, what="the first registration")
+    await wait_until(in_log(puppet, serving), timeout=90, what="the first registration")
     assert await corp.wait_received(1) == ["echo: before the hub was up"]
 
 
 def lines_of(journal: Path) -> list[str]:
     return journal.read_text().splitlines() if journal.exists() else []
+
+
+#: the bot of :func:`held_handler`
+HELD = "tests.puppets.lifecycle_bots:held"
 
 
 def held_handler(tmp_path: Path, puppet_env: dict[str, str]) -> tuple[Path, Path]:
@@ -123,11 +128,17 @@ def held_handler(tmp_path: Path, puppet_env: dict[str, str]) -> tuple[Path, Path
 
 
 async def assert_the_stop_finishes_then_leaves(
-    hub: ServiceProcess, corp: Corp, puppet: PuppetProcess, journal: Path, release: Path
+    hub: ServiceProcess, corp: Corp, puppet: PuppetProcess, journal: Path, release: Path, *, serving: str
 ) -> None:
-    """SIGTERM while the held handler runs: the puppet stays registered, refuses a delivery with a 503
-    (no pull starts any more; the manager's mailbox keeps it), lets the handler reply, deregisters and
-    exits 0; the message of the drain is handled, once, after the restart. Any transport."""
+    """With the hub up and WeCom calling it back, the held handler's ``puppet`` (not started yet)
+    starts and serves (its log says ``serving``). SIGTERM while the handler runs: the puppet stays
+    registered, refuses a delivery with a 503 (no pull starts any more; the manager's mailbox keeps
+    it), lets the handler reply, deregisters and exits 0; the message of the drain is handled, once,
+    after the restart. Any transport."""
+    await hub.start()
+    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
+    await puppet.start()
+    await wait_until(in_log(puppet, serving), what="the puppet serving")
     await corp.says("hold on")
 
     async def started() -> bool:
@@ -137,16 +148,16 @@ async def assert_the_stop_finishes_then_leaves(
     assert puppet.process is not None
     puppet.process.send_signal(signal.SIGTERM)
     await wait_until(in_log(puppet, "stopping:"), what="the stop to begin")
-    assert (await info(hub, corp))["registered"] is True
+    assert (await puppet_info(hub, corp))["registered"] is True
     await corp.says("during the drain")
     await wait_until(in_log(puppet, "refused: stopping"), what="the delivery refused while stopping")
-    assert (await info(hub, corp))["registered"] is True
+    assert (await puppet_info(hub, corp))["registered"] is True
     await asyncio.to_thread(release.write_text, "go")  # the handler replies and returns
     assert await asyncio.to_thread(puppet.process.wait, 60) == 0
     assert await corp.received() == ["echo: hold on"]  # the running handler's reply was sent
     assert lines_of(journal) == ["start hold on", "replied hold on"]
     assert "deregistered" in puppet.log()
-    assert (await info(hub, corp))["registered"] is False
+    assert (await puppet_info(hub, corp))["registered"] is False
     await puppet.start()
     assert await corp.wait_received(2) == ["echo: hold on", "echo: during the drain"]
     assert lines_of(journal)[2] == "start during the drain"  # once, and only now
@@ -155,25 +166,15 @@ async def assert_the_stop_finishes_then_leaves(
 async def test_a_handler_running_at_sigterm_finishes_and_replies_before_the_puppet_deregisters(
     corp: Corp,
     unstarted_hub: ServiceProcess,
-    make_puppet: Callable[..., PuppetProcess],
+    hub_puppet: Callable[..., PuppetProcess],
     puppet_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    hub = unstarted_hub
     journal, release = held_handler(tmp_path, puppet_env)
-    await hub.start()
-    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
-    port = free_port()
-    puppet = make_puppet(
-        "tests.puppets.lifecycle_bots:held",
-        port=port,
-        manager=hub.url,
-        self_endpoint=f"http://127.0.0.1:{port}",
-        safety_pull_interval=NO_SAFETY_NET,
+    puppet = hub_puppet(unstarted_hub.url, HELD, safety_pull_interval=NO_SAFETY_NET)
+    await assert_the_stop_finishes_then_leaves(
+        unstarted_hub, corp, puppet, journal, release, serving="registered with the manager"
     )
-    await puppet.start()
-    await wait_until(in_log(puppet, "registered with the manager"), what="registration")
-    await assert_the_stop_finishes_then_leaves(hub, corp, puppet, journal, release)
 
 
 @pytest.mark.parametrize("sim_config", [ONE_TOKENLESS_PULL], ids=["no-tokenless-pull-left"])
@@ -181,7 +182,7 @@ async def test_a_first_registration_brings_what_the_manager_kept_at_once_without
     corp: Corp,
     sim: tuple[str, SimState],
     unstarted_hub: ServiceProcess,
-    make_puppet: Callable[..., PuppetProcess],
+    hub_puppet: Callable[..., PuppetProcess],
 ) -> None:
     hub = unstarted_hub
     token = await corp.http.get(
@@ -202,13 +203,7 @@ async def test_a_first_registration_brings_what_the_manager_kept_at_once_without
     assert added.is_success, added.text
     await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
     await corp.says("before any puppet", wait=True)  # stored by the hub; no puppet to deliver it to
-    port = free_port()
-    puppet = make_puppet(
-        port=port,
-        manager=hub.url,
-        self_endpoint=f"http://127.0.0.1:{port}",
-        safety_pull_interval=NO_SAFETY_NET,
-    )
+    puppet = hub_puppet(hub.url, safety_pull_interval=NO_SAFETY_NET)
     await puppet.start()
     # the puppet's token-less pull is refused (45009); the registration un-parks the account's mailbox
     # and its delivery brings a callback token, which cuts the puppet's backoff short

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -46,7 +45,7 @@ async def hub(
     process = ServiceProcess("up", env, tmp_path / "hub.log", free_port())
     await process.start()
     yield process
-    process.stop()
+    process.discard()
 
 
 def hub_log(hub: ServiceProcess) -> str:
@@ -155,13 +154,3 @@ async def raw_socket(hub: ServiceProcess) -> AsyncIterator[Callable[[], Any]]:
             yield RawSocket(ws)
 
     yield open_one
-
-
-async def info(hub: ServiceProcess, corp: Corp, bearer: str) -> dict[str, Any]:
-    async with httpx.AsyncClient() as http:
-        response = await http.get(
-            f"{hub.url}/puppetWxkfManager/puppetWxkfInfo/{corp.kf}",
-            headers={"authorization": f"Bearer {bearer}"},
-        )
-    result: dict[str, Any] = response.json()
-    return result

@@ -14,12 +14,13 @@ from pathlib import Path
 from simulator.state import SimState
 from tests.puppets.conftest import Corp, PuppetProcess, wait_until
 from tests.puppets.test_lifecycle import (  # noqa: F401 - fixtures
+    HELD,
     NO_SAFETY_NET,
     assert_the_stop_finishes_then_leaves,
+    assert_what_wecom_gave_up_on_first_is_answered,
     held_handler,
     in_log,
     sim_config,
-    tokenless_pulls,
     unstarted_hub,
 )
 from tests.support.services import ServiceProcess
@@ -33,17 +34,9 @@ async def test_what_wecom_gave_up_on_before_the_first_connection_is_answered_onc
 ) -> None:
     await corp.set_callback(f"{unstarted_hub.url}/callback/{corp.corpid}")
     puppet = socket_puppet(unstarted_hub, [corp], safety_pull_interval=NO_SAFETY_NET)
-    await puppet.start()  # the hub is not up: the first connection fails
-    await wait_until(in_log(puppet, "reconnecting in"), what="a failed connection")
-
-    async def pulled() -> bool:
-        return tokenless_pulls(sim, corp) >= 1
-
-    await wait_until(pulled, what="the start-up pull")
-    await corp.says("before the hub was up", wait=True)  # every retry fails: WeCom gives up for good
-    await unstarted_hub.start()
-    await wait_until(in_log(puppet, "over the manager's socket"), timeout=90, what="the first proof")
-    assert await corp.wait_received(1) == ["echo: before the hub was up"]
+    await assert_what_wecom_gave_up_on_first_is_answered(  # the first connection fails
+        unstarted_hub, corp, sim, puppet, failed="reconnecting in", serving="over the manager's socket"
+    )
 
 
 async def test_a_handler_running_at_sigterm_finishes_and_replies_before_the_socket_puppet_leaves(
@@ -53,16 +46,11 @@ async def test_a_handler_running_at_sigterm_finishes_and_replies_before_the_sock
     puppet_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    hub = unstarted_hub
     journal, release = held_handler(tmp_path, puppet_env)
-    await hub.start()
-    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
-    puppet = socket_puppet(
-        hub, [corp], "tests.puppets.lifecycle_bots:held", safety_pull_interval=NO_SAFETY_NET
+    puppet = socket_puppet(unstarted_hub, [corp], HELD, safety_pull_interval=NO_SAFETY_NET)
+    await assert_the_stop_finishes_then_leaves(
+        unstarted_hub, corp, puppet, journal, release, serving="registered over the manager's socket"
     )
-    await puppet.start()
-    await wait_until(in_log(puppet, "registered over the manager's socket"), what="the proof")
-    await assert_the_stop_finishes_then_leaves(hub, corp, puppet, journal, release)
 
 
 async def test_what_wecom_gave_up_on_while_the_socket_was_down_is_answered_once_resumed(

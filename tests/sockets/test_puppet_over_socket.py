@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.puppets.conftest import Corp, PuppetProcess, wait_until
-from tests.sockets.conftest import hub_log, info
-from tests.support.services import ServiceProcess
+from tests.sockets.conftest import hub_log
+from tests.support.services import ServiceProcess, puppet_info
 
 
 def proofs(puppet: PuppetProcess, word: str = "registered") -> int:
@@ -20,13 +21,23 @@ def connections(puppet: PuppetProcess) -> int:
     return puppet.log().count("connected to the manager's socket")
 
 
-async def test_echo_over_the_socket_then_a_clean_stop_deregisters(
+@pytest.fixture
+async def echo_puppet(
     corp: Corp, hub: ServiceProcess, socket_puppet: Callable[..., PuppetProcess]
-) -> None:
+) -> PuppetProcess:
+    """The echo bot's puppet, proven over the hub's socket for ``corp``, which WeCom calls back (at the
+    hub)."""
     await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
     puppet = socket_puppet(hub, [corp])
     await puppet.start()
     await wait_until(lambda: _async(proofs(puppet) == 1), what="the proof over the socket")
+    return puppet
+
+
+async def test_echo_over_the_socket_then_a_clean_stop_deregisters(
+    corp: Corp, hub: ServiceProcess, echo_puppet: PuppetProcess
+) -> None:
+    puppet = echo_puppet
     await corp.says("ding")
     assert await corp.wait_received(1) == ["echo: ding"]
     assert "registered puppet for" in hub_log(hub)
@@ -36,7 +47,7 @@ async def test_echo_over_the_socket_then_a_clean_stop_deregisters(
         assert (await http.get(f"{puppet.url}/healthz")).status_code == 200
     assert await puppet.terminate() == 0
     assert "deregistered" in puppet.log()
-    assert (await info(hub, corp, corp.secret))["registered"] is False
+    assert (await puppet_info(hub, corp))["registered"] is False
 
 
 async def test_one_connection_carries_accounts_of_several_corps(
@@ -62,12 +73,9 @@ async def test_one_connection_carries_accounts_of_several_corps(
 
 
 async def test_the_puppet_reconnects_after_the_hub_restarts_and_loses_nothing(
-    corp: Corp, hub: ServiceProcess, socket_puppet: Callable[..., PuppetProcess]
+    corp: Corp, hub: ServiceProcess, echo_puppet: PuppetProcess
 ) -> None:
-    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
-    puppet = socket_puppet(hub, [corp])
-    await puppet.start()
-    await wait_until(lambda: _async(proofs(puppet) == 1), what="the proof over the socket")
+    puppet = echo_puppet
     await corp.says("before")
     assert await corp.wait_received(1) == ["echo: before"]
     hub.kill()
@@ -94,12 +102,9 @@ async def _async(value: bool) -> bool:
 
 
 async def test_a_hub_stopped_with_sigterm_exits_cleanly_with_a_socket_open_and_the_puppet_resumes(
-    corp: Corp, hub: ServiceProcess, socket_puppet: Callable[..., PuppetProcess]
+    corp: Corp, hub: ServiceProcess, echo_puppet: PuppetProcess
 ) -> None:
-    await corp.set_callback(f"{hub.url}/callback/{corp.corpid}")
-    puppet = socket_puppet(hub, [corp])
-    await puppet.start()
-    await wait_until(lambda: _async(proofs(puppet) == 1), what="the proof over the socket")
+    puppet = echo_puppet
     assert hub.process is not None
     hub.process.terminate()
     assert await asyncio.to_thread(hub.process.wait, 30) == 0

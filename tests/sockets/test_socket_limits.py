@@ -8,15 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from manager.service import Manager
-from manager.socket_routes import PATH, socket_routes
-from manager.sockets import SOCKET_ENDPOINT, PuppetSockets, SocketLimits
-from tests.manager.conftest import PUPPET_SECRET, add_puppet, make_manager
-from tests.support.servers import serve_app
+from manager.sockets import PuppetSockets, SocketLimits
+from tests.manager.conftest import PUPPET_SECRET, serving_sockets
 from wxkf.runtime import Runtime
 
 LIMITS = SocketLimits(unproven_connections=2, accounts=1, proof_deadline=60.0)
@@ -24,16 +21,8 @@ LIMITS = SocketLimits(unproven_connections=2, accounts=1, proof_deadline=60.0)
 
 @pytest.fixture
 async def manager_url(runtime: Runtime) -> AsyncIterator[tuple[Manager, str]]:
-    manager = make_manager(runtime)
-    manager.sockets = PuppetSockets(LIMITS)
-    await manager.start()
-    for kf in ("wk1", "wk2"):
-        await add_puppet(manager, "wwcorp", kf, SOCKET_ENDPOINT)
-    try:
-        async with serve_app(Starlette(routes=socket_routes(manager))) as url:
-            yield manager, "ws://" + url.removeprefix("http://") + PATH
-    finally:
-        await manager.stop()
+    async with serving_sockets(runtime, PuppetSockets(LIMITS)) as served:
+        yield served
 
 
 async def prove(ws: ClientConnection, kf: str) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.puppets.conftest import Corp, wait_until
-from tests.sockets.conftest import WS_PATH, RawSocket, hub_log, info
-from tests.support.services import ServiceProcess
+from tests.sockets.conftest import WS_PATH, RawSocket, hub_log
+from tests.support.services import ServiceProcess, puppet_info
 from wxkf import webhooks
 
 
@@ -58,13 +58,13 @@ async def test_deliveries_are_signed_frames_and_wait_in_the_mailbox_while_no_soc
         check_signed(waited, secret)
         assert waited["headers"]["webhook-id"] != first["headers"]["webhook-id"]
         await client.send({"type": "ack", "id": waited["id"], "account": account, "status": 200})
-        assert (await info(hub, corp, secret))["online"] is True
+        assert (await puppet_info(hub, corp, secret))["online"] is True
     # the proof counted as a heartbeat (not a probe seconds later): the mailbox flowed at once
     assert f"puppet {account} is back online" in hub_log(hub)
 
 
 async def _offline(hub: ServiceProcess, corp: Corp, secret: str) -> bool:
-    return (await info(hub, corp, secret))["online"] is False
+    return (await puppet_info(hub, corp, secret))["online"] is False
 
 
 async def test_a_failed_ack_is_retried_like_a_failed_http_delivery(
@@ -180,7 +180,7 @@ async def test_the_newest_connection_to_prove_an_account_takes_its_deliveries(
         # the old connection (a puppet's half-open one, say) no longer speaks for the account
         await old.send({"type": "leave", "account": account})
         assert await old.closed() == (1008, "leave for an account not proven on this connection")
-        assert (await info(hub, corp, secret))["registered"] is True
+        assert (await puppet_info(hub, corp, secret))["registered"] is True
 
 
 async def test_an_account_registered_over_http_is_resumed_on_a_socket_only_with_the_endpoint_ws(

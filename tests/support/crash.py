@@ -283,9 +283,11 @@ async def crash_rig(
             await corp.set_callback(f"{hub.url}/callback/{corp.corpid}" if hub else f"{puppet.url}/callback")
             yield rig
         finally:
-            for process in (puppet, hub, simulator):
-                if process is not None:
-                    process.stop()
+            if puppet is not None:
+                puppet.stop()
+            for service in (hub, simulator):
+                if service is not None:
+                    service.discard()
 
 
 def assert_handled_once_in_order(rig: CrashRig, *, hung: Iterable[str] = ()) -> None:

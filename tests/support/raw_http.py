@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 from urllib.parse import urlsplit
 
+from wxkf.tasks import finished_within
+
 
 async def answer_to(url: str, request: bytes) -> bytes:
     """Send ``request`` as it is; the first bytes of the answer (``b"reset"``: closed with ours unread)."""
@@ -16,7 +18,8 @@ async def answer_to(url: str, request: bytes) -> bytes:
         writer.write(request)
         with contextlib.suppress(ConnectionError):  # the server may close before it read everything
             await writer.drain()
-        return await asyncio.wait_for(reader.read(200), 10)
+        async with asyncio.timeout(10):
+            return await reader.read(200)
     except ConnectionResetError:  # closed with our bytes unread: the kernel resets, the 431 may be lost
         return b"reset"
     finally:
@@ -34,10 +37,10 @@ async def slow_post(url: str, path: str, declared: int, interval: float) -> byte
     try:
         for _ in range(declared):
             await writer.drain()
-            try:
-                return await asyncio.wait_for(reader.read(4096), interval)
-            except TimeoutError:
-                writer.write(b"<")
+            answer = asyncio.ensure_future(reader.read(4096))
+            if await finished_within(answer, interval):  # else the read was cancelled
+                return answer.result()
+            writer.write(b"<")
         return await reader.read(4096)
     finally:
         writer.close()

@@ -31,6 +31,7 @@ import httpx
 from tests.support.services import ServiceProcess, free_port, service_env
 from tests.support.wecom_callbacks import CorpAppKeys, kf_event_xml, signed_post
 from wxkf.settings import Settings
+from wxkf.tasks import finished_within
 
 LIBFAKETIME = ("/usr/lib/*/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1")
 FAKETIME_VARIABLES = ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC")
@@ -253,8 +254,7 @@ class Traffic:
                         self.failures.append(exc)
                         self.changed.notify_all()
                     raise
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval)  # pacing: the traffic's rate
+                await finished_within(stop.wait(), interval)  # pacing: the traffic's rate
 
         tasks = [asyncio.create_task(loop(account)) for account in accounts]
         try:

@@ -11,10 +11,11 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 
+from tests.support.corp import Corp
 from wxkf.settings import Settings
 
 
@@ -83,7 +84,14 @@ class ServiceProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
 
+    def discard(self) -> None:
+        """SIGKILL if it still runs: a fixture's teardown, once the test has seen all it needs (an
+        orderly stop there would only cost time)."""
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
+
     def stop(self) -> None:
+        """SIGTERM, and wait for the orderly stop (SIGKILL after 15 s)."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -91,3 +99,15 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+async def puppet_info(hub: ServiceProcess, corp: Corp, bearer: str | None = None) -> dict[str, Any]:
+    """What ``hub``'s ``puppetWxkfInfo`` says of ``corp``'s account, asked as its puppet (the app
+    secret is the bearer: only the puppet or the admin may ask) or with ``bearer``."""
+    async with httpx.AsyncClient() as http:
+        response = await http.get(
+            f"{hub.url}/puppetWxkfManager/puppetWxkfInfo/{corp.kf}",
+            headers={"authorization": f"Bearer {bearer or corp.secret}"},
+        )
+    result: dict[str, Any] = response.json()
+    return result
