@@ -86,6 +86,7 @@ class _Progress:
     high: int = 0  # the highest seq recorded or read here
     saved: int = 0  # the mark stored
     ended: list[tuple[str, int | None, float]] = field(default_factory=list)  # above the stored mark
+    unhanded: dict[str, set[int]] = field(default_factory=dict)  # key -> seqs of failed records
 
     def mark(self) -> int:
         """Every message of the account with a lower seq has ended (its end is durable)."""
@@ -98,6 +99,9 @@ class _Progress:
     def busy(self) -> bool:
         return bool(self.ended) or self.mark() > self.saved
 
+
+#: the most messages of failed records remembered per account until their page is read again
+UNHANDED_LIMIT = 10_000
 
 #: how long WeCom's sync_msg can return a message: dedup must remember at least this long
 WECOM_READABLE = 3 * 86400
@@ -186,8 +190,9 @@ class PuppetStore:
 
     # -- messages ---------------------------------------------------------------------------
     async def record(self, account: str, items: Sequence[Document]) -> list[Document]:
-        """Record a page durably; return the items not seen before, in page order. They count as
-        unfinished (the account's settled mark stays below them) until they end."""
+        """Record a page durably; return the items not seen before, in page order (and those a record
+        of this process stored but raised on: they never reached the bot). They count as unfinished
+        (the account's settled mark stays below them) until they end."""
         if not items:
             return []
         base = max(time.time_ns(), self._next_seq)  # increasing, even if the clock steps back
@@ -207,23 +212,71 @@ class PuppetStore:
         ]
         progress = self._progress_of(account)
         progress.recording.append(base)
+        answers: list[bool | BaseException] = [RuntimeError("not written")] * len(docs)
         try:
             # One group commit for every account's pages and state changes: concurrent pulls share a round.
-            inserted = await asyncio.gather(*(self._message_writes.insert(doc) for doc in docs))
-        except BaseException:
-            # Some may be stored yet never handed to the bot: the mark stays below them, so that the
-            # next start reads them.
-            for doc in docs:
-                progress.open.setdefault(doc["_id"], doc["seq"])
-            raise
+            answers = await asyncio.gather(
+                *(self._message_writes.insert(doc) for doc in docs), return_exceptions=True
+            )
         finally:
             progress.recording.remove(base)
+            if any(isinstance(answer, BaseException) for answer in answers):
+                self._failed_record(progress, docs, answers)
+        failure = next((answer for answer in answers if isinstance(answer, BaseException)), None)
+        if failure is not None:
+            raise failure
+        inserted = [answer is True for answer in answers]
+        if progress.unhanded:
+            inserted = await self._stored_unhanded(progress, docs, inserted)
         for doc, new in zip(docs, inserted, strict=True):
-            if new:  # an earlier attempt that raised may have stored it with a lower seq
-                progress.open[doc["_id"]] = min(progress.open.get(doc["_id"], doc["seq"]), doc["seq"])
+            if new:
+                progress.open.setdefault(doc["_id"], doc["seq"])  # a failed attempt's is its own seq
         progress.high = max(progress.high, docs[-1]["seq"])
         self._keep_soon()
         return [item for item, new in zip(items, inserted, strict=True) if new]
+
+    def _failed_record(
+        self, progress: _Progress, docs: Sequence[Document], answers: Sequence[bool | BaseException]
+    ) -> None:
+        """A record raised after storing some of its page, perhaps (an insert that raised may have left
+        its document): remember each of its documents not known to be a duplicate with this attempt's
+        seq; the retry tells what this attempt stored (new: it never reached the bot) from what was
+        there before (a duplicate) by the stored seq. Until then the mark stays below them, and a
+        start reads them."""
+        for doc, answer in zip(docs, answers, strict=True):
+            if answer is False:  # stored before this attempt
+                continue
+            key = doc["_id"]
+            self._message_writes.forget(key)  # its retry is a duplicate; the seq says whose
+            if key not in progress.open:
+                progress.open[key] = doc["seq"]
+            progress.unhanded.setdefault(key, set()).add(doc["seq"])
+        while len(progress.unhanded) > UNHANDED_LIMIT:  # the oldest stay open: the next start reads them
+            del progress.unhanded[next(iter(progress.unhanded))]
+
+    async def _stored_unhanded(
+        self, progress: _Progress, docs: Sequence[Document], inserted: list[bool]
+    ) -> list[bool]:
+        """``inserted``, with each duplicate that a failed record of this process stored turned new."""
+        doubtful = [
+            doc["_id"] for doc, new in zip(docs, inserted, strict=True) if doc["_id"] in progress.unhanded
+        ]
+        stored: dict[str, int] = {}
+        for chunk in chunks([key for key in doubtful], SETTLE_BATCH):
+            found = self.messages.find({"_id": {"$in": chunk}}, projection={"seq": 1})
+            stored.update({doc["_id"]: doc["seq"] async for doc in found})
+        answer = list(inserted)
+        for index, doc in enumerate(docs):
+            key = doc["_id"]
+            seqs = progress.unhanded.pop(key, None)
+            if seqs is None or answer[index]:
+                continue
+            if stored.get(key) in seqs:  # the failed attempt's document: never handed to the bot
+                answer[index] = True
+                progress.open[key] = stored[key]
+            elif progress.open.get(key) in seqs:  # there before: not unfinished on our account
+                del progress.open[key]
+        return answer
 
     async def pending(self, account: str) -> list[Pending]:
         """The account's unfinished messages, oldest first: those above its settled mark (one indexed
