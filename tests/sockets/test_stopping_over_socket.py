@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.puppets.conftest import Corp, wait_until
-from tests.sockets.conftest import hub_log, info
+from tests.sockets.conftest import hub_log
 from tests.sockets.test_socket_protocol import delivery
-from tests.support.services import ServiceProcess
+from tests.support.services import ServiceProcess, puppet_info
 
 
 async def test_a_stopping_ack_parks_the_account_until_a_successor_proves_it(
@@ -29,7 +29,7 @@ async def test_a_stopping_ack_parks_the_account_until_a_successor_proves_it(
         await stopping.send(ack)
 
         async def offline() -> bool:
-            return (await info(hub, corp, secret))["online"] is False
+            return (await puppet_info(hub, corp, secret))["online"] is False
 
         # still connected, yet offline: the manager waits for a registration, not for a retry time
         await wait_until(offline, what="the stopping puppet marked offline")
@@ -45,7 +45,7 @@ async def test_a_stopping_ack_parks_the_account_until_a_successor_proves_it(
             flowed = await delivery(successor, account)  # at once, without a new callback
             assert flowed["headers"]["webhook-id"] == refused["headers"]["webhook-id"]
             await successor.send({"type": "ack", "id": flowed["id"], "account": account, "status": 200})
-            assert (await info(hub, corp, secret))["online"] is True
+            assert (await puppet_info(hub, corp, secret))["online"] is True
     log = hub_log(hub)
     assert "is stopping" in log
     assert "failed (socket ack 503" not in log  # never counted as a failed attempt
