@@ -165,8 +165,8 @@ class Directory:
         unless it is a Node ``wxkf-manager`` (it answered a registration without a webhookSecret),
         which keeps nothing it could not deliver and whose forward of a decrypted callback throws on
         a non-2xx; it gets the Node puppet's ``roger``/``success``, as before."""
-        registered = [account for account in self.accounts.values() if account.registered]
-        return self.has_manager and not any(not account.signed_deliveries for account in registered)
+        accounts = self.accounts.values()
+        return self.has_manager and not any(a.registered and not a.signed_deliveries for a in accounts)
 
     @property
     def stopping(self) -> bool:
