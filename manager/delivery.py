@@ -16,6 +16,13 @@ deregisters: it is going away, not failing. That answer is :class:`PuppetStoppin
 :class:`~wxkf.delivery.Unreachable`, so the dispatcher marks the puppet offline and keeps the work in
 the account's mailbox without counting a failed attempt (no backoff, no dead letter); the probe
 counts a stopping puppet as down, and the account flows when the puppet, or its successor, registers.
+
+**A registration that went stale**: the process at the endpoint no longer serves the account (it was
+restarted with a config without it) and answers ``404 account_not_served``. That answer is
+:class:`AccountNotServed`, also an ``Unreachable``: the dispatcher marks that registration offline
+(only if it is still the one the delivery went to) without a probe, since a probe asks the process,
+which is alive, not the account; no failed attempt is counted. The account's work waits in its
+mailbox until a puppet registers the account (or proves it over a socket), then flows.
 """
 
 from __future__ import annotations
@@ -29,14 +36,24 @@ from wxkf.delivery import DeliveryClient, DeliveryError, Unreachable
 
 #: what a stopping puppet answers, with status 503 (docs/compat.md)
 STOPPING = "stopping"
+#: what a puppet answers, with status 404, to a delivery for an account it does not serve
+NOT_SERVED = "account_not_served"
 
 
 class PuppetStopping(Unreachable):
     """The puppet answered ``503 stopping``: it is going away (and deregisters soon)."""
 
 
+class AccountNotServed(Unreachable):
+    """The puppet answered ``404 account_not_served``: the registration delivered to is stale."""
+
+
 def is_stopping(status: int | None, answer: str) -> bool:
     return status == 503 and answer.strip() == STOPPING
+
+
+def is_not_served(status: int | None, answer: str) -> bool:
+    return status == 404 and answer.strip() == NOT_SERVED
 
 
 def content_for(puppet: Puppet, latest: Latest) -> tuple[str, str, bytes, str]:
@@ -63,7 +80,8 @@ async def deliver(
 ) -> None:
     """Raises :class:`~wxkf.delivery.Unreachable` (the puppet is down; :class:`NoSocketHere` for a
     socket puppet with no connection to this process) or :class:`~wxkf.delivery.DeliveryError` (it
-    answered, but not with a 2xx; :class:`PuppetStopping`, an ``Unreachable``, for ``503 stopping``)."""
+    answered, but not with a 2xx; :class:`PuppetStopping`, an ``Unreachable``, for ``503 stopping``,
+    and :class:`AccountNotServed`, another, for ``404 account_not_served``)."""
     try:
         if puppet.endpoint == SOCKET_ENDPOINT:
             if sockets is None:
@@ -90,7 +108,13 @@ async def deliver(
             timeout=timeout,
         )
     except DeliveryError as exc:
-        if isinstance(exc, Unreachable) or not is_stopping(exc.status, exc.answer):
+        if isinstance(exc, Unreachable):
+            raise
+        if is_not_served(exc.status, exc.answer):
+            raise AccountNotServed(
+                "the puppet does not serve this account (404 account_not_served)"
+            ) from None
+        if not is_stopping(exc.status, exc.answer):
             raise
         if sockets is not None and puppet.endpoint == SOCKET_ENDPOINT:
             sockets.stopping(puppet.key)

@@ -44,6 +44,7 @@ from typing import Any
 
 from manager import metrics
 from manager.account_state import HELD, Account, Event, State, Undelivered
+from manager.delivery import AccountNotServed
 from manager.mailbox import Latest, Mailbox, MailboxStore
 from manager.puppets import Puppet, PuppetRegistry
 from manager.recovery import Liveness
@@ -137,7 +138,7 @@ class Dispatcher:
 
     async def wait_until(self, predicate: Callable[[collections.Counter[str]], bool], timeout: float) -> None:
         """Wait until ``predicate(outcomes)`` holds (outcomes: delivered, failed, dead, parked, offline,
-        handed_over)."""
+        not_served, handed_over)."""
         async with asyncio.timeout(timeout), self._progress:
             await self._progress.wait_for(lambda: predicate(self.outcomes))
 
@@ -287,16 +288,24 @@ class Dispatcher:
                 return False
             if isinstance(exc, PuppetUnreachable):
                 account.not_delivered(latest)
-                probe_at = self._clock() + self.config.probe_interval
-                if not await self._puppets.mark_offline(key, probe_at, 0, by=self.config.owner):
+                # not served there: no probe (the process answers it, alive); only that registration
+                stale = isinstance(exc, AccountNotServed)
+                probe_at = None if stale else self._clock() + self.config.probe_interval
+                registered_at = puppet.registered_at if stale else None
+                if not await self._puppets.mark_offline(
+                    key, probe_at, 0, by=self.config.owner, registered_at=registered_at
+                ):
                     current = await self._puppets.fresh(key)
                     if current is not None and current.served_by_another(self.config.owner):
                         await self._hand_over_lease(account, current.socket_owner)
                         return True
-                log.warning("puppet %s unreachable (%s); waiting until it is back", key, exc)
+                waits_for = "a registration" if stale else "it to be back"
+                log.warning("puppet %s unreachable (%s); waiting for %s", key, exc, waits_for)
                 account.apply(Event.NO_PUPPET)
                 await self._into_mailbox(account, waiting=True)
-                await self._record("offline")
+                await self._record("not_served" if stale else "offline")
+                if stale:  # registered anew meanwhile (not marked offline above): flow there
+                    await self._look_again(account)
             else:
                 await self._refused(account, latest, seq, through, str(exc))
             return True

@@ -250,13 +250,24 @@ class PuppetRegistry:
         self._forget(key)
         return came_back.matched_count == 1
 
-    async def mark_offline(self, key: str, probe_at: float, failures: int, *, by: str | None = None) -> bool:
+    async def mark_offline(
+        self,
+        key: str,
+        probe_at: float | None,
+        failures: int,
+        *,
+        by: str | None = None,
+        registered_at: float | None = None,
+    ) -> bool:
         """The puppet did not answer. ``by`` (a manager replica): only if no other replica holds its
-        socket, since only the replica with the socket can tell (see :meth:`claim_socket`). True if it
-        was marked offline."""
+        socket, since only the replica with the socket can tell (see :meth:`claim_socket`).
+        ``probe_at`` None: never probed (only a registration or a sign of life brings it back).
+        ``registered_at``: only if it is still that registration. True if it was marked offline."""
         where: dict[str, Any] = {"_id": key, "registered": True}
         if by is not None:
             where["socket_owner"] = {"$in": [None, by]}
+        if registered_at is not None:
+            where["registered_at"] = registered_at
         marked = await self._collection.update_one(
             where, {"$set": {"online": False, "probe_at": probe_at, "probe_failures": failures}}
         )

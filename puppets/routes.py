@@ -9,6 +9,13 @@
   with the app whose corp is ``ToUserName``; the event's ``OpenKfId`` picks the account.
 * ``POST /callback/decrypted`` — ``{"token", "openKfId"}`` from a manager; answers ``roger``.
 
+With a manager, a delivery for an account this process does not serve (its corp, or the account in it)
+gets ``404 account_not_served``: the manager's registration is stale, and it keeps the events until a
+puppet registers the account. Without one, WeCom's callback for an account of the app that no puppet
+here serves is answered ``success``: WeCom calls the one URL for all of an app's accounts, and would
+only retry an error. A Node manager gets ``roger``/``success`` too (see
+:attr:`Directory.honest_about_unserved`).
+
 When the manager gave the account a ``webhookSecret``, every delivery must carry a valid Standard
 Webhooks signature made with it (or with the previous one, for deliveries in flight across a
 re-registration): a forged or replayed delivery gets a 401 and changes nothing. Without a manager,
@@ -64,6 +71,16 @@ def refuse(status: int, reason: str, detail: str = "") -> Response:
     metrics.REFUSED.labels(reason).inc()
     warn_limited(log, reason, "callback refused: %s%s", reason, f" ({detail})" if detail else "")
     return PlainTextResponse(reason, status_code=status)
+
+
+def not_served(detail: str) -> Response:
+    """``404 account_not_served``, to a manager's delivery for an account this process does not serve:
+    the registration it delivered to is stale (this process was restarted without the account). The
+    manager keeps the events until a puppet registers the account; ``roger``/``success`` would have
+    told it they were taken. Says nothing but "not served here": no account list, no secret."""
+    return refuse(
+        404, "account_not_served", f"{detail}: not served here; the manager's registration is stale"
+    )
 
 
 def take(directory: Directory, account: Account, token: str, answer: str, request_id: str | None) -> Response:
@@ -141,6 +158,15 @@ class Directory:
             if hmac.compare_digest(signature(token, timestamp, nonce, encrypt).encode(), wanted)
             for crypt in crypts
         ]
+
+    @property
+    def honest_about_unserved(self) -> bool:
+        """Answer a delivery for an account not served here ``404 account_not_served``: with a manager,
+        unless it is a Node ``wxkf-manager`` (it answered a registration without a webhookSecret),
+        which keeps nothing it could not deliver and whose forward of a decrypted callback throws on
+        a non-2xx; it gets the Node puppet's ``roger``/``success``, as before."""
+        accounts = self.accounts.values()
+        return self.has_manager and not any(a.registered and not a.signed_deliveries for a in accounts)
 
     @property
     def stopping(self) -> bool:
@@ -241,8 +267,11 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             return refuse(400, f"xml_{exc.reason}", str(exc))
         except EventError as exc:
             return refuse(400, exc.reason, str(exc))
+        crypts = directory.crypts(envelope.to_user_name)
+        if not crypts and directory.honest_about_unserved:  # no account of that corp is served here
+            return not_served(envelope.to_user_name[:64])
         plaintext: bytes | None = None
-        for crypt in directory.crypts(envelope.to_user_name):
+        for crypt in crypts:
             try:
                 plaintext = crypt.open(parts[0], parts[1], parts[2], envelope.encrypt)
                 break
@@ -260,7 +289,17 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             return PlainTextResponse("success")  # not a kf event: nothing to pull
         account = directory.accounts.get((event.to_user_name, event.open_kf_id))
         if account is None:
-            log.info("callback for an account this puppet does not serve: %s", event.open_kf_id[:64])
+            if directory.honest_about_unserved:
+                return not_served(f"{event.to_user_name[:64]}/{event.open_kf_id[:64]}")
+            # direct mode: WeCom calls this one URL for every account of the app, served or not; an
+            # error would only make it retry, and nothing here would ever take the callback. A Node
+            # manager would relay the error to WeCom, which retries into the same registration.
+            warn_limited(
+                log,
+                "unserved",
+                "callback for an account this puppet does not serve: %s",
+                event.open_kf_id[:64],
+            )
             return PlainTextResponse("success")
         if directory.has_manager and not account.registered:
             return refuse(503, "not_registered", f"{account.key}: its signature cannot be checked yet")
@@ -284,9 +323,9 @@ def callback_routes(directory: Directory) -> list[BaseRoute]:
             return refuse(400, "bad_request", f"{exc.error_count()} error(s) in the JSON body")
         candidates = directory.by_open_kfid(parsed.openKfId)
         if not candidates:
-            warn_limited(
-                log, "unknown_account", "decrypted callback for an account this puppet does not serve"
-            )
+            if directory.honest_about_unserved:  # the id is the caller's, unauthenticated: not logged
+                return not_served("a decrypted callback")
+            warn_limited(log, "unserved", "decrypted callback for an account this puppet does not serve")
             return PlainTextResponse("roger")
         if not any(account.registered for account in candidates):
             return refuse(503, "not_registered", f"{candidates[0].key}: its signature cannot be checked yet")
