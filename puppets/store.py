@@ -265,6 +265,9 @@ class PuppetStore:
             cut_off = customer not in seen and was_started
             seen.add(customer)
             pending.append(Pending(doc["item"], cut_off))
+        # Above every seq read, not only the mark: a run whose clock was ahead left seqs above it, and
+        # what this run records must sort after them (a customer's order at the next start).
+        self._next_seq = max(self._next_seq, progress.high + 1)
         self._keep_soon()
         return pending
 

@@ -1,0 +1,65 @@
+"""Attacks on the handler log and the settled mark (puppets/store.py): states a crash, a clock step or a
+failing database can leave in the store, and what the next start must still hand to the bot.
+
+A "crash" here is a store abandoned without :meth:`PuppetStore.settle`, its background task cancelled:
+what the database holds is exactly what was durably written, as after a SIGKILL.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from puppets.store import PuppetStore
+from wxkf.database import Database
+from wxkf.tasks import stop_tasks
+
+ACCOUNT = "wwcorp/wkone"
+
+
+def text(msgid: str, customer: str) -> dict[str, Any]:
+    return {
+        "msgid": msgid,
+        "open_kfid": "wkone",
+        "external_userid": customer,
+        "send_time": 1,
+        "origin": 3,
+        "msgtype": "text",
+        "text": {"content": msgid},
+    }
+
+
+async def crash(store: PuppetStore) -> None:
+    """Stop the store's background writes, as a SIGKILL would, without settling anything."""
+    if store._keeper is not None:
+        await stop_tasks([store._keeper])
+
+
+def handed(pending: list[Any], customer: str) -> list[tuple[str, bool]]:
+    return [(p.item["msgid"], p.redelivery) for p in pending if p.item["external_userid"] == customer]
+
+
+async def test_after_the_clock_stepped_back_a_restart_keeps_each_customers_order(db: Database) -> None:
+    """Run 1's clock was ahead: its messages' seqs are above anything run 2's clock gives. wmX's slow
+    handler keeps the mark at its seq, below wmA's a1 and a2. Run 2 hands a1 again (cut off again by a
+    crash) and records wmA's b. Run 3 must hand wmA's a1 (a redelivery), a2, b in that order: were b's
+    seq taken from the mark, it would sort before a1, and a1 would lose its redelivery mark."""
+    ahead = time.time_ns() + 10**15  # run 1's clock, far ahead of this one
+    await db["puppet_accounts"].insert_one({"_id": ACCOUNT, "settled_below": ahead})
+    run1 = PuppetStore(db)
+    await run1.ensure_indexes()
+    assert await run1.pending(ACCOUNT) == []
+    await run1.record(ACCOUNT, [text("x", "wmX"), text("a1", "wmA"), text("a2", "wmA")])
+    await run1.mark_handling(ACCOUNT, "x")  # slow: never ends
+    await run1.mark_handling(ACCOUNT, "a1")
+    await crash(run1)
+
+    run2 = PuppetStore(db)
+    pending = await run2.pending(ACCOUNT)
+    assert handed(pending, "wmA") == [("a1", True), ("a2", False)]
+    await run2.mark_handling(ACCOUNT, "a1")  # handed again, cut off again
+    assert await run2.record(ACCOUNT, [text("b", "wmA")]) != []
+    await crash(run2)
+
+    run3 = PuppetStore(db)
+    assert handed(await run3.pending(ACCOUNT), "wmA") == [("a1", True), ("a2", False), ("b", False)]
