@@ -8,10 +8,22 @@ what the database holds is exactly what was durably written, as after a SIGKILL.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from puppets.store import PuppetStore
+from tests.support.crash import (
+    CrashRig,
+    assert_answered_once,
+    assert_handled_once_in_order,
+    crash_rig,
+    hang,
+    message,
+)
+from tests.support.replicas import clock_offset_env
+from tests.support.waiting import wait_until
 from wxkf.database import Database
+from wxkf.settings import Settings
 from wxkf.tasks import stop_tasks
 
 ACCOUNT = "wwcorp/wkone"
@@ -63,3 +75,49 @@ async def test_after_the_clock_stepped_back_a_restart_keeps_each_customers_order
 
     run3 = PuppetStore(db)
     assert handed(await run3.pending(ACCOUNT), "wmA") == [("a1", True), ("a2", False), ("b", False)]
+
+
+async def recorded_item(db: Database, msgid: str) -> None:
+    async def stored() -> bool:
+        return await db["puppet_messages"].find_one({"item.msgid": msgid}) is not None
+
+    await wait_until(stored, 60, f"{msgid} recorded")
+
+
+def started_by(rig: CrashRig, pid: int) -> list[tuple[str, bool]]:
+    lines = rig.journal.lines()
+    return [
+        (line["msgid"], line["redelivery"]) for line in lines if line["at"] == "start" and line["pid"] == pid
+    ]
+
+
+async def test_real_puppets_keep_a_customers_order_across_a_restart_with_the_clock_a_day_behind(
+    tmp_path: Path, settings: Settings, db: Database
+) -> None:
+    """Run 1 (the true clock) is killed with wmBOB's a1 running and a2 queued (both hold the bot the
+    first time). Run 2 starts with its clock a day behind: a1 is redelivered and ends, a2 holds, b is
+    recorded behind it, and the puppet is killed again. Run 3 must hand a2 (a redelivery: it was cut off)
+    before b, and the verdict over all runs must hold."""
+    async with crash_rig(tmp_path, settings, "direct") as rig:
+        a1, a2 = [answer["msgid"] for answer in await rig.write_all([("wmBOB", hang()), ("wmBOB", hang())])]
+        await rig.until(lambda journal: a1 in journal.started(), "a1 to start")
+        await recorded_item(db, a2)
+        rig.kill_puppet()
+
+        rig.puppet.env |= clock_offset_env(-86400)
+        await rig.start_puppet()
+        assert rig.puppet.process is not None
+        run2 = rig.puppet.process.pid
+        await rig.until(lambda _: (a2, False) in started_by(rig, run2), "a2 to hold run 2")
+        b = (await rig.write("wmBOB", message("text", "TextMessage", content="b")))["msgid"]
+        await recorded_item(db, b)
+        rig.kill_puppet()
+
+        await rig.start_puppet()
+        assert rig.puppet.process is not None
+        run3 = rig.puppet.process.pid
+        await rig.until(lambda _: len(started_by(rig, run3)) >= 2, "two starts in run 3")
+        assert started_by(rig, run3)[:2] == [(a2, True), (b, False)]
+        await rig.all_handled()
+        assert_handled_once_in_order(rig, hung=[a1, a2])
+        await assert_answered_once(rig)
