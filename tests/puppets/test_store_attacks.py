@@ -121,3 +121,36 @@ async def test_real_puppets_keep_a_customers_order_across_a_restart_with_the_clo
         await rig.all_handled()
         assert_handled_once_in_order(rig, hung=[a1, a2])
         await assert_answered_once(rig)
+
+
+async def test_a_kill_after_the_late_update_behind_a_slow_customer_hands_nothing_finished_again(
+    tmp_path: Path, settings: Settings, db: Database
+) -> None:
+    """wmBOB's handler holds the settled mark; wmCAROL's messages end behind it and are updated to done
+    (the late update, pending unset), and two more of hers end after that (not yet updated). SIGKILL:
+    the next run hands wmBOB's again, as a redelivery, and none of wmCAROL's."""
+    async with crash_rig(tmp_path, settings, "direct", customers=("wmBOB", "wmCAROL")) as rig:
+        held = (await rig.write("wmBOB", hang()))["msgid"]
+        await rig.until(lambda journal: held in journal.started(), "wmBOB's handler to hold")
+        early = [
+            (await rig.write("wmCAROL", message("text", "TextMessage", content=f"c{n}")))["msgid"]
+            for n in range(5)
+        ]
+        await rig.until(lambda journal: set(early) <= journal.ended(), "wmCAROL's first five handled")
+
+        async def updated() -> bool:
+            found = db["puppet_messages"].find({"item.msgid": {"$in": early}, "pending": {"$exists": False}})
+            return len([doc async for doc in found]) == len(early)
+
+        await wait_until(updated, 60, "wmCAROL's first five updated to done behind wmBOB's")
+        late = [
+            (await rig.write("wmCAROL", message("text", "TextMessage", content=f"d{n}")))["msgid"]
+            for n in range(2)
+        ]
+        await rig.until(lambda journal: set(late) <= journal.ended(), "two more of wmCAROL's handled")
+        rig.kill_puppet()
+
+        await rig.start_puppet()
+        await rig.all_handled()
+        assert_handled_once_in_order(rig, hung=[held])
+        await assert_answered_once(rig)
