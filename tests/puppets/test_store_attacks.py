@@ -7,11 +7,15 @@ what the database holds is exactly what was durably written, as after a SIGKILL.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from puppets.store import PuppetStore
+import pytest
+from pymongo import AsyncMongoClient
+
+from puppets.store import DONE, SETTLE_AFTER, PuppetStore
 from tests.support.crash import (
     CrashRig,
     assert_answered_once,
@@ -20,9 +24,10 @@ from tests.support.crash import (
     hang,
     message,
 )
+from tests.support.processes import stopped
 from tests.support.replicas import clock_offset_env
 from tests.support.waiting import wait_until
-from wxkf.database import Database
+from wxkf.database import Database, Document, EmbeddedMongo
 from wxkf.settings import Settings
 from wxkf.tasks import stop_tasks
 
@@ -154,3 +159,48 @@ async def test_a_kill_after_the_late_update_behind_a_slow_customer_hands_nothing
         await rig.all_handled()
         assert_handled_once_in_order(rig, hung=[held])
         await assert_answered_once(rig)
+
+
+async def test_a_database_hung_during_the_late_update_and_back_settles_and_hands_only_the_unfinished(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The embedded server is SIGSTOPped when wmB's ended messages fall due for the late update (the
+    store's clock moved past ``SETTLE_AFTER``): the update fails by its deadline; once the server is
+    back, settling completes, and the next start hands only wmA's unfinished message."""
+    mongo = EmbeddedMongo(tmp_path)
+    async with mongo as uri:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(uri, timeoutMS=1000)
+        try:
+            now = [1_000_000.0]
+            store = PuppetStore(client.wxkf, clock=lambda: now[0], settle_interval=0.05)
+            await store.ensure_indexes()
+            assert await store.pending(ACCOUNT) == []
+            others = [f"b{n}" for n in range(5)]
+            await store.record(ACCOUNT, [text("slow", "wmA"), *(text(msgid, "wmB") for msgid in others)])
+            await store.mark_handling(ACCOUNT, "slow")
+            for msgid in others:
+                await store.mark_handling(ACCOUNT, msgid)
+                await store.mark_finished(ACCOUNT, msgid)
+            slow = await store.messages.find_one({"item.msgid": "slow"})
+            assert slow is not None
+
+            async def marked() -> bool:
+                account = await store.accounts.find_one({"_id": ACCOUNT}) or {}
+                return account.get("settled_below") == slow["seq"]
+
+            await wait_until(marked, 30, "the mark stored at wmA's message")  # what is left: the update
+            assert mongo.pid is not None
+            with caplog.at_level(logging.WARNING, logger="puppets.store"), stopped(mongo.pid):
+                now[0] += 2 * SETTLE_AFTER  # wmB's ends are due for the late update
+
+                async def failed() -> bool:
+                    return any("settled marks failed" in record.getMessage() for record in caplog.records)
+
+                await wait_until(failed, 30, "the late update to fail on the hung server")
+            await store.settle()
+            found = client.wxkf["puppet_messages"].find({"item.msgid": {"$in": others}})
+            assert sorted([(doc["state"], "pending" in doc) async for doc in found]) == [(DONE, False)] * 5
+            after = PuppetStore(client.wxkf, clock=lambda: now[0])
+            assert [(p.item["msgid"], p.redelivery) for p in await after.pending(ACCOUNT)] == [("slow", True)]
+        finally:
+            await client.close()
