@@ -23,7 +23,8 @@ Collections (one set for every account of every puppet process on the database):
   customer's next start and the previous end share one commit, and a handler that returns updates
   nothing. A message is ``done`` when its ``end`` entry exists (:meth:`PuppetStore.message` and
   :meth:`PuppetStore.conversation` read it so);
-* each message gets a ``seq``, increasing within the process and above the account's stored mark. The
+* each message gets a ``seq``, increasing within the process and above the account's stored mark and
+  every ``seq`` start-up read (a run whose clock was ahead left higher ones than this clock gives). The
   account's *settled mark* (``settled_below``) says that every message of the account with a lower
   ``seq`` has ended: it is the lowest ``seq`` still unfinished in this process (or past the highest
   recorded), stored at most once a second, and only after the ends it covers are durable. Start-up reads
