@@ -353,7 +353,8 @@ class PuppetStore:
         try:  # behind an older unfinished message: update them, so that start-up need not read them
             for batch in chunks(settling, SETTLE_BATCH):
                 ended = min(ended_at for _, _, ended_at in batch)  # kept the retention from its end
-                fields = {"state": DONE, "finished_at": ended, "expire_at": expiry(ended, self.retention)}
+                last = max(ended_at for _, _, ended_at in batch)  # none goes before its own retention
+                fields = {"state": DONE, "finished_at": ended, "expire_at": expiry(last, self.retention)}
                 keys = [key for key, _, _ in batch]
                 await self.messages.update_many(
                     {"_id": {"$in": keys}}, {"$set": fields, "$unset": {"pending": ""}}

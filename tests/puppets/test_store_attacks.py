@@ -204,3 +204,25 @@ async def test_a_database_hung_during_the_late_update_and_back_settles_and_hands
             assert [(p.item["msgid"], p.redelivery) for p in await after.pending(ACCOUNT)] == [("slow", True)]
         finally:
             await client.close()
+
+
+async def test_a_message_updated_to_done_in_a_batch_is_kept_its_whole_retention_after_its_own_end(
+    db: Database,
+) -> None:
+    """wmB's b1 and b2 end 4 s apart behind wmA's slow handler and are updated to done in one batch: b2
+    must stay in the conversation until the retention after *its* end, not after b1's."""
+    now = [1_000_000.0]
+    store = PuppetStore(db, clock=lambda: now[0])
+    await store.ensure_indexes()
+    assert await store.pending(ACCOUNT) == []
+    await store.record(ACCOUNT, [text("slow", "wmA"), text("b1", "wmB"), text("b2", "wmB")])
+    await store.mark_handling(ACCOUNT, "slow")
+    start = now[0]
+    for msgid in ("b1", "b2"):
+        await store.mark_handling(ACCOUNT, msgid)
+        await store.mark_finished(ACCOUNT, msgid)
+        now[0] += 4
+    await store.settle()  # both in one batch (the stop-time settle takes every ended one)
+    now[0] = start + store.retention + 2  # past b1's retention, not b2's (it ended at start + 4)
+    await store.purge()
+    assert [entry["msgid"] for entry in await store.conversation(ACCOUNT, "wmB")] == ["b2"]
