@@ -226,3 +226,31 @@ async def test_a_message_updated_to_done_in_a_batch_is_kept_its_whole_retention_
     now[0] = start + store.retention + 2  # past b1's retention, not b2's (it ended at start + 4)
     await store.purge()
     assert [entry["msgid"] for entry in await store.conversation(ACCOUNT, "wmB")] == ["b2"]
+
+
+async def test_one_accounts_slow_handler_holds_no_other_accounts_mark(db: Database) -> None:
+    """Twenty accounts recording in turn; the first one's first message never ends. Every other account's
+    mark passes all its messages (start-up reads none of them), and the first one's next start hands
+    only the unfinished message, a redelivery."""
+    accounts = [f"wwcorp/wk{n:02d}" for n in range(20)]
+    store = PuppetStore(db)
+    await store.ensure_indexes()
+    for account in accounts:
+        assert await store.pending(account) == []
+    for round_ in range(3):
+        for account in accounts:
+            msgid = f"{account[-4:]}-{round_}"
+            await store.record(account, [text(msgid, "wmA")])
+            await store.mark_handling(account, msgid)
+            if (account, round_) != (accounts[0], 0):
+                await store.mark_finished(account, msgid)
+    await store.settle()
+    await crash(store)
+    for account in accounts[1:]:
+        mark = (await store.accounts.find_one({"_id": account}) or {}).get("settled_below", 0)
+        last = await store.messages.find_one({"_id": f"{account}/{account[-4:]}-2"})
+        assert last is not None and mark > last["seq"]
+    after = PuppetStore(db)
+    assert [(p.item["msgid"], p.redelivery) for p in await after.pending(accounts[0])] == [("wk00-0", True)]
+    for account in accounts[1:]:
+        assert await after.pending(account) == []
