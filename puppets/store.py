@@ -329,6 +329,8 @@ class PuppetStore:
                     await self._keep_account(account, progress, everything)
             except Exception as exc:
                 log.warning("storing the settled marks failed (%s); retrying in %.1f s", exc, delay)
+                if everything:  # settle() still waits for every ended message, due or not
+                    self._settle_wake.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue

@@ -7,6 +7,7 @@ what the database holds is exactly what was durably written, as after a SIGKILL.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -254,3 +255,37 @@ async def test_one_accounts_slow_handler_holds_no_other_accounts_mark(db: Databa
     assert [(p.item["msgid"], p.redelivery) for p in await after.pending(accounts[0])] == [("wk00-0", True)]
     for account in accounts[1:]:
         assert await after.pending(account) == []
+
+
+async def test_a_stop_time_settle_that_meets_a_hung_database_settles_everything_once_it_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopping settles every ended message above the mark, due or not. The server hangs during that
+    pass (SIGSTOP); once it is back, the retry must still take every ended one, not only those due
+    (the store's clock does not move here: none falls due)."""
+    mongo = EmbeddedMongo(tmp_path)
+    async with mongo as uri:
+        client: AsyncMongoClient[Document] = AsyncMongoClient(uri, timeoutMS=1000)
+        try:
+            store = PuppetStore(client.wxkf, clock=lambda: 1_000_000.0, settle_interval=0.05)
+            await store.ensure_indexes()
+            assert await store.pending(ACCOUNT) == []
+            others = [f"b{n}" for n in range(3)]
+            await store.record(ACCOUNT, [text("slow", "wmA"), *(text(msgid, "wmB") for msgid in others)])
+            await store.mark_handling(ACCOUNT, "slow")
+            for msgid in others:
+                await store.mark_handling(ACCOUNT, msgid)
+                await store.mark_finished(ACCOUNT, msgid)
+            assert mongo.pid is not None
+            with caplog.at_level(logging.WARNING, logger="puppets.store"), stopped(mongo.pid):
+                stopping = asyncio.create_task(store.settle(timeout=20))
+
+                async def failed() -> bool:
+                    return any("settled marks failed" in record.getMessage() for record in caplog.records)
+
+                await wait_until(failed, 30, "the stop-time settle to fail on the hung server")
+            await stopping
+            found = client.wxkf["puppet_messages"].find({"item.msgid": {"$in": others}})
+            assert sorted([(doc["state"], "pending" in doc) async for doc in found]) == [(DONE, False)] * 3
+        finally:
+            await client.close()
