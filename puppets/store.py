@@ -23,7 +23,8 @@ Collections (one set for every account of every puppet process on the database):
   customer's next start and the previous end share one commit, and a handler that returns updates
   nothing. A message is ``done`` when its ``end`` entry exists (:meth:`PuppetStore.message` and
   :meth:`PuppetStore.conversation` read it so);
-* each message gets a ``seq``, increasing within the process and above the account's stored mark. The
+* each message gets a ``seq``, increasing within the process and above the account's stored mark and
+  every ``seq`` start-up read (a run whose clock was ahead left higher ones than this clock gives). The
   account's *settled mark* (``settled_below``) says that every message of the account with a lower
   ``seq`` has ended: it is the lowest ``seq`` still unfinished in this process (or past the highest
   recorded), stored at most once a second, and only after the ends it covers are durable. Start-up reads
@@ -318,6 +319,9 @@ class PuppetStore:
             cut_off = customer not in seen and was_started
             seen.add(customer)
             pending.append(Pending(doc["item"], cut_off))
+        # Above every seq read, not only the mark: a run whose clock was ahead left seqs above it, and
+        # what this run records must sort after them (a customer's order at the next start).
+        self._next_seq = max(self._next_seq, progress.high + 1)
         self._keep_soon()
         return pending
 
@@ -378,6 +382,8 @@ class PuppetStore:
                     await self._keep_account(account, progress, everything)
             except Exception as exc:
                 log.warning("storing the settled marks failed (%s); retrying in %.1f s", exc, delay)
+                if everything:  # settle() still waits for every ended message, due or not
+                    self._settle_wake.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -402,7 +408,8 @@ class PuppetStore:
         try:  # behind an older unfinished message: update them, so that start-up need not read them
             for batch in chunks(settling, SETTLE_BATCH):
                 ended = min(ended_at for _, _, ended_at in batch)  # kept the retention from its end
-                fields = {"state": DONE, "finished_at": ended, "expire_at": expiry(ended, self.retention)}
+                last = max(ended_at for _, _, ended_at in batch)  # none goes before its own retention
+                fields = {"state": DONE, "finished_at": ended, "expire_at": expiry(last, self.retention)}
                 keys = [key for key, _, _ in batch]
                 await self.messages.update_many(
                     {"_id": {"$in": keys}}, {"$set": fields, "$unset": {"pending": ""}}
