@@ -14,9 +14,9 @@ import pytest
 
 from simulator.state import SimState
 from tests.puppets.conftest import Corp, PuppetProcess, wait_until
-from tests.puppets.test_hub import hub, hub_env, info, registered
+from tests.puppets.test_hub import hub, hub_env, registered
 from tests.support.corp import corp_spec, create_corp
-from tests.support.services import ServiceProcess, free_port
+from tests.support.services import ServiceProcess, free_port, puppet_info
 
 __all__ = ["hub", "hub_env"]
 
@@ -48,10 +48,10 @@ async def test_a_puppet_restarted_without_an_account_does_not_take_that_accounts
         return made[-1]
 
     async def online() -> bool:
-        return (await info(hub, corp))["online"] is True
+        return (await puppet_info(hub, corp))["online"] is True
 
     async def offline() -> bool:
-        return (await info(hub, corp))["online"] is False
+        return (await puppet_info(hub, corp))["online"] is False
 
     try:
         port = free_port()
