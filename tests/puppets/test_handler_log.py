@@ -9,21 +9,10 @@ import time
 from typing import Any
 
 from puppets.store import DONE, NEW, PuppetStore, end_key, message_key
+from tests.support.kf_items import text_item as text
 from wxkf.database import Database
 
 ACCOUNT = "wwcorp/wkone"
-
-
-def text(msgid: str, customer: str = "wmA") -> dict[str, Any]:
-    return {
-        "msgid": msgid,
-        "open_kfid": "wkone",
-        "external_userid": customer,
-        "send_time": 1,
-        "origin": 3,
-        "msgtype": "text",
-        "text": {"content": msgid},
-    }
 
 
 async def recorded(db: Database, *items: dict[str, Any]) -> PuppetStore:

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from puppets.store import DONE, FAILED, HANDLING, NEW, PuppetStore
+from tests.support.kf_items import text_item as text
 from wxkf.database import Database
 
 ACCOUNT = "wwcorp/wkone"
-
-
-def text(msgid: str, customer: str = "wmA") -> dict[str, Any]:
-    return {
-        "msgid": msgid,
-        "open_kfid": "wkone",
-        "external_userid": customer,
-        "send_time": 1,
-        "origin": 3,
-        "msgtype": "text",
-        "text": {"content": msgid},
-    }
 
 
 async def store_with(db: Database, *msgids: str) -> PuppetStore:

@@ -25,6 +25,7 @@ from tests.support.crash import (
     hang,
     message,
 )
+from tests.support.kf_items import text_item as text
 from tests.support.processes import stopped
 from tests.support.replicas import clock_offset_env
 from tests.support.waiting import wait_until
@@ -33,18 +34,6 @@ from wxkf.settings import Settings
 from wxkf.tasks import stop_tasks
 
 ACCOUNT = "wwcorp/wkone"
-
-
-def text(msgid: str, customer: str) -> dict[str, Any]:
-    return {
-        "msgid": msgid,
-        "open_kfid": "wkone",
-        "external_userid": customer,
-        "send_time": 1,
-        "origin": 3,
-        "msgtype": "text",
-        "text": {"content": msgid},
-    }
 
 
 async def crash(store: PuppetStore) -> None:

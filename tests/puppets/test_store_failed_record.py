@@ -15,26 +15,18 @@ from typing import Any
 import pytest
 
 from puppets.store import ACCOUNTS, MESSAGES, PuppetStore
+from tests.support.kf_items import text_item as text
 from wxkf.database import Database
 
 ACCOUNT = "wwcorp/wkone"
 TOO_LARGE = "x" * (17 * 1024 * 1024)  # over the 16 MiB document limit: its insert fails alone
 
 
-def text(msgid: str, content: str | None = None) -> dict[str, Any]:
-    return {
-        "msgid": msgid,
-        "open_kfid": "wkone",
-        "external_userid": "wmA",
-        "send_time": 1,
-        "origin": 3,
-        "msgtype": "text",
-        "text": {"content": msgid if content is None else content},
-    }
-
-
 def page(count: int, *, too_large_at: int | None = None, prefix: str = "m") -> list[dict[str, Any]]:
-    return [text(f"{prefix}{index}", TOO_LARGE if index == too_large_at else None) for index in range(count)]
+    return [
+        text(f"{prefix}{index}", content=TOO_LARGE if index == too_large_at else None)
+        for index in range(count)
+    ]
 
 
 async def new_store(db: Database) -> PuppetStore:
@@ -68,7 +60,7 @@ async def test_a_message_recorded_before_a_failed_attempt_stays_a_duplicate(db: 
     earlier = page(3, prefix="old")
     assert len(await store.record(ACCOUNT, earlier)) == 3
     with failed():
-        await store.record(ACCOUNT, [text("old0", TOO_LARGE), *earlier[1:], *page(3)])
+        await store.record(ACCOUNT, [text("old0", content=TOO_LARGE), *earlier[1:], *page(3)])
     fresh = await store.record(ACCOUNT, [*earlier, *page(3)])
     assert [item["msgid"] for item in fresh] == ["m0", "m1", "m2"]
 
