@@ -27,11 +27,11 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import httpx
 from starlette.types import ASGIApp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
 
+from puppets import local_post
 from puppets.account import Account
 from wxkf.retry import backoff
 
@@ -74,7 +74,7 @@ class SocketLink:
         self.accounts = list(accounts)
         self.backoff = backoff
         self._registration_token = registration_token
-        self._local = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://socket")
+        self._app = app
         self._ws: ClientConnection | None = None
         self._send_lock = asyncio.Lock()
         self._ids = itertools.count(1)
@@ -87,35 +87,32 @@ class SocketLink:
     async def run(self) -> None:
         """Connect, prove, serve; reconnect with backoff when the connection is lost. Until cancelled."""
         failures = 0
-        try:
-            while True:
-                try:
-                    async with _connect(
-                        self.url,
-                        max_size=MAX_FRAME,
-                        open_timeout=10,
-                        ping_interval=20,
-                        ping_timeout=20,
-                        compression=None,  # small frames: deflating each costs CPU on both ends for little
-                    ) as ws:
-                        self.connections += 1
-                        log.info("connected to the manager's socket at %s", self.url)
-                        await self._session(ws)
-                    reason = "the manager closed the socket"
-                except (OSError, TimeoutError, InvalidHandshake, InvalidURI, WebSocketException) as exc:
-                    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                except Exception as exc:  # whatever the other end sent, the link goes on
-                    log.exception("manager socket: the session failed")
-                    reason = type(exc).__name__
-                for account in self.accounts:  # the start-up pull does not wait for the manager
-                    account.start_pulling()
-                failures = 1 if self.proven else failures + 1
-                self.proven.clear()
-                delay = backoff(self.backoff, failures)
-                log.warning("manager socket lost (%s); reconnecting in %.1f s", reason, delay)
-                await asyncio.sleep(delay)
-        finally:
-            await self._local.aclose()
+        while True:
+            try:
+                async with _connect(
+                    self.url,
+                    max_size=MAX_FRAME,
+                    open_timeout=10,
+                    ping_interval=20,
+                    ping_timeout=20,
+                    compression=None,  # small frames: deflating each costs CPU on both ends for little
+                ) as ws:
+                    self.connections += 1
+                    log.info("connected to the manager's socket at %s", self.url)
+                    await self._session(ws)
+                reason = "the manager closed the socket"
+            except (OSError, TimeoutError, InvalidHandshake, InvalidURI, WebSocketException) as exc:
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            except Exception as exc:  # whatever the other end sent, the link goes on
+                log.exception("manager socket: the session failed")
+                reason = type(exc).__name__
+            for account in self.accounts:  # the start-up pull does not wait for the manager
+                account.start_pulling()
+            failures = 1 if self.proven else failures + 1
+            self.proven.clear()
+            delay = backoff(self.backoff, failures)
+            log.warning("manager socket lost (%s); reconnecting in %.1f s", reason, delay)
+            await asyncio.sleep(delay)
 
     async def _session(self, ws: ClientConnection) -> None:
         self._ws = ws
@@ -234,10 +231,7 @@ class SocketLink:
         ):
             status, text = 400, "malformed delivery frame"
         else:
-            response = await self._local.post(
-                f"{path}?{query}" if query else str(path), content=body.encode(), headers=headers
-            )
-            status, text = response.status_code, response.text
+            status, text = await local_post.post(self._app, path, query, headers, body.encode())
         ack: dict[str, Any] = {"type": "ack", "id": frame.get("id"), "account": frame.get("account")}
         ack["status"] = status
         if not 200 <= status < 300:
