@@ -39,12 +39,13 @@ async def test_after_an_outage_each_account_gets_its_newest_callback_again_while
     # the hub was down (no replica alive); it starts again
     after = make_manager(runtime)
     async with running(after):
-        await puppet.wait(lambda: len(puppet.received) > delivered)
+        await puppet.wait(lambda: "tok-recent-2" in puppet.tokens()[delivered:])  # the newest, again
         await after.dispatcher.wait_until(lambda o: o["delivered"] >= 1, 10)
         again = puppet.tokens()[delivered:]
-        # once, with a token that still works; nothing for wkOLD or wkQUIET. Usually the newest; one
-        # loaded CI run carried tok-recent-1 (still valid: the pull works the same), not yet explained
-        assert len(again) == 1 and again[0] in ("tok-recent-1", "tok-recent-2"), again
+        # nothing for wkOLD or wkQUIET. (On a loaded machine the restart can first redeliver the
+        # mailbox's own older token, tok-recent-1, at least once as ever, when its delivery was not
+        # yet marked at the stop.)
+        assert set(again) <= {"tok-recent-1", "tok-recent-2"}, again
         mailbox = await after.mailboxes.get(account_key(CORP, "wkOLD"))
         assert mailbox is None or not mailbox.has_work
 
