@@ -213,18 +213,19 @@ class PuppetStore:
         ]
         progress = self._progress_of(account)
         progress.recording.append(base)
-        answers: list[bool | BaseException] = [RuntimeError("not written")] * len(docs)
         try:
             # One group commit for every account's pages and state changes: concurrent pulls share a round.
             answers = await asyncio.gather(
                 *(self._message_writes.insert(doc) for doc in docs), return_exceptions=True
             )
+        except BaseException:  # cancelled: no insert's answer is known
+            self._failed_record(progress, docs, [None] * len(docs))
+            raise
         finally:
             progress.recording.remove(base)
-            if any(isinstance(answer, BaseException) for answer in answers):
-                self._failed_record(progress, docs, answers)
         failure = next((answer for answer in answers if isinstance(answer, BaseException)), None)
         if failure is not None:
+            self._failed_record(progress, docs, answers)
             raise failure
         inserted = [answer is True for answer in answers]
         if progress.unhanded:
@@ -237,7 +238,7 @@ class PuppetStore:
         return [item for item, new in zip(items, inserted, strict=True) if new]
 
     def _failed_record(
-        self, progress: _Progress, docs: Sequence[Document], answers: Sequence[bool | BaseException]
+        self, progress: _Progress, docs: Sequence[Document], answers: Sequence[bool | BaseException | None]
     ) -> None:
         """A record raised after storing some of its page, perhaps (an insert that raised may have left
         its document): remember each of its documents not known to be a duplicate with this attempt's
